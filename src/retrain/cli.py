@@ -1,0 +1,131 @@
+"""The `retrain` command line.
+
+The same entry point runs on a laptop, in the local launcher's subprocess, and as the trainer
+container's command (``retrain train --run-uri s3://…/runs/<id>``). Heavy imports happen inside
+each command, so ``retrain --help`` is instant in either environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from retrain.devtools.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.out, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from retrain.devtools.synth import write_batches
+
+    paths = write_batches(
+        args.out, batches=args.batches, records=args.records, seed=args.seed, bad_per_batch=args.bad
+    )
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from retrain.train import run_training_from_uri
+
+    result = run_training_from_uri(args.run_uri, workdir=args.workdir)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from retrain.evaluate import run_evaluation_from_uri
+
+    result = run_evaluation_from_uri(args.run_uri, workdir=args.workdir)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from retrain import registry
+    from retrain.config import load_settings
+
+    settings = load_settings()
+    reg = registry.Registry.from_settings(settings, base_model=args.base_model or settings.train.base_model)
+    if args.registry_cmd == "history":
+        for event in reg.history():
+            print(json.dumps(event, ensure_ascii=False))
+        return 0
+    if args.registry_cmd == "rollback":
+        event = reg.rollback(args.target, reason=args.reason, actor=args.actor)
+        print(json.dumps(event, ensure_ascii=False))
+        return 0
+    if args.registry_cmd == "show":
+        print(json.dumps(reg.describe(), ensure_ascii=False, indent=2))
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retrain", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    dev = sub.add_parser("dev", help="development helpers (tiny model, synthetic data)")
+    dev_sub = dev.add_subparsers(dest="dev_cmd", required=True)
+    tm = dev_sub.add_parser("tiny-model", help="build the tiny random Qwen2 model + tokenizer")
+    tm.add_argument("--out", required=True)
+    tm.add_argument("--seed", type=int, default=0)
+    tm.set_defaults(func=_cmd_tiny_model)
+    sy = dev_sub.add_parser("synth", help="write synthetic CLUENER-format labeled batches")
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--batches", type=int, default=1)
+    sy.add_argument("--records", type=int, default=200)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--bad", type=int, default=0, help="deliberately bad records per batch")
+    sy.set_defaults(func=_cmd_synth)
+
+    tr = sub.add_parser("train", help="LoRA SFT with LLaMA-Factory for one run (reads its train request)")
+    tr.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")
+    tr.add_argument("--workdir", default=None)
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score candidate and champion adapters on the golden set")
+    ev.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")
+    ev.add_argument("--workdir", default=None)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    rg = sub.add_parser("registry", help="model registry: history, rollback, show")
+    rg.add_argument("--base-model", default=None)
+    rg_sub = rg.add_subparsers(dest="registry_cmd", required=True)
+    rg_sub.add_parser("history", help="every alias change, oldest first")
+    rg_sub.add_parser("show", help="versions and aliases")
+    rb = rg_sub.add_parser("rollback", help="move `champion` to a version (or 'previous')")
+    rb.add_argument("target", help="a version number or 'previous'")
+    rb.add_argument("--reason", required=True)
+    rb.add_argument("--actor", default="cli")
+    rg.set_defaults(func=_cmd_registry)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for users; traceback with -v
+        if args.verbose:
+            raise
+        print(f"retrain {args.cmd}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
