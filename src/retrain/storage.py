@@ -169,7 +169,7 @@ class ObjectStore:
     def download_prefix(self, prefix: str, local_dir: str | Path) -> list[Path]:
         """Download every object under ``prefix`` into ``local_dir``, keeping relative paths."""
         out = []
-        base = prefix.rstrip("/") + "/"
+        base = prefix.rstrip("/") + "/" if prefix else ""
         for obj in self.iter_objects(base):
             rel = obj.key[len(base) :]
             if not rel:

@@ -1,0 +1,67 @@
+"""ner_retrain: nightly (and manual) LoRA retraining of the Chinese NER model.
+
+Wiring only: every task calls a function of plugins/retrain_airflow, which calls the library.
+Nothing heavy is imported at parse time and no connection or Variable is read while parsing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param, task
+from retrain_airflow import tasks as t
+from retrain_airflow.launchers import stage_operator
+
+from retrain.config import load_settings
+
+settings = load_settings()
+
+DOC = """
+### ner_retrain
+Finds new or changed annotation batches in S3, validates them with Great Expectations (bad records are
+quarantined with a report), builds a versioned alpaca dataset, trains a LoRA adapter with LLaMA-Factory
+(launcher from conf: local / docker / kubernetes), evaluates it against the current champion on the
+golden set, and promotes it in the MLflow registry when it passes the gate.
+
+**Params** (trigger form):
+- `force`: run training even when no new data arrived.
+- `dry_run`: evaluate and decide, but register nothing and move no alias.
+- `epochs`, `learning_rate`, `lora_rank`, `max_samples`: override the LLaMA-Factory profile for this run.
+- `base_model`: a local path or a ModelScope id (default from conf `train.base_model`).
+- `golden_set`: a fixed golden file (local path or s3:// URI, CLUENER json lines) instead of the hash split.
+"""
+
+with DAG(
+    dag_id="ner_retrain",
+    description="Nightly LoRA retraining of the CLUENER NER model",
+    schedule=settings.schedule.cron,
+    catchup=False,
+    max_active_runs=settings.schedule.max_active_runs,
+    doc_md=DOC,
+    tags=["retrain", "ner", "lora"],
+    default_args={"retries": settings.schedule.retries,
+                  "retry_delay": timedelta(seconds=settings.schedule.retry_delay_seconds)},
+    params={
+        "force": Param(False, type="boolean", description="Train even without new data"),
+        "dry_run": Param(False, type="boolean", description="Evaluate and decide, do not register/promote"),
+        "epochs": Param(None, type=["null", "number"], minimum=0.01, maximum=100,
+                        description="num_train_epochs override"),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                               description="learning_rate override"),
+        "lora_rank": Param(None, type=["null", "integer"], minimum=1, maximum=256, description="lora_rank override"),
+        "max_samples": Param(None, type=["null", "integer"], minimum=1, description="max_samples override"),
+        "base_model": Param(None, type=["null", "string"], description="Local path or ModelScope id"),
+        "golden_set": Param(None, type=["null", "string"], description="Fixed golden file (path or s3:// URI)"),
+    },
+) as dag:
+    plan = task.short_circuit(task_id="find_new_batches")(t.find_new_batches)()
+    intake = task(task_id="validate_batches")(t.ingest_batches)(plan)
+    dataset = task(task_id="build_dataset")(t.build_dataset)()
+    run_uri = task(task_id="prepare_training")(t.prepare_training)(dataset)
+    train = stage_operator("train", "{{ ti.xcom_pull(task_ids='prepare_training') }}", settings)
+    eval_uri = task(task_id="prepare_evaluation")(t.prepare_evaluation)(dataset, run_uri)
+    evaluate = stage_operator("evaluate", "{{ ti.xcom_pull(task_ids='prepare_evaluation') }}", settings)
+    decision = task(task_id="promote")(t.promote)(dataset, intake, run_uri)
+
+    intake >> dataset
+    run_uri >> train >> eval_uri >> evaluate >> decision

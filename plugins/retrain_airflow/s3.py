@@ -1,0 +1,35 @@
+"""S3 access from the Airflow connection named in conf (``airflow.aws_conn_id``), at run time only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retrain.config import Settings
+from retrain.storage import ObjectStore
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    """The pipeline bucket through the connection's boto3 client (endpoint_url from its extra)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=settings.airflow.aws_conn_id)
+    return ObjectStore(hook.get_conn(), settings.s3.bucket)
+
+
+def s3_environment(settings: Settings) -> dict[str, str]:
+    """AWS_* variables for a trainer process/container, from the connection (secrets: pass privately)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=settings.airflow.aws_conn_id)
+    creds = hook.get_credentials()
+    env: dict[str, Any] = {
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_DEFAULT_REGION": hook.conn_region_name or "us-east-1",
+    }
+    if creds.token:
+        env["AWS_SESSION_TOKEN"] = creds.token
+    endpoint = hook.conn_config.endpoint_url
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return {k: str(v) for k, v in env.items() if v}

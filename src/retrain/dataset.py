@@ -1,0 +1,199 @@
+"""Stage 3: build the versioned alpaca dataset (LLaMA-Factory's format) from all accepted history.
+
+- Accepted records accumulate per source object under ``accepted/``; the dataset is built from all
+  of them. The same sentence seen twice: the later ingest wins (a correction); a different labeling
+  of the same text is counted as a conflict in the manifest.
+- The split is by a salted hash of the normalised text, so a sentence never moves between train,
+  validation and golden across runs. A fixed golden file (conf ``dataset.golden_file``) replaces
+  the hash-chosen golden part; any golden sentence found in the training data is removed from
+  training and validation and counted.
+- The version is a content hash of the files written: same inputs give the same version and
+  byte-identical files, and a version folder once written is never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from retrain.config import Settings
+from retrain.prompt import alpaca_example
+from retrain.records import Record, normalise_text
+from retrain.storage import ObjectStore, join_key
+
+log = logging.getLogger(__name__)
+
+TRAIN_NAME = "alpaca_clue_train"
+VALIDATION_NAME = "alpaca_clue_validation"
+GOLDEN_NAME = "alpaca_clue_golden"
+
+
+class EmptyDatasetError(RuntimeError):
+    """No accepted record is available to train on."""
+
+
+def split_of(text: str, seed: str, validation_fraction: float, golden_fraction: float) -> str:
+    """'train' | 'validation' | 'golden' from a salted SHA-256 of the normalised text (stable)."""
+    h = hashlib.sha256(f"{seed}\x00{normalise_text(text)}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    if u < golden_fraction:
+        return "golden"
+    if u < golden_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+@dataclass
+class DatasetResult:
+    version: str
+    uri: str
+    train: int
+    validation: int
+    golden: int
+    golden_hash: str
+    golden_removed_from_train: int
+    conflicts: int
+    duplicates: int
+    label_counts: dict[str, int]
+    created: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_accepted(store: ObjectStore, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """All accepted rows (each with ingested_at) and the source list (key, etag) they came from."""
+    rows: list[dict[str, Any]] = []
+    sources: dict[str, str] = {}
+    for obj in store.iter_objects(settings.s3.accepted_prefix, page_size=settings.intake.page_size):
+        body = store.open_stream(obj.key)
+        for line in body.iter_lines():
+            if line.strip():
+                row = json.loads(line)
+                rows.append(row)
+                sources[row["source_key"]] = row.get("source_etag", "")
+    return rows, [{"key": k, "etag": v} for k, v in sorted(sources.items())]
+
+
+def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
+    from retrain import formats
+
+    path = settings.dataset.golden_file
+    assert path
+    if path.startswith("s3://"):
+        from retrain.storage import parse_s3_uri
+
+        bucket, key = parse_s3_uri(path)
+        data = ObjectStore(store.client, bucket).get_bytes(key)
+    else:
+        data = Path(path).read_bytes()
+    records, rejections = [], []
+    for item in formats.parse_stream(data.splitlines(), path, "", settings, fmt="cluener"):
+        (records if isinstance(item, Record) else rejections).append(item)
+    if rejections:
+        raise ValueError(f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}")
+    return records
+
+
+def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
+    """Build (or find) the dataset version for the current accepted history and upload it."""
+    rows, sources = load_accepted(store, settings)
+    if not rows:
+        raise EmptyDatasetError(f"no accepted records under {store.uri(settings.s3.accepted_prefix)}")
+    # Later ingest wins for the same normalised text; count relabelings as conflicts.
+    rows.sort(key=lambda r: (r.get("ingested_at", ""), r["source_key"], r["line"]))
+    latest: dict[str, Record] = {}
+    conflicts = duplicates = 0
+    for row in rows:
+        rec = Record.from_json(row)
+        key = normalise_text(rec.text)
+        prev = latest.get(key)
+        if prev is not None:
+            if sorted(prev.entities) != sorted(rec.entities):
+                conflicts += 1
+            else:
+                duplicates += 1
+        latest[key] = rec
+
+    cfg = settings.dataset
+    instruction = settings.prompt.render_instruction()
+    parts: dict[str, list[Record]] = {"train": [], "validation": [], "golden": []}
+    golden_removed = 0
+    if cfg.golden_file:
+        golden_records = _load_golden_file(settings, store)
+        golden_texts = {normalise_text(r.text) for r in golden_records}
+        parts["golden"] = golden_records
+        for key, rec in latest.items():
+            if key in golden_texts:
+                golden_removed += 1
+                continue
+            split = split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)
+            parts["validation" if split == "validation" else "train"].append(rec)
+    else:
+        for rec in latest.values():
+            parts[split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)].append(rec)
+    if not parts["train"]:
+        raise EmptyDatasetError("all accepted records fell into validation/golden; nothing to train on")
+
+    files: dict[str, bytes] = {}
+    for name, recs in parts.items():
+        recs.sort(key=lambda r: r.id)
+        examples = [alpaca_example(instruction, r.text, r.entities, cfg.system_prompt) for r in recs]
+        files[f"{name}.json"] = _canonical_json(examples)
+    columns = {"prompt": "instruction", "query": "input", "response": "output"}
+    if cfg.system_prompt:
+        columns["system"] = "system"
+    files["dataset_info.json"] = _canonical_json({
+        TRAIN_NAME: {"file_name": "train.json", "columns": columns},
+        VALIDATION_NAME: {"file_name": "validation.json", "columns": columns},
+        GOLDEN_NAME: {"file_name": "golden.json", "columns": columns},
+    })
+    label_counts: dict[str, int] = {}
+    for rec in parts["train"]:
+        for e in rec.entities:
+            label_counts[e.label] = label_counts.get(e.label, 0) + 1
+    content_hash = hashlib.sha256()
+    for name in sorted(files):
+        content_hash.update(name.encode() + b"\x00" + hashlib.sha256(files[name]).digest())
+    version = content_hash.hexdigest()[:16]
+    golden_hash = hashlib.sha256(files["golden.json"]).hexdigest()[:16]
+    prompt_hash = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+    manifest = {
+        "version": version,
+        "sources": sources,
+        "counts": {k: len(v) for k, v in parts.items()},
+        "label_counts_train": dict(sorted(label_counts.items())),
+        "golden_hash": golden_hash,
+        "golden_source": cfg.golden_file or f"hash split ({cfg.golden_fraction:.0%})",
+        "golden_removed_from_train": golden_removed,
+        "conflicts": conflicts,
+        "duplicates": duplicates,
+        "prompt_template_hash": prompt_hash,
+        "split_seed": cfg.split_seed,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+    }
+    prefix = join_key(settings.s3.datasets_prefix, version)
+    manifest_key = join_key(prefix, "manifest.json")
+    created = not store.exists(manifest_key)
+    if created:
+        for name, data in sorted(files.items()):
+            store.put_bytes(join_key(prefix, name), data, "application/json")
+        store.put_bytes(manifest_key, _canonical_json(manifest), "application/json")  # last: commits the version
+    log.info("dataset %s %s: train %d, validation %d, golden %d (golden %s); %d conflicts, %d duplicates, "
+             "%d golden sentences removed from training", version, "written" if created else "already exists",
+             len(parts["train"]), len(parts["validation"]), len(parts["golden"]), golden_hash, conflicts,
+             duplicates, golden_removed)
+    return DatasetResult(
+        version=version, uri=store.uri(prefix + "/"), train=len(parts["train"]),
+        validation=len(parts["validation"]), golden=len(parts["golden"]), golden_hash=golden_hash,
+        golden_removed_from_train=golden_removed, conflicts=conflicts, duplicates=duplicates,
+        label_counts=label_counts, created=created,
+    )

@@ -1,0 +1,214 @@
+"""The three-night demo: the real DAG under Airflow, real moto S3, GX, LLaMA-Factory, MLflow.
+
+(a) a first batch arrives -> train, evaluate against the base model, promote v1;
+(b) a second batch arrives -> train again with more data and more epochs, evaluate against the
+    champion, promote or keep with a stated reason;
+(c) no new data -> the run is skipped right after the intake check, nothing is trained.
+Used by ``make demo`` (``python -m retrain.devtools.demo``) and by the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrain.devtools.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database
+from retrain.devtools.synth import make_batch
+
+log = logging.getLogger("retrain.demo")
+
+BUCKET = "ner-retrain"
+
+
+@dataclass
+class NightResult:
+    name: str
+    run_id: str
+    returncode: int
+    wall_s: float
+    states: dict[str, str]
+    summary: dict[str, Any] | None
+    intake: dict[str, Any] | None
+    log_file: str
+
+
+@dataclass
+class DemoResult:
+    nights: list[NightResult] = field(default_factory=list)
+    registry: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    workdir: str = ""
+    reports: list[str] = field(default_factory=list)
+
+
+def trainer_python() -> Path:
+    return REPO_ROOT / ".venv-tr" / "bin" / "python"
+
+
+def build_tiny_model(workdir: Path) -> Path:
+    out = workdir / "models" / "tiny-qwen2"
+    subprocess.run([str(trainer_python()), "-m", "retrain.cli", "dev", "tiny-model", "--out", str(out)], check=True)
+    return out
+
+
+def _upload_batch(moto: MotoServer, key: str, lines: list[str]) -> None:
+    moto.client().put_object(Bucket=BUCKET, Key=key, Body=("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _night(af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[str, Any], workdir: Path) -> NightResult:
+    from retrain.ingest import safe_run_id
+
+    t0 = time.monotonic()
+    log_file = workdir / "logs" / f"{name}.log"
+    proc = af.dags_test("ner_retrain", date, conf, log_file=log_file)
+    wall = time.monotonic() - t0
+    runs = [r for r in af.run_states("ner_retrain") if str(r.get("logical_date", "")).startswith(date[:10])]
+    run_id = runs[0]["run_id"] if runs else ""
+    states = af.task_states("ner_retrain", run_id) if run_id else {}
+    client = moto.client()
+    summary = intake = None
+    prefix = f"runs/{safe_run_id(run_id)}/"
+    for fname in ("summary.json", "intake.json"):
+        try:
+            body = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + fname)["Body"].read())
+        except client.exceptions.NoSuchKey:
+            body = None
+        if fname == "summary.json":
+            summary = body
+        else:
+            intake = body
+    log.info("night %s: exit %d in %.0fs; tasks %s", name, proc.returncode, wall, states)
+    return NightResult(name, run_id, proc.returncode, wall, states, summary, intake, str(log_file))
+
+
+def run_demo(workdir: Path, *, records_first: int = 160, records_second: int = 160, bad: int = 5,
+             epochs_first: float = 20.0, epochs_second: float = 30.0, keep_db: bool = False) -> DemoResult:
+    """Run the three nights and return what happened (states, summaries, registry)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tiny = build_tiny_model(workdir)
+    database = f"retrain_demo_{int(time.time())}"
+    result = DemoResult(workdir=str(workdir))
+    retrain_env = {
+        "RETRAIN_HOME": str(workdir / "state"),
+        "RETRAIN__S3__BUCKET": BUCKET,
+        "RETRAIN__TRAIN__BASE_MODEL": str(tiny),
+        "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
+        "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(workdir / "models"),
+        "RETRAIN__TRAIN__TRAINER_PYTHON": str(trainer_python()),
+        "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "96",
+        "RETRAIN__EVALUATE__BATCH_SIZE": "16",
+        "RETRAIN__SCHEDULE__RETRIES": "0",
+    }
+    with MotoServer() as moto:
+        client = moto.client()
+        client.create_bucket(Bucket=BUCKET)
+        af = AirflowEnv(workdir / "airflow", database, moto, retrain_env)
+        try:
+            af.migrate()
+            _upload_batch(moto, "incoming/2026-11-27/batch-001.json", make_batch(records_first, seed=1, bad=bad))
+            result.nights.append(_night(af, moto, "a-first-batch", "2026-11-27T02:00:00+00:00",
+                                        {"epochs": epochs_first}, workdir))
+            _upload_batch(moto, "incoming/2026-11-28/batch-002.json", make_batch(records_second, seed=2, bad=bad))
+            result.nights.append(_night(af, moto, "b-second-batch", "2026-11-28T02:00:00+00:00",
+                                        {"epochs": epochs_second}, workdir))
+            result.nights.append(_night(af, moto, "c-no-new-data", "2026-11-29T02:00:00+00:00", {}, workdir))
+            result.registry, result.history = _registry_state(workdir, tiny)
+            _mirror_bucket(moto, workdir / "bucket")
+            for night in result.nights:
+                if night.intake and night.intake.get("report_uri"):
+                    result.reports.append(night.intake["report_uri"].replace(f"s3://{BUCKET}", str(workdir / "bucket")))
+        finally:
+            if not keep_db:
+                drop_database(database)
+    return result
+
+
+def _mirror_bucket(moto: MotoServer, dest: Path) -> None:
+    """Copy the demo bucket to disk (the moto server keeps it in memory only)."""
+    from retrain.storage import ObjectStore
+
+    ObjectStore(moto.client(), BUCKET).download_prefix("", dest)
+
+
+def _registry_state(workdir: Path, tiny: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import os
+
+    from retrain.config import load_settings
+    from retrain.registry import Registry
+
+    os.environ["RETRAIN_HOME"] = str(workdir / "state")
+    reg = Registry.from_settings(load_settings(), str(tiny))
+    return reg.describe(), reg.history()
+
+
+def format_table(result: DemoResult) -> str:
+    rows = [("night", "state", "read", "accepted", "quarantined", "candidate F1", "vs", "champion F1", "decision")]
+    for n in result.nights:
+        s = n.summary or {}
+        intake = n.intake or {}
+        ev = s.get("evaluation", {})
+        cand = ev.get("candidate", {}).get("micro_f1")
+        champ = ev.get("champion", {}).get("micro_f1")
+        failed = [t for t, st in n.states.items() if st == "failed"]
+        state = "failed: " + ",".join(failed) if failed else (
+            "skipped" if n.states.get("validate_batches") == "skipped" else ("ok" if n.returncode == 0 else f"exit {n.returncode}"))
+        decision = (s.get("decision") or {}).get("reason", "no training (no new data)" if state == "skipped" else "—")
+        rows.append((n.name, state, str(intake.get("read", "—")), str(intake.get("accepted", "—")),
+                     str(intake.get("quarantined", "—")), f"{cand:.3f}" if cand is not None else "—",
+                     s.get("champion_name", "—"), f"{champ:.3f}" if champ is not None else "—", decision))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(lines)
+
+
+def format_per_label(result: DemoResult) -> str:
+    lines = []
+    for n in result.nights:
+        ev = (n.summary or {}).get("evaluation")
+        if not ev:
+            continue
+        lines.append(f"{n.name}: per-label F1 candidate / {n.summary.get('champion_name')}")
+        cand, champ = ev["candidate"]["per_label_f1"], ev["champion"]["per_label_f1"]
+        for label in sorted(set(cand) | set(champ)):
+            lines.append(f"  {label:<13} {cand.get(label, 0):.3f} / {champ.get(label, 0):.3f}")
+        for rule in n.summary["decision"]["rules"]:
+            lines.append(f"  gate {rule['rule']:<20} {'PASS' if rule['passed'] else 'FAIL'}  {rule['detail']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default=str(REPO_ROOT / ".work" / "demo"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    t0 = time.monotonic()
+    result = run_demo(Path(args.workdir))
+    print("\n" + format_table(result))
+    print("\n" + format_per_label(result))
+    champ = result.registry.get("champion") or {}
+    print(f"\nregistry: {result.registry.get('name')} at {result.registry.get('tracking_uri')}; "
+          f"champion v{champ.get('version')}, previous "
+          f"v{(result.registry.get('previous') or {}).get('version')}")
+    print("alias history:")
+    for ev in result.history:
+        print(f"  {ev.get('at')} {ev.get('kind')} v{ev.get('from_version') or '-'} -> v{ev.get('to_version')}: {ev.get('reason')}")
+    print("intake reports (the demo bucket, mirrored to disk):")
+    for r in result.reports:
+        print(f"  {r}")
+    print(f"logs: {Path(args.workdir) / 'logs'}; total {time.monotonic() - t0:.0f}s")
+    ok = all(n.returncode == 0 for n in result.nights) and not any(
+        st == "failed" for n in result.nights for st in n.states.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""A local stack for the demo and the end-to-end tests: moto S3 + Airflow (CLI subprocesses).
+
+Everything binds to 127.0.0.1 and is stopped by its PID. Airflow's metadata DB is a database of
+its own on the PostgreSQL server at 127.0.0.1:5432 (as in production), created and dropped here.
+This module runs ``airflow`` and ``moto_server`` as programs; it never imports Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class MotoServer:
+    """``moto_server`` on 127.0.0.1 at a free port, as a child process stopped by its PID."""
+
+    def __init__(self, bin_dir: str | Path | None = None) -> None:
+        self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.access_key = "AKIA" + secrets.token_hex(8).upper()
+        self.secret_key = secrets.token_urlsafe(30)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        self.port = free_port()
+        self.proc = subprocess.Popen([str(self.bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+        log.info("moto S3 on %s (pid %d)", self.endpoint, self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def airflow_connection(self) -> str:
+        return json.dumps({"conn_type": "aws", "login": self.access_key, "password": self.secret_key,
+                           "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}})
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def postgres_url(database: str) -> str:
+    host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
+    user = os.environ.get("RETRAIN_PG_USER", "postgres")
+    return f"postgresql+psycopg2://{user}@{host}:5432/{database}"
+
+
+def recreate_database(database: str) -> None:
+    """Drop and create a PostgreSQL database (trust auth on 127.0.0.1, as on these machines)."""
+    host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
+    user = os.environ.get("RETRAIN_PG_USER", "postgres")
+    for sql in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
+        subprocess.run(["psql", "-h", host, "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+                       check=True, capture_output=True)
+
+
+def drop_database(database: str) -> None:
+    host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
+    user = os.environ.get("RETRAIN_PG_USER", "postgres")
+    subprocess.run(["psql", "-h", host, "-U", user, "-d", "postgres", "-qc",
+                    f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'], capture_output=True)
+
+
+class AirflowEnv:
+    """An isolated AIRFLOW_HOME + Postgres database; runs ``airflow …`` commands with the project's
+    dags/ and plugins/ and the retrain settings given as RETRAIN__* variables."""
+
+    def __init__(self, home: str | Path, database: str, moto: MotoServer, retrain_env: dict[str, str],
+                 af_bin: str | Path | None = None) -> None:
+        self.home = Path(home)
+        self.database = database
+        self.moto = moto
+        self.af_bin = Path(af_bin) if af_bin else Path(sys.executable).parent
+        self.retrain_env = retrain_env
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__", "AWS_"))}
+        env.update({
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url(self.database),
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW_CONN_AWS_DEFAULT": self.moto.airflow_connection(),
+            "PATH": f"{self.af_bin}:{env.get('PATH', '')}",
+            "PYTHONPATH": str(REPO_ROOT / "plugins"),
+        })
+        env.update(self.retrain_env)
+        return env
+
+    def run(self, *args: str, check: bool = True, log_file: Path | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.af_bin / "airflow"), *args]
+        log.info("$ %s", " ".join(cmd))
+        proc = subprocess.run(cmd, env=self.env(), text=True, capture_output=True, timeout=timeout)
+        if log_file:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with log_file.open("a", encoding="utf-8") as fh:
+                fh.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}\n")
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(args)}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def migrate(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        recreate_database(self.database)
+        self.run("db", "migrate")
+
+    def dags_test(self, dag_id: str, logical_date: str, conf: dict[str, Any] | None = None,
+                  log_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+        args = ["dags", "test", dag_id, logical_date]
+        if conf:
+            args += ["--conf", json.dumps(conf)]
+        return self.run(*args, check=False, log_file=log_file)
+
+    def run_states(self, dag_id: str) -> list[dict[str, Any]]:
+        proc = self.run("dags", "list-runs", dag_id, "-o", "json")
+        out = proc.stdout.strip()
+        return json.loads(out[out.index("["):]) if "[" in out else []
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        proc = self.run("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json")
+        out = proc.stdout.strip()
+        rows = json.loads(out[out.index("["):]) if "[" in out else []
+        return {r["task_id"]: r["state"] for r in rows}

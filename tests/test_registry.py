@@ -1,0 +1,64 @@
+"""The MLflow registry for real (sqlite backend, local artifacts in a temp dir)."""
+
+import pytest
+
+from retrain.registry import Registry, RegistryError
+
+
+@pytest.fixture
+def reg(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return Registry(uri, "clue-ner-tiny-lora", (tmp_path / "art").as_uri())
+
+
+def _version(reg, tmp_path, n, airflow_run="r"):
+    adapter = tmp_path / f"adapter{n}"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    run = reg.log_training_run(airflow_run_id=f"{airflow_run}{n}", dag_id="ner_retrain", params={"lora_rank": 8},
+                               metrics={"eval_micro_f1": 0.1 * n}, loss_curve=[(1, 2.0), (2, 1.0)],
+                               tags={"dataset_version": f"d{n}"}, artifacts={"adapter": adapter})
+    return reg.register(adapter_uri=f"s3://b/runs/r{n}/adapter/", adapter_hash=f"h{n}", mlflow_run_id=run,
+                        airflow_run_id=f"{airflow_run}{n}", tags={"micro_f1": str(0.1 * n)})
+
+
+def test_promote_history_and_rollback(reg, tmp_path):
+    assert reg.champion() is None
+    v1 = _version(reg, tmp_path, 1)
+    reg.move_champion(v1, reason="beats base", actor="test")
+    v2 = _version(reg, tmp_path, 2)
+    reg.move_champion(v2, reason="beats v1", actor="test")
+    assert reg.champion()["version"] == v2 and reg.get_alias("previous")["version"] == v1
+    ev = reg.rollback("previous", reason="bad outputs in prod", actor="alice")
+    assert ev["to_version"] == v1 and ev["kind"] == "rollback"
+    assert reg.champion()["version"] == v1
+    hist = reg.history()
+    assert [(h["kind"], h["from_version"], h["to_version"]) for h in hist] == [
+        ("promote", "", v1), ("promote", v1, v2), ("rollback", v2, v1)]
+    assert all(h["status"] == "FINISHED" for h in hist)
+    assert hist[-1]["actor"] == "alice" and hist[-1]["reason"] == "bad outputs in prod"
+
+
+def test_register_is_idempotent_for_a_retried_task(reg, tmp_path):
+    v = _version(reg, tmp_path, 1)
+    run = reg.log_training_run(airflow_run_id="r1", dag_id="ner_retrain", params={}, metrics={}, loss_curve=[],
+                               tags={}, artifacts={})
+    again = reg.register(adapter_uri="s3://b/runs/r1/adapter/", adapter_hash="h1", mlflow_run_id=run,
+                         airflow_run_id="r1", tags={})
+    assert again == v and len(reg.versions()) == 1
+
+
+def test_rollback_refuses_unknown_targets(reg, tmp_path):
+    with pytest.raises(RegistryError, match="previous"):
+        reg.rollback("previous", reason="x", actor="t")
+    _version(reg, tmp_path, 1)
+    with pytest.raises(RegistryError, match="does not exist"):
+        reg.rollback("7", reason="x", actor="t")
+
+
+def test_rollback_refuses_version_without_adapter(reg, tmp_path):
+    run = reg.log_training_run(airflow_run_id="x", dag_id="d", params={}, metrics={}, loss_curve=[], tags={},
+                               artifacts={})
+    v = reg.register(adapter_uri="", adapter_hash="hx", mlflow_run_id=run, airflow_run_id="x", tags={})
+    with pytest.raises(RegistryError, match="no adapter"):
+        reg.rollback(v, reason="x", actor="t")

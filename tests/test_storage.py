@@ -1,0 +1,48 @@
+import pytest
+
+from retrain.storage import UnsafeKeyError, join_key, parse_s3_uri, safe_local_path
+
+
+@pytest.mark.parametrize("key", ["../../etc/x", "/etc/passwd", "a/../../b", "a\x00b", ".."])
+def test_safe_local_path_refuses_escapes(tmp_path, key):
+    with pytest.raises(UnsafeKeyError):
+        safe_local_path(tmp_path, key)
+
+
+def test_safe_local_path_keeps_odd_names_inside(tmp_path):
+    p = safe_local_path(tmp_path, "incoming/批次 1 (修正).json")
+    assert tmp_path.resolve() in p.parents
+
+
+@pytest.mark.parametrize("part", ["../x", "/abs", "a/./b", "a/../b", "x\x00"])
+def test_join_key_refuses_climbing(part):
+    with pytest.raises(UnsafeKeyError):
+        join_key("runs/", part)
+
+
+def test_join_key_and_uri():
+    assert join_key("runs/", "r1", "adapter") == "runs/r1/adapter"
+    assert parse_s3_uri("s3://b/runs/r1/") == ("b", "runs/r1/")
+    with pytest.raises(ValueError):
+        parse_s3_uri("http://b/x")
+
+
+def test_listing_is_paginated_and_roundtrips(store, tmp_path):
+    for i in range(25):
+        store.put_bytes(f"incoming/b{i:02d}.json", b"{}\n")
+    calls = []
+    orig = store.client.list_objects_v2
+
+    def spy(**kw):
+        calls.append(kw)
+        return orig(**kw)
+
+    store.client.list_objects_v2 = spy
+    keys = [o.key for o in store.iter_objects("incoming/", page_size=10)]
+    assert len(keys) == 25 and len(calls) == 3  # 10 + 10 + 5, one request per page
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("hello")
+    store.upload_dir(src, "runs/x")
+    got = store.download_prefix("runs/x", tmp_path / "dst")
+    assert [p.read_text() for p in got] == ["hello"]
