@@ -224,3 +224,15 @@ def _short_metrics(m: dict[str, Any]) -> dict[str, Any]:
             "recall": m["micro"]["recall"], "macro_f1": m.get("macro_f1"), "cluener_score": m.get("cluener_score"),
             "parse_failure_rate": m.get("parse_failure_rate"),
             "per_label_f1": {k: v["f1"] for k, v in m.get("per_label", {}).items()}}
+
+
+# -- ner_rollback ----------------------------------------------------------------------------
+def rollback() -> dict[str, Any]:
+    """Move ``champion`` to the target version from the trigger params, recording who and why."""
+    params, ctx = _params(), _context()
+    registry = _registry(params.get("base_model") or None)
+    target = str(params["target"]).strip()
+    actor = f"ner_rollback/{ctx['run_id']}"
+    event = registry.rollback(target, reason=params["reason"], actor=actor)
+    log.info("rollback: %s", json.dumps(event, ensure_ascii=False))
+    return event
