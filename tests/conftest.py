@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import uuid
 from pathlib import Path
@@ -12,6 +13,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
 CLUENER = REPO.parent / "shared" / "data" / "cluener"
+
+# Two environments (see README): the Airflow env (.venv-af) runs most tests, the trainer env
+# (.venv-tr: torch, LLaMA-Factory) runs the modules marked `pytestmark = pytest.mark.trainer`.
+# `make test` runs pytest once in each; each run collects only the modules its environment can run.
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_AIRFLOW = importlib.util.find_spec("airflow") is not None
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    needs_trainer = "pytest.mark.trainer" in collection_path.read_text(encoding="utf-8")
+    if needs_trainer and not HAS_TORCH:
+        return True
+    if not needs_trainer and not HAS_AIRFLOW:
+        return True
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
     rid = safe_run_id(run_id)
     result = IntakeResult(run_id=run_id)
     history = _history_label_counts(store, settings)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders corrections: later wins
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for i, pending in enumerate(objects, 1):
             slug = object_slug(pending.key)

@@ -1,0 +1,43 @@
+# One entry point for people and CI. Environments are built by the project's own scripts from its
+# own lock files (see README "Install"); targets are idempotent.
+SHELL := /bin/bash
+AF_VENV ?= .venv-af
+TR_VENV ?= .venv-tr
+AF_PY := $(AF_VENV)/bin/python
+TR_PY := $(TR_VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(AF_VENV)/.installed: requirements/airflow.lock.txt scripts/install_airflow_env.sh pyproject.toml
+	scripts/install_airflow_env.sh $(AF_VENV)
+	touch $@
+
+$(TR_VENV)/.installed: requirements/trainer.lock.txt scripts/install_trainer_env.sh pyproject.toml
+	scripts/install_trainer_env.sh $(TR_VENV)
+	touch $@
+
+install: $(AF_VENV)/.installed $(TR_VENV)/.installed
+
+## The three-night demo under Airflow (moto S3, GX, LLaMA-Factory tiny model, MLflow, Postgres).
+demo: install
+	$(AF_PY) -m retrain.devtools.demo
+
+## The whole suite: unit, DAG integrity, integration, Docker engine, end to end.
+test: install
+	$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests
+	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests
+
+## Without the slow end-to-end and Docker tests.
+test-fast: install
+	$(TR_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
+	$(AF_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
+
+lint: install
+	$(AF_VENV)/bin/ruff check src plugins dags tests bench
+
+bench: install
+	$(AF_PY) bench/run_all.py
+
+clean:
+	rm -rf .work build
