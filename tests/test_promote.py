@@ -50,3 +50,10 @@ def test_label_drop_ignores_small_support():
 def test_dry_run_never_promotes():
     d = decide(metrics(0.9), metrics(0.1), GateConfig(), dry_run=True)
     assert not d.promote and d.reason.startswith("dry run")
+
+
+def test_labels_without_f1_are_not_compared():
+    gate = GateConfig(min_support=0, max_label_drop=0.0)
+    cand = {"micro": {"f1": 0.5}, "per_label": {"game": {"f1": None, "support": 0}}}
+    champ = {"micro": {"f1": None}, "per_label": {"game": {"f1": None, "support": 0}}}
+    assert decide(cand, champ, gate).promote

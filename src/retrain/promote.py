@@ -35,7 +35,7 @@ class PromotionDecision:
 
 
 def _f1(metrics: dict[str, Any]) -> float:
-    return float(metrics["micro"]["f1"])
+    return float(metrics["micro"]["f1"] or 0.0)
 
 
 def decide(candidate: dict[str, Any], champion: dict[str, Any], gate: GateConfig, *,
@@ -53,9 +53,9 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any], gate: GateConfig
     drops = []
     for label, cm in candidate.get("per_label", {}).items():
         hm = champion.get("per_label", {}).get(label)
-        if hm is None or cm.get("support", 0) < gate.min_support:
-            continue
-        drop = float(hm["f1"]) - float(cm["f1"])
+        if hm is None or cm.get("support", 0) < gate.min_support or hm.get("f1") is None:
+            continue  # labels absent from both gold and predictions have no F1 to compare
+        drop = float(hm["f1"]) - float(cm["f1"] or 0.0)
         if drop > gate.max_label_drop:
             drops.append(f"{label} -{drop:.3f}")
     rules.append(RuleOutcome(
