@@ -183,6 +183,7 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
                        "eval_parse_failure_rate": cand.get("parse_failure_rate", 0.0),
                        "champion_micro_f1": report["champion"]["micro"]["f1"]}
             metrics.update({f"eval_f1_{label}": m["f1"] for label, m in cand.get("per_label", {}).items()})
+            metrics = {k: v for k, v in metrics.items() if v is not None}  # labels with no gold/pred have no F1
             if train.get("train_loss") is not None:
                 metrics["train_loss_final"] = train["train_loss"]
             tags = {"dataset_version": dataset["version"], "golden_hash": dataset["golden_hash"],

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -46,22 +46,36 @@ class S3Config(_Strict):
     state_prefix: str = "state/"
 
 
+AnnotationFormat = Literal["auto", "cluener", "label_studio", "doccano"]
+
+
 class IntakeConfig(_Strict):
-    max_object_bytes: int = 256 * 1024 * 1024
-    max_line_bytes: int = 1024 * 1024
+    max_object_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_line_bytes: int = Field(1024 * 1024, gt=0)
     page_size: int = 1000
+    # key prefix -> format; the longest matching prefix wins, "auto" (or no match) = detect by content
+    formats: dict[str, AnnotationFormat] = {}
 
 
 Policy = Literal["accept", "warn", "reject"]
 
 
 class ValidationConfig(_Strict):
-    max_text_chars: int | None = None
-    min_rows: int = 1
+    suite: str = "gx/ner_records_suite.yaml"
+    max_text_chars: int | None = Field(None, gt=0)
+    length_profile: str | None = "production"
+    template_reserve_tokens: int = Field(32, ge=0)
+    output_tokens_per_char: float = Field(1.0, ge=0)
+    min_rows: int = Field(1, ge=0)
     max_bad_fraction: float = Field(0.5, ge=0, le=1)
+    drift_min_spans: int = Field(200, ge=1)
+    drift_warn: float = Field(0.15, ge=0, le=1)
+    drift_fail: float = Field(0.35, ge=0, le=1)
     overlapping_spans: Policy = "warn"
     same_text_two_labels: Policy = "warn"
     duplicate_span: Policy = "reject"
+    unlabeled_repeat: Policy = "accept"
+    half_open_title_mark: Policy = "warn"
 
 
 class DatasetConfig(_Strict):
@@ -78,6 +92,97 @@ class TrainConfig(_Strict):
     base_model: str = "Qwen/Qwen2.5-7B-Instruct"
     model_cache_dir: str = "/models"
     trainer_python: str | None = None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_byte_size(value: int | str) -> int:
+    """``16g`` / ``512m`` / ``1024`` -> bytes (Docker's binary units; ``16Gi``/``16GB`` accepted too)."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower().removesuffix("ib").removesuffix("i").removesuffix("b")
+    num, unit = text, ""
+    if text and text[-1] in "kmgt":
+        num, unit = text[:-1], text[-1]
+    try:
+        return int(float(num) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"not a size: {value!r} (expected e.g. 16g, 512m or a number of bytes)") from None
+
+
+class RetryPolicy(_Strict):
+    """Retries of a trainer-container task: delay, then delay * backoff**n, capped."""
+
+    retries: int = Field(2, ge=0)
+    delay_seconds: int = Field(300, ge=0)
+    exponential_backoff: float = Field(2.0, ge=0)  # 0 = a fixed delay
+    max_delay_seconds: int = Field(3600, ge=0)
+
+
+class MountConfig(_Strict):
+    """A host path (or named volume) mounted into the trainer container."""
+
+    source: str
+    target: str
+    type: Literal["bind", "volume"] = "bind"
+    read_only: bool = True
+
+
+class DockerConfig(_Strict):
+    """``train.launcher: docker``: the trainer image run by DockerOperator on the worker's engine."""
+
+    image: str = "retrain/trainer:cu122"
+    url: str | None = None  # null = $DOCKER_HOST of the worker, else unix://var/run/docker.sock
+    gpus: int | Literal["all"] = "all"  # 0 = CPU only (no device request)
+    shm_size: str | int = "16g"
+    network_mode: str | None = None  # null = the engine's default (bridge); "host" for an S3 on loopback
+    model_cache_host_path: str | None = "/var/lib/retrain/models"  # mounted at train.model_cache_dir
+    scratch_host_path: str | None = None  # mounted at /work; null = the container's own filesystem
+    mounts: list[MountConfig] = []
+    environment: dict[str, str] = {}  # extra, non-secret variables (secrets come from the connection)
+    mem_limit: str | None = None
+    user: str | None = None  # null = the image's user (trainer, uid 1000)
+    execution_timeout_minutes: int = Field(24 * 60, gt=0)
+    retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("shm_size")
+    @classmethod
+    def _size(cls, v: str | int) -> str | int:
+        parse_byte_size(v)
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("gpus must be 'all', 0 (CPU only) or a positive number of GPUs")
+        return v
+
+
+class KubernetesConfig(_Strict):
+    """``train.launcher: kubernetes``: the same image and command as a pod (KubernetesPodOperator)."""
+
+    namespace: str = "retrain"
+    image: str | None = None  # null = docker.image
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    kubernetes_conn_id: str | None = "kubernetes_default"
+    in_cluster: bool | None = None
+    service_account_name: str | None = None
+    gpus: int = Field(1, ge=0)  # nvidia.com/gpu limit; 0 = CPU only
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu_request: str | None = "8"
+    memory_request: str | None = "64Gi"
+    memory_limit: str | None = None
+    shm_size: str = "16Gi"  # a memory-backed emptyDir at /dev/shm
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    s3_secret_name: str = "retrain-s3"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, [AWS_ENDPOINT_URL, AWS_DEFAULT_REGION]
+    model_cache_pvc: str | None = "retrain-models"  # mounted at train.model_cache_dir; null = an emptyDir
+    environment: dict[str, str] = {}
+    startup_timeout_seconds: int = Field(900, gt=0)  # image pull + GPU node scale-up
+    execution_timeout_minutes: int = Field(24 * 60, gt=0)
+    retry: RetryPolicy = RetryPolicy()
 
 
 class EvaluateConfig(_Strict):
@@ -100,6 +205,37 @@ class GateConfig(_Strict):
     max_label_drop: float = 1.0
 
 
+AlertEvent = Literal["failure", "quarantine", "promotion"]
+
+
+class SmtpAlertChannel(_Strict):
+    """E-mail through Airflow's SmtpNotifier; server, credentials and sender live in the connection."""
+
+    kind: Literal["smtp"]
+    conn_id: str = "smtp_default"
+    to: list[str] = Field(min_length=1)
+    from_email: str | None = None  # None = the connection's extra ``from_email``
+    events: list[AlertEvent] = ["failure", "quarantine", "promotion"]
+
+
+class WebhookAlertChannel(_Strict):
+    """A JSON POST to the URL of an HTTP connection (host = the URL; password = optional bearer token)."""
+
+    kind: Literal["webhook"]
+    conn_id: str
+    timeout_seconds: float = Field(10.0, gt=0)
+    events: list[AlertEvent] = ["failure", "quarantine", "promotion"]
+
+
+class AlertsConfig(_Strict):
+    # Share of the records read in one run that may be quarantined before an alert goes out.
+    quarantine_threshold: float | None = Field(0.1, ge=0, le=1)
+    channels: list[Annotated[SmtpAlertChannel | WebhookAlertChannel, Field(discriminator="kind")]] = []
+
+    def channels_for(self, event: AlertEvent) -> list[SmtpAlertChannel | WebhookAlertChannel]:
+        return [c for c in self.channels if event in c.events]
+
+
 class PromptConfig(_Strict):
     labels: list[str]
     instruction: str
@@ -118,9 +254,12 @@ class Settings(_Strict):
     validation: ValidationConfig = ValidationConfig()
     dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()
+    docker: DockerConfig = DockerConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    alerts: AlertsConfig = AlertsConfig()
     # Loaded from sibling files, not from pipeline.yaml:
     prompt: PromptConfig
     label_map: dict[str, str] = {}

@@ -158,7 +158,8 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
             read = len(records) + len(parse_rejections)
             docs_dir = Path(tmp) / slug
             check = validate.validate_batch(
-                records, settings, batch_name=slug, docs_dir=docs_dir, history_label_counts=history
+                records, settings, batch_name=slug, docs_dir=docs_dir, history_label_counts=history,
+                parse_rejected=len(parse_rejections),
             )
             rejected: list[Rejection] = parse_rejections + check.rejected
             accepted: list[Record] = check.accepted

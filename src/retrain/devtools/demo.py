@@ -170,6 +170,10 @@ def format_table(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
+def _fmt(value: float | None) -> str:
+    return "  —  " if value is None else f"{value:.3f}"
+
+
 def format_per_label(result: DemoResult) -> str:
     lines = []
     for n in result.nights:
@@ -179,7 +183,7 @@ def format_per_label(result: DemoResult) -> str:
         lines.append(f"{n.name}: per-label F1 candidate / {n.summary.get('champion_name')}")
         cand, champ = ev["candidate"]["per_label_f1"], ev["champion"]["per_label_f1"]
         for label in sorted(set(cand) | set(champ)):
-            lines.append(f"  {label:<13} {cand.get(label, 0):.3f} / {champ.get(label, 0):.3f}")
+            lines.append(f"  {label:<13} {_fmt(cand.get(label))} / {_fmt(champ.get(label))}")
         for rule in n.summary["decision"]["rules"]:
             lines.append(f"  gate {rule['rule']:<20} {'PASS' if rule['passed'] else 'FAIL'}  {rule['detail']}")
     return "\n".join(lines)

@@ -170,12 +170,22 @@ class AirflowEnv:
         return self.run(*args, check=False, log_file=log_file)
 
     def run_states(self, dag_id: str) -> list[dict[str, Any]]:
-        proc = self.run("dags", "list-runs", dag_id, "-o", "json")
-        out = proc.stdout.strip()
-        return json.loads(out[out.index("["):]) if "[" in out else []
+        return _json_list(self.run("dags", "list-runs", dag_id, "-o", "json").stdout)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        proc = self.run("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json")
-        out = proc.stdout.strip()
-        rows = json.loads(out[out.index("["):]) if "[" in out else []
+        rows = _json_list(self.run("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
         return {r["task_id"]: r["state"] for r in rows}
+
+
+def _json_list(output: str) -> list[dict[str, Any]]:
+    """The JSON list in a CLI's stdout (log lines may come before it)."""
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(output):
+        if ch == "[" and (i == 0 or output[i - 1] == "\n"):
+            try:
+                value, _ = decoder.raw_decode(output[i:])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, list):
+                return value
+    return []

@@ -1,0 +1,648 @@
+"""Great Expectations validation of one parsed intake batch.
+
+`validate_batch` puts the batch's records into two dataframes (sentences, spans), runs the
+suites of ``conf/gx/ner_records_suite.yaml`` on them with a real (ephemeral) GX context, maps
+every failing row back to its record through ``unexpected_index_list``, applies the anomaly
+policies of the ``validation`` section, then judges the batch as a whole (minimum rows, share
+of bad rows, label drift against history) with a third suite. It builds GX Data Docs into
+``docs_dir``. A failing expectation never raises: it yields rejections, warnings, or a
+quarantined batch, and every input record ends as exactly one accepted Record or one Rejection.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retrain.config import ConfigError, Settings
+from retrain.records import Record, Rejection
+
+log = logging.getLogger(__name__)
+
+BATCH_QUARANTINED = "batch_quarantined"
+
+
+@dataclass
+class BatchValidation:
+    """What validation decided for one batch.
+
+    ``accepted`` + ``rejected`` hold every input record exactly once. ``expectations`` has one
+    entry per expectation run (name, success, unexpected_count, plus suite, severity, policy).
+    ``label_counts`` are the accepted spans per label (the next batch's history), ``drift`` the
+    total-variation distance to ``history_label_counts`` (None when not judged), ``anomalies``
+    the counts of the real-data anomalies in the units of SOURCES.md, ``max_text_chars`` the
+    sentence length limit applied and ``max_text_chars_how`` where it came from.
+    """
+
+    accepted: list[Record]
+    rejected: list[Rejection]
+    warnings: list[str]
+    expectations: list[dict[str, Any]]
+    docs_index: Path | None
+    batch_quarantined: bool
+    reason: str
+    label_counts: dict[str, int] = field(default_factory=dict)
+    drift: float | None = None
+    anomalies: dict[str, int] = field(default_factory=dict)
+    max_text_chars: int = 0
+    max_text_chars_how: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Text length limit
+
+
+def estimate_tokens(text: str) -> int:
+    """A deliberately high token estimate for Qwen-family tokenizers: 1 per CJK character
+    (U+2E80 and up: ideographs and full-width punctuation), 1 per 3 other characters."""
+    cjk = sum(1 for ch in text if ord(ch) >= 0x2E80)
+    return cjk + math.ceil((len(text) - cjk) / 3)
+
+
+def max_text_chars(settings: Settings) -> tuple[int, str]:
+    """(longest accepted sentence in characters, how it was obtained).
+
+    ``validation.max_text_chars`` when set; else derived from the ``cutoff_len`` of the profile
+    ``validation.length_profile`` (``settings.llamafactory_config(...)``; None = ``train.profile``),
+    so that instruction + sentence + answer fit without LLaMA-Factory truncating them::
+
+        (cutoff_len - estimate_tokens(instruction [+ system prompt]) - template_reserve_tokens)
+            // (1 + output_tokens_per_char)
+    """
+    v = settings.validation
+    if v.max_text_chars is not None:
+        return v.max_text_chars, "validation.max_text_chars"
+    profile = v.length_profile or settings.train.profile
+    lf = settings.llamafactory_config(profile)
+    cutoff = int(lf.get("cutoff_len") or 1024)
+    instruction = settings.prompt.render_instruction() + (settings.dataset.system_prompt or "")
+    instr_tokens = estimate_tokens(instruction)
+    budget = cutoff - instr_tokens - v.template_reserve_tokens
+    limit = math.floor(budget / (1 + v.output_tokens_per_char))
+    how = (
+        f"derived from profile {profile}: (cutoff_len {cutoff} - instruction ~{instr_tokens} tokens - template reserve "
+        f"{v.template_reserve_tokens}) / (1 + {v.output_tokens_per_char} answer tokens per char) = {limit}"
+    )
+    if limit < 1:
+        raise ConfigError(
+            f"validation.max_text_chars: {how}; the profile's cutoff_len leaves no room for a sentence: "
+            "set validation.max_text_chars explicitly"
+        )
+    return limit, how
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+SENTENCE_COLUMNS = ["record_idx", "text", "text_len"]
+SPAN_COLUMNS = [
+    "record_idx",
+    "entity_idx",
+    "start",
+    "end",
+    "label",
+    "entity_text",
+    "span_text",
+    "text_len",
+    "overlapping",
+    "label_conflict",
+    "unlabeled_repeats",
+    "half_open_title",
+]
+
+
+def _count_unlabeled(text: str, needle: str, spans: list[tuple[int, int]]) -> int:
+    """Occurrences of ``needle`` in ``text`` (non-overlapping scan) that touch no annotated span."""
+    n, pos = 0, text.find(needle)
+    while pos >= 0 and needle:
+        end = pos + len(needle)
+        if not any(pos < e and s < end for s, e in spans):
+            n += 1
+        pos = text.find(needle, end)
+    return n
+
+
+def _span_rows(idx: int, record: Record) -> list[dict[str, Any]]:
+    text = record.text if isinstance(record.text, str) else None
+    n = len(text) if text is not None else None
+    ents = list(record.entities)
+    valid = sorted(
+        {
+            (e.start, e.end)
+            for e in ents
+            if text is not None
+            and isinstance(e.start, int)
+            and isinstance(e.end, int)
+            and 0 <= e.start < e.end <= len(text)
+        }
+    )
+    valid_set = set(valid)
+    labels_by_text: dict[str, set[Any]] = defaultdict(set)
+    for e in ents:
+        if isinstance(e.text, str):
+            labels_by_text[e.text].add(e.label)
+    first_of_text: dict[Any, int] = {}
+    rows = []
+    for j, e in enumerate(ents):
+        ok = isinstance(e.start, int) and isinstance(e.end, int) and (e.start, e.end) in valid_set
+        span_text = text[e.start : e.end] if ok and text is not None else None
+        overlapping = ok and any(
+            isinstance(o.start, int)
+            and isinstance(o.end, int)
+            and (o.start, o.end) in valid_set
+            and (o.start, o.end, o.label) != (e.start, e.end, e.label)
+            and o.start < e.end
+            and e.start < o.end
+            for k, o in enumerate(ents)
+            if k != j
+        )
+        repeats = 0
+        if isinstance(e.text, str) and e.text not in first_of_text:
+            first_of_text[e.text] = j
+            if text is not None:
+                repeats = _count_unlabeled(text, e.text, valid)
+        ent_text = e.text if isinstance(e.text, str) else None
+        rows.append(
+            {
+                "record_idx": idx,
+                "entity_idx": j,
+                "start": e.start,
+                "end": e.end,
+                "label": e.label,
+                "entity_text": ent_text,
+                "span_text": span_text,
+                "text_len": n,
+                "overlapping": bool(overlapping),
+                "label_conflict": ent_text is not None and len(labels_by_text[ent_text]) > 1,
+                "unlabeled_repeats": repeats,
+                "half_open_title": ent_text is not None and ent_text.count("《") != ent_text.count("》"),
+            }
+        )
+    return rows
+
+
+def build_frames(records: list[Record]) -> tuple[Any, Any]:
+    """(sentences, spans) dataframes; the row index of ``sentences`` is the record's position."""
+    import pandas as pd
+
+    sentences = pd.DataFrame(
+        [
+            {
+                "record_idx": i,
+                "text": r.text if isinstance(r.text, str) else None,
+                "text_len": len(r.text) if isinstance(r.text, str) else None,
+            }
+            for i, r in enumerate(records)
+        ],
+        columns=SENTENCE_COLUMNS,
+    )
+    spans = pd.DataFrame(
+        [row for i, r in enumerate(records) for row in _span_rows(i, r)], columns=SPAN_COLUMNS
+    )
+    return sentences, spans
+
+
+def anomaly_counts(spans: Any) -> dict[str, int]:
+    """The real-data anomalies in SOURCES.md's units."""
+    if spans.empty:
+        return {
+            "overlapping_spans": 0,
+            "same_text_two_labels": 0,
+            "unlabeled_repeat": 0,
+            "half_open_title_mark": 0,
+            "duplicate_span": 0,
+        }
+    dup = spans.duplicated(subset=["record_idx", "start", "end", "label"], keep="first")
+    return {
+        "overlapping_spans": int(spans.loc[spans["overlapping"], "record_idx"].nunique()),  # sentences
+        "same_text_two_labels": int(
+            spans.loc[spans["label_conflict"], ["record_idx", "entity_text"]].drop_duplicates().shape[0]
+        ),  # (sentence, string) pairs
+        "unlabeled_repeat": int(spans["unlabeled_repeats"].sum()),  # unlabeled occurrences
+        "half_open_title_mark": int(spans["half_open_title"].sum()),  # entities
+        "duplicate_span": int(dup.sum()),  # repeated spans beyond the first
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Suite
+
+
+def load_suites(settings: Settings) -> list[dict[str, Any]]:
+    """The suites of ``validation.suite`` (relative to conf/), checked for the frames they need."""
+    path = Path(settings.conf_dir) / settings.validation.suite
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the GX suite file: {exc}") from exc
+    suites = data.get("suites") if isinstance(data, dict) else None
+    if not isinstance(suites, list) or not suites:
+        raise ConfigError(f"{path}: expected a 'suites' list")
+    frames = {"sentences", "spans", "batch"}
+    for s in suites:
+        frame = (s.get("meta") or {}).get("frame")
+        if frame not in frames:
+            raise ConfigError(f"{path}: suite {s.get('name')!r}: meta.frame must be one of {sorted(frames)}")
+        for e in s.get("expectations", []):
+            policy = (e.get("meta") or {}).get("policy")
+            if policy is not None and policy not in type(settings.validation).model_fields:
+                raise ConfigError(
+                    f"{path}: {e.get('type')}: meta.policy {policy!r} is not a key of the validation section"
+                )
+    return suites
+
+
+def _gx_context(docs_dir: Path | None) -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    sites = {}
+    if docs_dir is not None:
+        # A site of our own; the default ephemeral context's `local_site` would go to a temp dir.
+        sites["retrain_site"] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites=sites,
+    )
+    return gx.get_context(project_config=config)
+
+
+def _safe_name(name: str) -> str:
+    """A batch name usable as a GX name and a single path component of the Data Docs (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:100] or "batch"
+
+
+def _run_suite(ctx: Any, suite_dict: dict[str, Any], df: Any, params: dict[str, Any], batch_name: str) -> Any:
+    """Run one suite on ``df`` (a dataframe asset named after the frame, in a pandas data source
+    named after the batch) with COMPLETE results, so failing rows come back by index."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    frame = suite_dict["meta"]["frame"]
+    name = _safe_name(batch_name)
+    try:
+        source = ctx.data_sources.get(name)
+    except (KeyError, ValueError, LookupError):
+        source = ctx.data_sources.add_pandas(name)
+    asset = source.add_dataframe_asset(frame)
+    batch_def = asset.add_batch_definition_whole_dataframe("whole")
+    suite = ctx.suites.add(gx.ExpectationSuite(**copy.deepcopy(suite_dict)))
+    vd = ctx.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{suite.name}", data=batch_def, suite=suite)
+    )
+    return vd.run(
+        batch_parameters={"dataframe": df},
+        expectation_parameters=params,
+        result_format={"result_format": "COMPLETE"},
+        run_id=RunIdentifier(run_name=_safe_name(batch_name)),
+    )
+
+
+def _columns(kwargs: dict[str, Any]) -> list[str]:
+    if "column_list" in kwargs:
+        return list(kwargs["column_list"])
+    cols = [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
+    return cols
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "null"
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "…"
+
+
+def _exception(er: Any) -> str | None:
+    """The message of an expectation that raised, or None. GX 1.x gives either one
+    ``{"raised_exception", "exception_message"}`` dict or one such dict per metric."""
+    info = er.exception_info or {}
+    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
+    for c in candidates:
+        if c.get("raised_exception"):
+            return str(c.get("exception_message") or "an exception")
+    return None
+
+
+def _severity(cfg: Any) -> str:
+    sev = getattr(cfg, "severity", "critical")
+    return str(getattr(sev, "value", sev)).lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch
+
+
+def validate_batch(
+    records: list[Record],
+    settings: Settings,
+    *,
+    batch_name: str,
+    docs_dir: Path | None,
+    history_label_counts: dict[str, int] | None = None,
+    parse_rejected: int = 0,
+) -> BatchValidation:
+    """Validate one batch with Great Expectations; see the module docstring.
+
+    ``parse_rejected`` is how many of the batch's input records the parser already quarantined:
+    they count as bad rows for ``validation.max_bad_fraction`` (they are not returned again).
+    ``docs_dir``: where GX Data Docs are built (None: none are built). ``history_label_counts``:
+    span counts per label of the data accepted so far, for the drift check (None: not judged).
+    """
+    v = settings.validation
+    limit, limit_how = max_text_chars(settings)
+    suites = load_suites(settings)
+    sentences, spans = build_frames(records)
+    anomalies = anomaly_counts(spans)
+    if docs_dir is not None:
+        docs_dir = Path(docs_dir)
+        docs_dir.mkdir(parents=True, exist_ok=True)
+    ctx = _gx_context(docs_dir)
+    params: dict[str, Any] = {
+        "labels": list(settings.prompt.labels),
+        "max_text_chars": limit,
+        "min_rows": v.min_rows,
+        "max_bad_fraction": v.max_bad_fraction,
+        "drift_warn": v.drift_warn,
+        "drift_fail": v.drift_fail,
+    }
+    frames = {"sentences": sentences, "spans": spans}
+
+    expectations: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    problems: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+    record_warnings: dict[int, list[str]] = defaultdict(list)
+    drop_entities: dict[int, set[int]] = defaultdict(set)
+    errors: list[str] = []
+
+    for suite_dict in (s for s in suites if s["meta"]["frame"] in frames):
+        frame = suite_dict["meta"]["frame"]
+        df = frames[frame]
+        result = _run_suite(ctx, suite_dict, df, params, batch_name)
+        for er in result.results:
+            cfg = er.expectation_config
+            meta = cfg.meta or {}
+            policy_key = meta.get("policy")
+            action = getattr(v, policy_key) if policy_key else "reject"
+            res = er.result or {}
+            entry = {
+                "name": f"{suite_dict['name']}:{cfg.type}({','.join(_columns(cfg.kwargs))})",
+                "success": bool(er.success),
+                "unexpected_count": int(res.get("unexpected_count") or 0),
+                "severity": _severity(cfg),
+                "policy": policy_key,
+                "action": action,
+            }
+            expectations.append(entry)
+            raised = _exception(er)
+            if raised:
+                errors.append(f"{entry['name']} raised: {raised}")
+                continue
+            if er.success:
+                continue
+            rows = res.get("unexpected_index_list") or []
+            if not rows:  # failed, but no rows to blame: never let that pass silently
+                errors.append(f"{entry['name']} failed without an unexpected_index_list")
+                continue
+            cols = _columns(cfg.kwargs)
+            explain = meta.get("explain", cfg.type)
+            reason = f"gx:{cfg.type}"
+            seen_keys: set[tuple[Any, ...]] = set()
+            affected: set[int] = set()
+            for row_idx in sorted(rows):
+                row = df.loc[row_idx]
+                rec = int(row["record_idx"])
+                values = ", ".join(f"{c}={_show(row[c])}" for c in cols)
+                if frame == "spans":
+                    ent = int(row["entity_idx"])
+                    values = f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} {_show(row['entity_text'])}: {values}"
+                    shown = [c for c in cols if c != "record_idx"]
+                    fld = f"entities[{ent}].{shown[0]}" if len(shown) == 1 else f"entities[{ent}]"
+                    if cfg.type == "expect_compound_columns_to_be_unique":
+                        key = tuple(row[c] for c in cols)
+                        if key not in seen_keys:  # the first of a duplicate group is kept
+                            seen_keys.add(key)
+                            continue
+                        if action != "reject":
+                            drop_entities[rec].add(ent)
+                else:
+                    fld = cols[0]
+                detail = f"{values}: {explain}"
+                affected.add(rec)
+                if action == "reject":
+                    problems[rec].append((reason, fld, detail))
+                elif action == "warn":
+                    record_warnings[rec].append(f"{policy_key}: {fld}: {detail}")
+            if affected and action != "reject":
+                where = ", ".join(f"{records[i].source_key}:{records[i].line}" for i in sorted(affected)[:3])
+                more = "" if len(affected) <= 3 else f", … ({len(affected)} records)"
+                if action == "warn":
+                    warnings.append(
+                        f"{policy_key} (warn): {len(rows)} spans in {len(affected)} records, e.g. {where}{more}"
+                    )
+
+    accepted: list[Record] = []
+    rejected: list[Rejection] = []
+    for i, record in enumerate(records):
+        if i in problems:
+            (reason, fld, detail), *rest = problems[i]
+            if rest:
+                detail += "; also: " + "; ".join(f"{f}: {r}: {d}" for r, f, d in rest[:5])
+                if len(rest) > 5:
+                    detail += f"; and {len(rest) - 5} more"
+            rejected.append(
+                Rejection(record.source_key, record.line, reason, detail, field=fld, raw=_raw(record))
+            )
+            continue
+        if i in record_warnings or i in drop_entities:
+            record = dataclasses.replace(
+                record,
+                entities=[e for j, e in enumerate(record.entities) if j not in drop_entities.get(i, set())],
+                warnings=list(record.warnings) + record_warnings.get(i, []),
+            )
+        accepted.append(record)
+
+    label_counts = dict(Counter(e.label for r in accepted for e in r.entities))
+    drift, drift_note = _drift(label_counts, history_label_counts, v.drift_min_spans)
+    if drift_note:
+        warnings.append(drift_note)
+    rows_total = len(records) + parse_rejected
+    rows_rejected = len(rejected) + parse_rejected
+    import pandas as pd
+
+    batch_df = pd.DataFrame(
+        [
+            {
+                "rows_total": rows_total,
+                "rows_rejected": rows_rejected,
+                "rows_accepted": len(accepted),
+                "bad_fraction": rows_rejected / rows_total if rows_total else 0.0,
+                "label_drift_tv": drift if drift is not None else float("nan"),
+            }
+        ]
+    )
+    batch_failures: list[str] = []
+    for suite_dict in (s for s in suites if s["meta"]["frame"] == "batch"):
+        result = _run_suite(ctx, suite_dict, batch_df, params, batch_name)
+        for er in result.results:
+            cfg = er.expectation_config
+            cols = _columns(cfg.kwargs)
+            entry = {
+                "name": f"{suite_dict['name']}:{cfg.type}({','.join(cols)})",
+                "success": bool(er.success),
+                "unexpected_count": int((er.result or {}).get("unexpected_count") or 0),
+                "severity": _severity(cfg),
+                "policy": None,
+                "action": "batch",
+            }
+            expectations.append(entry)
+            raised = _exception(er)
+            if raised:
+                errors.append(f"{entry['name']} raised: {raised}")
+                continue
+            if er.success:
+                continue
+            lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
+            bound = f"> {hi}" if lo is None else f"< {lo}" if hi is None else f"outside [{lo}, {hi}]"
+            msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {(cfg.meta or {}).get('explain', cfg.type)}"
+            if entry["severity"] == "critical":
+                batch_failures.append(msg)
+            else:
+                warnings.append(msg)
+    batch_failures.extend(f"expectation error: {e}" for e in errors)
+
+    quarantined = bool(batch_failures)
+    reason = "; ".join(batch_failures)
+    if quarantined:
+        rejected.extend(
+            Rejection(r.source_key, r.line, BATCH_QUARANTINED, f"batch {batch_name}: {reason}", raw=_raw(r))
+            for r in accepted
+        )
+        accepted = []
+
+    docs_index = _build_docs(ctx, docs_dir, warnings) if docs_dir is not None else None
+    return BatchValidation(
+        accepted=accepted,
+        rejected=rejected,
+        warnings=warnings,
+        expectations=expectations,
+        docs_index=docs_index,
+        batch_quarantined=quarantined,
+        reason=reason,
+        label_counts=label_counts,
+        drift=drift,
+        anomalies=anomalies,
+        max_text_chars=limit,
+        max_text_chars_how=limit_how,
+    )
+
+
+def _raw(record: Record) -> str:
+    text = json.dumps(
+        {"text": record.text, "entities": [[e.start, e.end, e.label, e.text] for e in record.entities]},
+        ensure_ascii=False,
+        default=str,
+    )
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _drift(
+    counts: dict[str, int], history: dict[str, int] | None, min_spans: int
+) -> tuple[float | None, str]:
+    """Total-variation distance between the label shares of ``counts`` and ``history``."""
+    if history is None:
+        return None, ""
+    n, h = sum(counts.values()), sum(max(0, c) for c in history.values())
+    if h == 0:
+        return None, "label drift not judged: the history holds no spans"
+    if n < min_spans:
+        return None, f"label drift not judged: {n} spans < validation.drift_min_spans {min_spans}"
+    labels = set(counts) | set(history)
+    tv = 0.5 * sum(abs(counts.get(lab, 0) / n - max(0, history.get(lab, 0)) / h) for lab in labels)
+    return round(tv, 6), ""
+
+
+def _build_docs(ctx: Any, docs_dir: Path, warnings: list[str]) -> Path | None:
+    try:
+        ctx.build_data_docs(site_names=["retrain_site"])
+    except Exception as exc:  # docs are a report; a failure to render them must not lose the batch
+        log.warning("GX Data Docs failed: %s", exc)
+        warnings.append(f"GX Data Docs were not built: {exc}")
+        return None
+    index = docs_dir / "index.html"
+    return index if index.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def quarantine_report(
+    rejections: list[Rejection], *, examples: int = 3, title: str = "Quarantine report"
+) -> str:
+    """A Markdown report: counts per reason (with what each means) and the first examples of
+    each as ``file:line field: detail`` with the raw input."""
+    from retrain.formats import REASONS
+
+    def meaning(reason: str) -> str:
+        if reason.startswith("gx:"):
+            return f"Great Expectations {reason[3:]} failed"
+        if reason == BATCH_QUARANTINED:
+            return "the whole batch was quarantined (batch-level check)"
+        return REASONS.get(reason, "")
+
+    def clean(text: str) -> str:
+        return text.replace("`", "'").replace("\n", " ")
+
+    by_reason: dict[str, list[Rejection]] = defaultdict(list)
+    for r in rejections:
+        by_reason[r.reason].append(r)
+    keys = {r.source_key for r in rejections}
+    out = [f"# {title}", ""]
+    if not rejections:
+        return "\n".join(out + ["Nothing was quarantined.", ""])
+    objects = "1 object" if len(keys) == 1 else f"{len(keys)} objects"
+    out += [
+        f"{len(rejections)} rejected records from {objects}.",
+        "",
+        "| reason | count | meaning |",
+        "|---|---:|---|",
+    ]
+    order = sorted(by_reason, key=lambda k: (-len(by_reason[k]), k))
+    out += [f"| `{k}` | {len(by_reason[k])} | {meaning(k)} |" for k in order]
+    for k in order:
+        items = by_reason[k]
+        out += ["", f"## `{k}` ({len(items)})", ""]
+        for r in items[:examples]:
+            fld = f" field `{clean(r.field)}`" if r.field else ""
+            out.append(f"- `{clean(r.source_key)}:{r.line}`{fld}: {clean(r.detail)}")
+            if r.raw:
+                out.append(f"  raw: `{clean(r.raw)}`")
+        if len(items) > examples:
+            out.append(f"- … and {len(items) - examples} more")
+    return "\n".join(out) + "\n"
