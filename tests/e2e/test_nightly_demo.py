@@ -68,3 +68,10 @@ def test_registry_history(demo):
     assert v1["tags"]["airflow_run_id"] == demo.nights[0].run_id
     assert v1["tags"]["dataset_version"] == demo.nights[0].summary["dataset"]["version"]
     assert v1["adapter_uri"].endswith("/adapter/")
+
+
+def test_each_run_carries_a_one_line_note(demo):
+    a, b, c = demo.nights
+    assert a.note and a.note.startswith("promoted v1: micro F1"), a.note
+    assert b.note and b.note.startswith(("promoted v2", "kept champion v1")), b.note
+    assert c.note == "skipped: no new data"

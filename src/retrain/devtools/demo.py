@@ -34,6 +34,7 @@ class NightResult:
     returncode: int
     wall_s: float
     states: dict[str, str]
+    note: str | None
     summary: dict[str, Any] | None
     intake: dict[str, Any] | None
     log_file: str
@@ -72,6 +73,7 @@ def _night(af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[st
     runs = [r for r in af.run_states("ner_retrain") if str(r.get("logical_date", "")).startswith(date[:10])]
     run_id = runs[0]["run_id"] if runs else ""
     states = af.task_states("ner_retrain", run_id) if run_id else {}
+    note = af.run_note("ner_retrain", run_id) if run_id else None
     client = moto.client()
     summary = intake = None
     prefix = f"runs/{safe_run_id(run_id)}/"
@@ -85,7 +87,7 @@ def _night(af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[st
         else:
             intake = body
     log.info("night %s: exit %d in %.0fs; tasks %s", name, proc.returncode, wall, states)
-    return NightResult(name, run_id, proc.returncode, wall, states, summary, intake, str(log_file))
+    return NightResult(name, run_id, proc.returncode, wall, states, note, summary, intake, str(log_file))
 
 
 def run_demo(workdir: Path, *, records_first: int = 160, records_second: int = 160, bad: int = 5,
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nregistry: {result.registry.get('name')} at {result.registry.get('tracking_uri')}; "
           f"champion v{champ.get('version')}, previous "
           f"v{(result.registry.get('previous') or {}).get('version')}")
+    print("DAG-run notes:")
+    for n in result.nights:
+        print(f"  {n.name}: {n.note}")
     print("alias history:")
     for ev in result.history:
         print(f"  {ev.get('at')} {ev.get('kind')} v{ev.get('from_version') or '-'} -> v{ev.get('to_version')}: {ev.get('reason')}")

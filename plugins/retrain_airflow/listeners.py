@@ -1,0 +1,64 @@
+"""DAG-run notes for ``ner_retrain``: one line with the run's outcome on the run page.
+
+A task cannot set its own run's note in Airflow 3.3 (the execution API has no route for it), so a
+listener does it where the state change happens (scheduler, or the `airflow dags test` process):
+"promoted v7: micro F1 0.8120 (+0.0140 vs champion v6)", "kept champion v3: …",
+"skipped: no new data", "failed at train: …". A listener must never break the scheduler: every error
+is logged and swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.listeners import hookimpl
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "ner_retrain"
+
+
+def _summary(run_id: str) -> dict[str, Any] | None:
+    from retrain.ingest import safe_run_id
+    from retrain.storage import join_key
+    from retrain_airflow.s3 import object_store
+    from retrain_airflow.tasks import settings
+
+    s = settings()
+    store = object_store(s)
+    key = join_key(s.s3.runs_prefix, safe_run_id(run_id), "summary.json")
+    return store.get_json(key) if store.exists(key) else None
+
+
+def _set_note(dag_run: Any, text: str) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dr = session.get(DagRun, dag_run.id)
+        if dr is not None:
+            dr.note = text[:1000]
+
+
+@hookimpl
+def on_dag_run_success(dag_run: Any, msg: str) -> None:
+    if dag_run.dag_id != DAG_ID:
+        return
+    try:
+        from retrain_airflow.ui import run_note
+
+        _set_note(dag_run, run_note(_summary(dag_run.run_id)))
+    except Exception:  # never let a note break the scheduler
+        log.exception("could not set the note of %s", dag_run.run_id)
+
+
+@hookimpl
+def on_dag_run_failed(dag_run: Any, msg: str) -> None:
+    if dag_run.dag_id != DAG_ID:
+        return
+    try:
+        failed = sorted(ti.task_id for ti in dag_run.get_task_instances(state=["failed", "upstream_failed"]))
+        _set_note(dag_run, f"failed at {', '.join(failed) or 'unknown task'}: nothing promoted; see the task logs")
+    except Exception:
+        log.exception("could not set the note of %s", dag_run.run_id)

@@ -1,0 +1,838 @@
+"""The train stage (trainer environment): LoRA SFT with LLaMA-Factory for one run.
+
+Input: ``s3://<bucket>/runs/<run id>/train_request.json``, written by the Airflow side::
+
+    {"run_id": ..., "dataset_uri": "s3://bucket/datasets/<version>/", "dataset_version": ...,
+     "base_model": "<local dir or ModelScope id>", "model_cache_dir": ...,
+     "llamafactory": {...the merged LLaMA-Factory config...}}
+
+`run_training_from_uri` downloads the request and the dataset version, resolves the base model,
+renders the final LLaMA-Factory YAML, runs ``llamafactory-cli train`` as a subprocess and then
+decides success from the artifacts, never from the exit code alone: the adapter files must exist
+and load with peft onto the base model, and ``trainer_log.jsonl`` must end at the last step.
+Outputs go under the run prefix::
+
+    adapter/                 adapter_config.json, adapter_model.safetensors
+    train/                   trainer_log.jsonl, training_loss.png, all_results.json,
+                             train_config.yaml, versions.json, llamafactory.log
+    checkpoints/             the latest checkpoint of a FAILED attempt + hashes.json (for resume;
+                             deleted once the run commits)
+    train_result.json        written last: its presence means the run's training committed
+
+Resume: when a previous attempt of the same run failed after saving a checkpoint, and that
+checkpoint was made from the same dataset version and config hash, training resumes from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from retrain.storage import ObjectStore, join_key, parse_s3_uri
+
+log = logging.getLogger(__name__)
+
+REQUEST_FILE = "train_request.json"
+RESULT_FILE = "train_result.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TRAINER_LOG = "trainer_log.jsonl"
+#: Keys of the LLaMA-Factory config that depend on where this attempt runs, not on what it trains.
+RUN_PATH_KEYS = ("model_name_or_path", "dataset_dir", "output_dir", "resume_from_checkpoint")
+#: Section order of the rendered YAML (LLaMA-Factory's own grouping); other keys go last.
+YAML_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("model", ("model_name_or_path", "adapter_name_or_path", "trust_remote_code", "cache_dir")),
+    (
+        "method",
+        (
+            "stage",
+            "do_train",
+            "finetuning_type",
+            "flash_attn",
+            "lora_rank",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target",
+            "deepspeed",
+        ),
+    ),
+    (
+        "dataset",
+        (
+            "dataset_dir",
+            "dataset",
+            "eval_dataset",
+            "template",
+            "cutoff_len",
+            "max_samples",
+            "overwrite_cache",
+            "preprocessing_num_workers",
+            "dataloader_num_workers",
+        ),
+    ),
+    (
+        "output",
+        (
+            "output_dir",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "plot_loss",
+            "overwrite_output_dir",
+            "save_only_model",
+            "report_to",
+        ),
+    ),
+    (
+        "train",
+        (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "num_train_epochs",
+            "max_steps",
+            "lr_scheduler_type",
+            "warmup_ratio",
+            "warmup_steps",
+            "bf16",
+            "fp16",
+            "ddp_timeout",
+            "seed",
+            "resume_from_checkpoint",
+        ),
+    ),
+    ("eval", ("val_size", "per_device_eval_batch_size", "eval_strategy", "eval_steps")),
+)
+VERSION_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "llamafactory",
+    "accelerate",
+    "datasets",
+    "trl",
+    "tokenizers",
+    "modelscope",
+)
+#: Above this many bytes of base-model weights, the adapter check builds the base model on the
+#: meta device (structure and shapes only) instead of loading every weight into memory.
+FULL_LOAD_MAX_BYTES = 2 * 1024**3
+
+
+class TrainingFailed(RuntimeError):
+    """The train stage did not produce a committed, usable adapter; the message says why."""
+
+
+class TrainingInterrupted(TrainingFailed):
+    """This process was told to stop (SIGTERM, e.g. a task timeout or ``docker stop``) mid-training."""
+
+
+class TrainInputError(TrainingFailed):
+    """The request, the dataset or the base model is missing or invalid: retrying will not help."""
+
+
+class BaseModelUnavailable(TrainInputError):
+    """The base model is neither a local directory nor obtainable from ModelScope."""
+
+
+class TrainRequest(BaseModel):
+    """``runs/<run id>/train_request.json``, validated (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    dataset_uri: str
+    dataset_version: str
+    base_model: str
+    model_cache_dir: str
+    llamafactory: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainArtifacts:
+    """What one finished LLaMA-Factory run left in its output directory, parsed."""
+
+    steps: int
+    total_steps: int
+    epochs: float | None
+    train_loss: float | None
+    runtime_s: float | None
+    loss_curve: list[list[float]]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def config_hash(cfg: Mapping[str, Any], base_model: str = "") -> str:
+    """A short stable hash of what is trained: the LLaMA-Factory config without the per-attempt
+    paths (`RUN_PATH_KEYS`), plus the base model's name. Same inputs, same hash, on any machine."""
+    stable = {k: v for k, v in cfg.items() if k not in RUN_PATH_KEYS}
+    payload = json.dumps({"base_model": base_model, "llamafactory": stable}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def render_llamafactory_yaml(
+    cfg: Mapping[str, Any],
+    *,
+    model_name_or_path: str | None = None,
+    dataset_dir: str | None = None,
+    output_dir: str | None = None,
+    dataset: str | None = None,
+    resume_from_checkpoint: str | None = None,
+    header: str | None = None,
+) -> str:
+    """The LLaMA-Factory YAML for ``cfg`` with the run's paths filled in, grouped like
+    LLaMA-Factory's examples (``### model``, ``### method``, …; unknown keys under ``### other``).
+
+    Keyword arguments that are not None override the matching keys. The text loads back to
+    exactly the merged mapping (checked).
+    """
+    merged: dict[str, Any] = dict(cfg)
+    overrides = {
+        "model_name_or_path": model_name_or_path,
+        "dataset_dir": dataset_dir,
+        "output_dir": output_dir,
+        "dataset": dataset,
+        "resume_from_checkpoint": resume_from_checkpoint,
+    }
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    lines: list[str] = []
+    if header:
+        lines += [f"# {h}".rstrip() for h in header.splitlines()]
+    placed: set[str] = set()
+    for section, keys in YAML_SECTIONS:
+        present = [k for k in keys if k in merged]
+        if not present:
+            continue
+        lines.append(f"### {section}")
+        lines += [_yaml_line(k, merged[k]) for k in present]
+        lines.append("")
+        placed.update(present)
+    rest = sorted(k for k in merged if k not in placed)
+    if rest:
+        lines.append("### other")
+        lines += [_yaml_line(k, merged[k]) for k in rest]
+        lines.append("")
+    text = "\n".join(lines)
+    if yaml.safe_load(text) != merged:  # a rendering bug must never change what is trained
+        raise AssertionError("rendered LLaMA-Factory YAML does not load back to the same config")
+    return text
+
+
+def _yaml_line(key: str, value: Any) -> str:
+    return yaml.safe_dump(
+        {key: value}, allow_unicode=True, default_flow_style=False, sort_keys=False, width=10_000
+    ).rstrip("\n")
+
+
+def read_trainer_log(path: str | Path) -> list[dict[str, Any]]:
+    """The entries of LLaMA-Factory's ``trainer_log.jsonl``; ValueError naming the bad line."""
+    entries = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON: {exc}") from exc
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}:{n}: expected an object, got {type(entry).__name__}")
+        entries.append(entry)
+    return entries
+
+
+def loss_curve(entries: list[dict[str, Any]]) -> list[list[float]]:
+    """``[[step, loss], …]`` from trainer-log entries that carry a training loss."""
+    return [
+        [int(e["current_steps"]), float(e["loss"])]
+        for e in entries
+        if e.get("loss") is not None and e.get("current_steps") is not None
+    ]
+
+
+def check_artifacts(output_dir: str | Path, base_model: str | Path | None = None) -> list[str]:
+    """Problems with a finished run's output directory; an empty list means it is usable.
+
+    Checks: both adapter files exist and are non-empty; adapter_config.json is a PEFT config;
+    trainer_log.jsonl exists and its last entry is the last step (``current_steps ==
+    total_steps > 0``). With ``base_model``, also that the adapter loads onto that base model
+    with peft (`verify_adapter_loads`).
+    """
+    out = Path(output_dir)
+    problems: list[str] = []
+    for name in ADAPTER_FILES:
+        path = out / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size == 0:
+            problems.append(f"{name} is empty")
+    cfg_path = out / "adapter_config.json"
+    if cfg_path.is_file() and cfg_path.stat().st_size:
+        try:
+            adapter_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            if not isinstance(adapter_cfg, dict) or "peft_type" not in adapter_cfg:
+                problems.append("adapter_config.json has no peft_type")
+        except json.JSONDecodeError as exc:
+            problems.append(f"adapter_config.json is not JSON: {exc}")
+    log_path = out / TRAINER_LOG
+    if not log_path.is_file():
+        problems.append(f"{TRAINER_LOG} is missing")
+    else:
+        try:
+            entries = read_trainer_log(log_path)
+        except ValueError as exc:
+            problems.append(str(exc))
+            entries = None
+        if entries is not None:
+            if not entries:
+                problems.append(f"{TRAINER_LOG} is empty")
+            else:
+                last = entries[-1]
+                cur, total = last.get("current_steps"), last.get("total_steps")
+                if not isinstance(total, int) or total <= 0:
+                    problems.append(f"{TRAINER_LOG}: last entry has no positive total_steps: {last}")
+                elif cur != total:
+                    problems.append(f"{TRAINER_LOG}: training stopped at step {cur} of {total}")
+    if base_model is not None and not problems:
+        try:
+            verify_adapter_loads(out, base_model)
+        except Exception as exc:  # any failure to load is a problem to report, not a crash
+            problems.append(
+                f"adapter does not load onto base model {base_model}: {type(exc).__name__}: {exc}"
+            )
+    return problems
+
+
+def read_artifacts(output_dir: str | Path) -> TrainArtifacts:
+    """Parse a checked output directory (see `check_artifacts`) into the numbers of the result."""
+    out = Path(output_dir)
+    entries = read_trainer_log(out / TRAINER_LOG)
+    results: dict[str, Any] = {}
+    if (out / "all_results.json").is_file():
+        results = json.loads((out / "all_results.json").read_text(encoding="utf-8"))
+    last = entries[-1]
+    epochs = results.get("epoch", last.get("epoch"))
+    return TrainArtifacts(
+        steps=int(last["current_steps"]),
+        total_steps=int(last["total_steps"]),
+        epochs=float(epochs) if epochs is not None else None,
+        train_loss=float(results["train_loss"]) if results.get("train_loss") is not None else None,
+        runtime_s=float(results["train_runtime"]) if results.get("train_runtime") is not None else None,
+        loss_curve=loss_curve(entries),
+    )
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The highest ``checkpoint-N`` under ``output_dir`` that was fully written.
+
+    HF Trainer writes trainer_state.json last; a checkpoint counts when that file parses and says
+    ``global_step == N`` and the adapter weights are there (a kill mid-save leaves neither).
+    """
+    best: tuple[int, Path] | None = None
+    for path in Path(output_dir).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if not m or not path.is_dir():
+            continue
+        step = int(m.group(1))
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if state.get("global_step") != step or not (path / "adapter_model.safetensors").is_file():
+            continue
+        if best is None or step > best[0]:
+            best = (step, path)
+    return best[1] if best else None
+
+
+# --------------------------------------------------------------------------- base model
+
+
+def resolve_base_model(name: str, cache_dir: str | Path, *, connect_timeout_s: float = 10.0) -> Path:
+    """The local directory of the base model ``name``.
+
+    An existing local directory is used as is. Anything else must be a ModelScope id
+    (``owner/name``): taken from the cache under ``cache_dir`` when already there, otherwise
+    downloaded with ``modelscope.snapshot_download``. Before downloading, the hub endpoint is
+    probed with a ``connect_timeout_s`` TCP connect, so an unreachable hub fails within seconds
+    (modelscope itself retries for ~20 s and has no setting to stop that) with a
+    `BaseModelUnavailable` naming the id and the cache directory.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if name.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise BaseModelUnavailable(
+            f"base model {name!r}: no such local directory, and not a ModelScope id of the form owner/name"
+        )
+    cache = Path(cache_dir).expanduser()
+    from modelscope import snapshot_download
+
+    try:
+        cached = Path(snapshot_download(name, cache_dir=str(cache), local_files_only=True))
+        if (cached / "config.json").is_file():
+            log.info("base model %s found in the ModelScope cache: %s", name, cached)
+            return cached
+    except Exception as exc:  # modelscope raises its own CacheNotFound (an Exception subclass)
+        log.info("base model %s is not in the ModelScope cache %s (%s)", name, cache, type(exc).__name__)
+    endpoint = _modelscope_endpoint()
+    problem = _unreachable(endpoint, connect_timeout_s)
+    if problem:
+        raise BaseModelUnavailable(
+            f"base model {name!r} is not in the ModelScope cache {cache} and the hub {endpoint} is "
+            f"unreachable ({problem}). Download it there first (`modelscope download --model {name} "
+            f"--cache_dir {cache}`) or set train.base_model to a local model directory."
+        )
+    log.info("downloading base model %s from %s into %s", name, endpoint, cache)
+    try:
+        return Path(snapshot_download(name, cache_dir=str(cache)))
+    except Exception as exc:
+        raise BaseModelUnavailable(
+            f"base model {name!r}: download from {endpoint} into {cache} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _modelscope_endpoint() -> str:
+    try:
+        from modelscope.hub.api import HubApi
+
+        return str(HubApi().endpoint)
+    except Exception:  # the probe only needs a host; fall back to the public hub
+        return "https://" + os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn")
+
+
+def _unreachable(endpoint: str, timeout_s: float) -> str | None:
+    """None when a TCP connection to the endpoint (or the HTTPS proxy in use) opens in time."""
+    url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy and url.scheme == "https":
+        p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 3128
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc}"
+
+
+def verify_adapter_loads(
+    adapter_dir: str | Path, base_model: str | Path, *, full_load: bool | None = None
+) -> None:
+    """Load the adapter onto the base model with peft; raise if any adapter weight does not fit.
+
+    Small base models (weights up to `FULL_LOAD_MAX_BYTES`) are loaded for real and run one
+    forward pass. Larger ones are built on the meta device from their config, which checks
+    module names and tensor shapes without reading the base weights (``full_load`` forces
+    either way).
+    """
+    import torch
+    from peft import PeftConfig, PeftModel
+    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = Path(base_model)
+    if full_load is None:
+        size = sum(p.stat().st_size for p in base.glob("*.safetensors")) + sum(
+            p.stat().st_size for p in base.glob("*.bin")
+        )
+        full_load = size <= FULL_LOAD_MAX_BYTES
+    if full_load:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    peft_config = PeftConfig.from_pretrained(str(adapter_dir))
+    # What PeftModel.from_pretrained does, keeping load_adapter's result (it only warns on misses).
+    peft_cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(peft_config.task_type, PeftModel)
+    peft_model = peft_cls(model, peft_config, "default", low_cpu_mem_usage=not full_load)
+    result = peft_model.load_adapter(
+        str(adapter_dir), adapter_name="default", low_cpu_mem_usage=not full_load
+    )
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter weights do not match the base model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    if full_load:
+        with torch.no_grad():
+            logits = peft_model(input_ids=torch.tensor([[0, 1, 2, 3]])).logits
+        if not torch.isfinite(logits).all():
+            raise ValueError("the adapted model produces non-finite logits")
+
+
+# --------------------------------------------------------------------------- the subprocess
+
+
+def llamafactory_cli() -> Path:
+    """``llamafactory-cli`` of this interpreter's environment (its bin directory, symlinks kept)."""
+    path = Path(sys.executable).parent / "llamafactory-cli"
+    if path.is_file():
+        return path
+    found = shutil.which("llamafactory-cli")
+    if not found:
+        raise TrainingFailed(f"llamafactory-cli not found next to {sys.executable} nor on PATH")
+    return Path(found)
+
+
+def run_llamafactory(
+    config_path: str | Path, log_path: str | Path, *, cwd: str | Path, tail_lines: int = 40
+) -> None:
+    """Run ``llamafactory-cli train CONFIG``, streaming each output line into the log and into
+    ``log_path``. A non-zero exit raises `TrainingFailed` with the code and the last lines.
+
+    While it runs (in the main thread), SIGTERM raises `TrainingInterrupted` instead of killing
+    this process outright: the trainer is stopped and the caller can still keep its checkpoint.
+    """
+    cmd = [str(llamafactory_cli()), "train", str(config_path)]
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local directory by now: never hit a hub
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log.info("running: %s", " ".join(cmd))
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        with open(log_path, "w", encoding="utf-8") as sink:
+            code = _stream(cmd, cwd, env, sink, tail)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    if code != 0:
+        how = (
+            f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else ""
+        )
+        last = "\n".join(tail)
+        raise TrainingFailed(
+            f"llamafactory-cli train exited with {code}{f' ({how})' if how else ''}; "
+            f"last output lines:\n{last}"
+        )
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise TrainingInterrupted(
+        f"received {signal.Signals(signum).name} while llamafactory-cli train was running"
+    )
+
+
+def _stream(
+    cmd: list[str], cwd: str | Path, env: dict[str, str], sink: Any, tail: collections.deque[str]
+) -> int:
+    proc = subprocess.Popen(
+        cmd,
+        cwd=str(cwd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+    )
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            sink.write(line + "\n")
+            if line.strip():
+                tail.append(line)
+                log.info("[llamafactory] %s", line)
+        return proc.wait()
+    except BaseException:  # interrupted (SIGTERM, Ctrl-C): never leave the trainer running
+        log.warning("stopping llamafactory-cli (pid %d)", proc.pid)
+        _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def collect_versions() -> dict[str, str]:
+    """Versions of the packages that decide what training does, plus Python's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def load_train_request(store: ObjectStore, run_prefix: str) -> TrainRequest:
+    """Read and validate ``<run_prefix>/train_request.json``."""
+    key = join_key(run_prefix, REQUEST_FILE)
+    if not store.exists(key):
+        raise TrainInputError(f"no train request at {store.uri(key)}")
+    try:
+        return TrainRequest.model_validate(store.get_json(key))
+    except (ValidationError, ValueError) as exc:
+        raise TrainInputError(f"{store.uri(key)}: invalid train request: {exc}") from exc
+
+
+def download_dataset(store: ObjectStore, dataset_uri: str, dest: Path) -> dict[str, Any]:
+    """Download the dataset version into ``dest``; return its dataset_info.json mapping."""
+    bucket, prefix = parse_s3_uri(dataset_uri)
+    ds_store = store if bucket == store.bucket else ObjectStore(store.client, bucket)
+    files = ds_store.download_prefix(prefix.rstrip("/"), dest)
+    if not files:
+        raise TrainInputError(
+            f"dataset {dataset_uri}: no objects there (expected dataset_info.json and train.json)"
+        )
+    info_path = dest / "dataset_info.json"
+    if not info_path.is_file():
+        raise TrainInputError(f"dataset {dataset_uri}: dataset_info.json is missing")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TrainInputError(f"dataset {dataset_uri}: dataset_info.json is not JSON: {exc}") from exc
+    for name, entry in info.items():
+        fname = entry.get("file_name") if isinstance(entry, dict) else None
+        if fname and not (dest / fname).is_file():
+            raise TrainInputError(
+                f"dataset {dataset_uri}: {name} -> {fname} is listed in dataset_info.json but missing"
+            )
+    return info
+
+
+def _dataset_names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _find_resume_checkpoint(
+    store: ObjectStore, run_prefix: str, dest: Path, dataset_version: str, chash: str
+) -> Path | None:
+    hashes_key = join_key(run_prefix, "checkpoints", "hashes.json")
+    if not store.exists(hashes_key):
+        log.info(
+            "no checkpoint of an earlier attempt under %s: starting fresh",
+            store.uri(join_key(run_prefix, "checkpoints")),
+        )
+        return None
+    saved = store.get_json(hashes_key)
+    if saved.get("dataset_version") != dataset_version or saved.get("config_hash") != chash:
+        log.info(
+            "checkpoint %s was made from dataset %s / config %s, this attempt trains dataset %s / config %s: "
+            "starting fresh",
+            saved.get("checkpoint"),
+            saved.get("dataset_version"),
+            saved.get("config_hash"),
+            dataset_version,
+            chash,
+        )
+        return None
+    name = str(saved.get("checkpoint", ""))
+    if not re.fullmatch(r"checkpoint-\d+", name):
+        log.warning("hashes.json names no valid checkpoint (%r): starting fresh", name)
+        return None
+    files = store.download_prefix(join_key(run_prefix, "checkpoints", name), dest / name)
+    if not files or latest_complete_checkpoint(dest) != dest / name:
+        log.warning("checkpoint %s is incomplete in S3: starting fresh", name)
+        return None
+    log.info("resuming from %s of an earlier attempt (dataset %s, config %s)", name, dataset_version, chash)
+    return dest / name
+
+
+def _save_checkpoint_for_resume(
+    store: ObjectStore, run_prefix: str, output_dir: Path, dataset_version: str, chash: str
+) -> None:
+    """Upload the latest complete checkpoint of a failed attempt, then hashes.json pointing at it."""
+    ckpt = latest_complete_checkpoint(output_dir)
+    if ckpt is None:
+        log.info("no complete checkpoint to keep for a resume")
+        return
+    prefix = join_key(run_prefix, "checkpoints")
+    store.upload_dir(ckpt, join_key(prefix, ckpt.name))
+    store.put_json(
+        join_key(prefix, "hashes.json"),
+        {"checkpoint": ckpt.name, "dataset_version": dataset_version, "config_hash": chash},
+    )
+    for obj in list(store.iter_objects(prefix + "/")):
+        rel = obj.key[len(prefix) + 1 :]
+        if rel.startswith("checkpoint-") and not rel.startswith(ckpt.name + "/"):
+            store.client.delete_object(Bucket=store.bucket, Key=obj.key)
+    log.info("kept %s for a resume at %s", ckpt.name, store.uri(join_key(prefix, ckpt.name)))
+
+
+def run_training(store: ObjectStore, run_prefix: str, workdir: str | Path) -> dict[str, Any]:
+    """Train one run whose request lies at ``<run_prefix>/train_request.json`` in ``store``'s
+    bucket, using ``workdir`` for local files. Returns the train_result.json mapping."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    request = load_train_request(store, run_prefix)
+    log.info(
+        "run %s: dataset %s (%s), base model %s",
+        request.run_id,
+        request.dataset_version,
+        request.dataset_uri,
+        request.base_model,
+    )
+    result_key = join_key(run_prefix, RESULT_FILE)
+    if store.exists(result_key):  # a re-run: un-commit first, so no reader pairs old result + new files
+        log.warning(
+            "%s exists from an earlier attempt: deleting it before training again", store.uri(result_key)
+        )
+        store.client.delete_object(Bucket=store.bucket, Key=result_key)
+
+    dataset_dir, output_dir, resume_dir = work / "dataset", work / "output", work / "resume"
+    for d in (dataset_dir, output_dir, resume_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    info = download_dataset(store, request.dataset_uri, dataset_dir)
+    cfg = dict(request.llamafactory)
+    dataset = cfg.get("dataset") or "alpaca_clue_train"
+    for key, names in (
+        ("dataset", _dataset_names(dataset)),
+        ("eval_dataset", _dataset_names(cfg.get("eval_dataset"))),
+    ):
+        unknown = [n for n in names if n not in info]
+        if unknown:
+            raise TrainInputError(
+                f"llamafactory.{key}: {unknown} not in the dataset_info.json of "
+                f"{request.dataset_uri} (it has {sorted(info)})"
+            )
+    base_path = resolve_base_model(request.base_model, request.model_cache_dir)
+    chash = config_hash(cfg, request.base_model)
+    resume = _find_resume_checkpoint(store, run_prefix, resume_dir, request.dataset_version, chash)
+
+    yaml_text = render_llamafactory_yaml(
+        cfg,
+        model_name_or_path=str(base_path),
+        dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir),
+        dataset=dataset if isinstance(dataset, str) else ",".join(dataset),
+        resume_from_checkpoint=str(resume) if resume else None,
+        header=(
+            f"run {request.run_id}: dataset {request.dataset_version}, base model {request.base_model}, "
+            f"config hash {chash}\nrendered by retrain.train"
+        ),
+    )
+    config_path = work / "train_config.yaml"
+    config_path.write_text(yaml_text, encoding="utf-8")
+    train_prefix = join_key(run_prefix, "train")
+    store.put_bytes(
+        join_key(train_prefix, "train_config.yaml"), yaml_text.encode("utf-8"), "application/yaml"
+    )
+    store.put_json(join_key(train_prefix, "versions.json"), collect_versions())
+
+    lf_log = work / "llamafactory.log"
+    started = time.monotonic()
+    try:
+        try:
+            run_llamafactory(config_path, lf_log, cwd=work)
+        finally:
+            if lf_log.is_file():
+                store.upload_file(lf_log, join_key(train_prefix, "llamafactory.log"))
+        wall_s = time.monotonic() - started
+        problems = check_artifacts(output_dir, base_path)
+        required = ["all_results.json"] + (["training_loss.png"] if cfg.get("plot_loss") else [])
+        problems += [f"{name} is missing" for name in required if not (output_dir / name).is_file()]
+        if problems:
+            raise TrainingFailed(
+                "llamafactory-cli train exited 0 but its output is not a usable adapter: "
+                + "; ".join(problems)
+            )
+    except TrainingFailed:
+        try:
+            _save_checkpoint_for_resume(store, run_prefix, output_dir, request.dataset_version, chash)
+        except Exception:  # keeping a checkpoint is best effort; the training error is what matters
+            log.exception("could not keep the checkpoint of the failed attempt")
+        raise
+
+    arts = read_artifacts(output_dir)
+    adapter_prefix = join_key(run_prefix, "adapter")
+    for name in ADAPTER_FILES:
+        store.upload_file(output_dir / name, join_key(adapter_prefix, name))
+    store.upload_file(output_dir / TRAINER_LOG, join_key(train_prefix, TRAINER_LOG))
+    for name in ("all_results.json", "training_loss.png"):
+        if (output_dir / name).is_file():
+            store.upload_file(output_dir / name, join_key(train_prefix, name))
+    result = {
+        "status": "succeeded",
+        "run_id": request.run_id,
+        "adapter_uri": store.uri(adapter_prefix + "/"),
+        "base_model": request.base_model,
+        "dataset_version": request.dataset_version,
+        "config_hash": chash,
+        "train_loss": arts.train_loss,
+        "steps": arts.steps,
+        "epochs": arts.epochs,
+        "runtime_s": arts.runtime_s,  # LLaMA-Factory's train_runtime (of this attempt, if resumed)
+        "wall_s": round(wall_s, 3),
+        "resumed_from": resume.name if resume else None,
+        "loss_curve": arts.loss_curve,
+    }
+    store.put_json(result_key, result)  # last: the commit point
+    if resume is not None or store.exists(join_key(run_prefix, "checkpoints", "hashes.json")):
+        # committed: a failed attempt's checkpoint can never be resumed again; free its space
+        try:
+            store.delete_prefix(join_key(run_prefix, "checkpoints") + "/")
+        except Exception:  # the run is committed; a leftover checkpoint only costs storage
+            log.exception("could not delete the checkpoints of earlier attempts")
+    log.info(
+        "run %s trained: %d steps, %.2f epochs, loss %s, %.1f s; committed %s",
+        request.run_id,
+        arts.steps,
+        arts.epochs or 0.0,
+        arts.train_loss,
+        wall_s,
+        store.uri(result_key),
+    )
+    return result
+
+
+def run_training_from_uri(run_uri: str, workdir: str | Path | None = None) -> dict[str, Any]:
+    """`run_training` for ``s3://bucket/runs/<run id>``, with the S3 client from the AWS_* environment.
+
+    Without ``workdir`` a temporary directory is used and removed afterwards (the LLaMA-Factory
+    log is uploaded to ``train/llamafactory.log`` either way).
+    """
+    from retrain.storage import client_from_env
+
+    bucket, prefix = parse_s3_uri(run_uri)
+    prefix = prefix.strip("/")
+    if not prefix:
+        raise TrainInputError(f"{run_uri}: expected s3://bucket/runs/<run id>")
+    store = ObjectStore(client_from_env(), bucket)
+    if workdir is not None:
+        return run_training(store, prefix, workdir)
+    with tempfile.TemporaryDirectory(prefix="retrain-train-") as tmp:
+        return run_training(store, prefix, tmp)
