@@ -1,0 +1,400 @@
+"""The trainer image on a real Docker engine: build, run as non-root, fail a task, train for real.
+
+Run: ``.venv-af/bin/python -m pytest -m docker tests/docker`` (as root: the private engine and
+debootstrap need it). The session starts a private dockerd with scripts/dockerd.sh (socket and
+state in pytest's temp dir; images kept in $RETRAIN_DOCKER_DATA_ROOT, default <repo>/.work/docker,
+so a second session reuses them) and stops it at the end, checking that nothing is left. It builds
+the local base image and retrain/trainer:cpu with the scripts a developer uses. An engine or a build
+that cannot start FAILS the tests with the reason: nothing here is skipped.
+
+The S3 server is moto on 127.0.0.1 (a random port); containers that talk to it use host networking,
+every other container runs without a network. No container outlives its test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retrain.config import load_settings
+from tests.fixtures_trainer import (  # noqa: F401  (moto_s3 is a fixture)
+    BUCKET,
+    MotoS3,
+    moto_s3,
+    put_train_request,
+    upload_alpaca_dataset,
+)
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "retrain/trainer:cpu"
+CONN_ID = "retrain_docker_test_s3"
+# moto accepts any credentials; recognisable ones let the tests look for leaks.
+ACCESS_KEY = "AKIADOCKERLAUNCHTEST"
+SECRET_KEY = "docker-launch-secret-5f1e9a3c"
+
+
+def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _containers() -> list[str]:
+    out = _run(["docker", "ps", "-a", "--format", "{{.ID}} {{.Image}} {{.Status}}"])
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Docker engine for the session; DOCKER_HOST points at it while the session runs."""
+    state = tmp_path_factory.mktemp("dockerd")
+    env = dict(os.environ)
+    env.setdefault("RETRAIN_DOCKER_DATA_ROOT", str(REPO / ".work" / "docker"))
+    start = _run([str(REPO / "scripts" / "dockerd.sh"), "start", str(state)], timeout=300, env=env)
+    if start.returncode != 0:
+        pytest.fail(
+            f"the Docker engine did not start (scripts/dockerd.sh start):\n{start.stderr}", pytrace=False
+        )
+    host = start.stdout.strip().splitlines()[-1]
+    previous = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = host
+    try:
+        yield host
+        left = _containers()
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = previous
+        stop = _run([str(REPO / "scripts" / "dockerd.sh"), "stop", str(state)], timeout=120, env=env)
+    assert not left, f"containers left behind: {left}"
+    assert stop.returncode == 0, f"scripts/dockerd.sh stop: {stop.stderr}"
+
+
+@pytest.fixture(scope="session")
+def trainer_image(docker_host: str) -> str:
+    """retrain/trainer:cpu built (or found up to date) by scripts/build_trainer_image.sh."""
+    started = time.monotonic()
+    build = _run([str(REPO / "scripts" / "build_trainer_image.sh"), "--variant", "cpu"], timeout=3600)
+    if build.returncode != 0:
+        pytest.fail(f"building {IMAGE} failed:\n{build.stderr[-6000:]}", pytrace=False)
+    print(f"\n{IMAGE}: build step {time.monotonic() - started:.0f} s\n{build.stderr.strip()}")
+    return IMAGE
+
+
+@pytest.fixture(autouse=True)
+def _no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "docker_host" in request.fixturenames:
+        assert _containers() == [], "the test left a container behind"
+
+
+@pytest.fixture
+def s3_connection(monkeypatch: pytest.MonkeyPatch, moto_s3: MotoS3) -> MotoS3:  # noqa: F811
+    """The Airflow connection the launcher reads, pointing at the moto server (as AIRFLOW_CONN_*)."""
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": ACCESS_KEY,
+                "password": SECRET_KEY,
+                "extra": {"endpoint_url": moto_s3.endpoint, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    return moto_s3
+
+
+def _settings(**overrides: str):
+    return load_settings(
+        environ={
+            "RETRAIN__AIRFLOW__AWS_CONN_ID": CONN_ID,
+            "RETRAIN__DOCKER__IMAGE": IMAGE,
+            "RETRAIN__DOCKER__GPUS": "0",
+            "RETRAIN__DOCKER__SHM_SIZE": "1g",
+            "RETRAIN__DOCKER__MODEL_CACHE_HOST_PATH": "null",
+            **overrides,
+        }
+    )
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def _writable_dir(path: Path) -> Path:
+    """A host directory the image's user (uid 1000) can write through a bind mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+# ------------------------------------------------------------------------------------ (a)
+
+
+def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
+    run = _run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            trainer_image,
+            "--help",
+        ]
+    )
+    assert run.returncode == 0, run.stderr
+    assert "usage: retrain" in run.stdout and "train" in run.stdout
+
+    who = _run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--cap-drop",
+            "ALL",
+            "--entrypoint",
+            "id",
+            trainer_image,
+        ]
+    )
+    assert who.stdout.strip() == "uid=1000(trainer) gid=1000(trainer) groups=1000(trainer)"
+
+    config = json.loads(_run(["docker", "image", "inspect", trainer_image]).stdout)[0]["Config"]
+    assert config["User"] == "1000:1000"
+    assert config["Entrypoint"] == ["retrain"]
+    assert config["WorkingDir"] == "/work"
+    assert "/models" in config["Volumes"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["MODELSCOPE_CACHE"] == "/models" and env["HF_HOME"] == "/models/hf"
+    assert not [k for k in env if k.startswith("AWS_")], "no credentials may be baked into the image"
+
+    # The trainer's imports work in the image (the CPU torchvision/torchaudio fixes are in place).
+    imports = _run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python",
+            trainer_image,
+            "-c",
+            "import llamafactory.train.tuner, peft; from transformers import PreTrainedModel; "
+            "import torch, sys; print(sys.version_info[:2], torch.__version__)",
+        ],
+        timeout=300,
+    )
+    assert imports.returncode == 0, imports.stderr[-3000:]
+    assert "(3, 11) 2.13.0" in imports.stdout
+
+
+# ------------------------------------------------------------------------------------ (b)
+
+
+def test_a_failing_container_fails_the_task(trainer_image: str, s3_connection: MotoS3, caplog) -> None:
+    from airflow.providers.docker.exceptions import DockerContainerFailedException
+    from retrain_airflow.container_launchers import docker_stage_operator
+
+    op = docker_stage_operator(
+        "train",
+        "s3://unused/runs/x",
+        _settings(RETRAIN__DOCKER__NETWORK_MODE="none"),
+        task_id="failing_probe",
+        # Proves the credentials arrived without printing them, then fails like a crashed stage.
+        command=[
+            "sh",
+            "-c",
+            'echo "probe: secret of ${#AWS_SECRET_ACCESS_KEY} chars at $AWS_ENDPOINT_URL"; exit 3',
+        ],
+    )
+    with pytest.raises(DockerContainerFailedException, match="'StatusCode': 3") as failed:
+        op.execute({})
+    assert f"probe: secret of {len(SECRET_KEY)} chars at {s3_connection.endpoint}" in failed.value.logs
+    assert SECRET_KEY not in caplog.text and SECRET_KEY not in "\n".join(failed.value.logs)
+
+
+def test_a_stage_that_errors_fails_the_task(trainer_image: str, s3_connection: MotoS3) -> None:
+    """The real command on a run that has no train request: `retrain train` exits 1, the task fails."""
+    from airflow.providers.docker.exceptions import DockerContainerFailedException
+    from retrain_airflow.container_launchers import docker_stage_operator
+
+    run_uri = f"s3://{BUCKET}/runs/no-such-run"
+    op = docker_stage_operator("train", run_uri, _settings(RETRAIN__DOCKER__NETWORK_MODE="host"))
+    with pytest.raises(DockerContainerFailedException, match="'StatusCode': 1") as failed:
+        op.execute({})
+    text = "\n".join(failed.value.logs)
+    assert "retrain train: error:" in text and "train_request.json" in text, text[-2000:]
+
+
+PROBE_DAG = """
+from airflow.sdk import DAG
+from retrain.config import load_settings
+from retrain_airflow.container_launchers import docker_stage_operator
+
+with DAG("docker_launcher_probe", schedule=None, catchup=False):
+    docker_stage_operator("train", "s3://{bucket}/runs/{{{{ ds_nodash }}}}-missing", load_settings(), retries=0)
+"""
+
+
+@pytest.mark.timeout(600)
+def test_a_failing_stage_is_a_failed_task_under_airflow(
+    trainer_image: str, s3_connection: MotoS3, tmp_path
+) -> None:
+    """`airflow dags test` of a one-task DAG built like ner_retrain's: the task fails, and neither the
+    rendered fields (what the UI shows) nor the task's log hold the connection's credentials."""
+    import sqlite3
+    import sys
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "docker_launcher_probe.py").write_text(PROBE_DAG.format(bucket=BUCKET))
+    home = tmp_path / "airflow"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/db.sqlite",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "PYTHONPATH": str(REPO / "plugins"),
+            f"AIRFLOW_CONN_{CONN_ID.upper()}": os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"],
+            "RETRAIN__AIRFLOW__AWS_CONN_ID": CONN_ID,
+            "RETRAIN__DOCKER__IMAGE": IMAGE,
+            "RETRAIN__DOCKER__GPUS": "0",
+            "RETRAIN__DOCKER__SHM_SIZE": "1g",
+            "RETRAIN__DOCKER__MODEL_CACHE_HOST_PATH": "null",
+            "RETRAIN__DOCKER__NETWORK_MODE": "host",
+        }
+    )
+    airflow = str(Path(sys.executable).parent / "airflow")
+    migrate = _run([airflow, "db", "migrate"], env=env, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    proc = _run(
+        [airflow, "dags", "test", "docker_launcher_probe", "2026-11-28T02:00:00+00:00"], env=env, timeout=400
+    )
+    output = proc.stdout + proc.stderr
+    assert "no train request at s3://" in output, output[-3000:]
+
+    with sqlite3.connect(home / "db.sqlite") as db:
+        states = db.execute(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = 'docker_launcher_probe'"
+        ).fetchall()
+        (run_state,) = db.execute(
+            "SELECT state FROM dag_run WHERE dag_id = 'docker_launcher_probe'"
+        ).fetchone()
+        rendered = [
+            r[0]
+            for r in db.execute(
+                "SELECT rendered_fields FROM rendered_task_instance_fields WHERE dag_id = 'docker_launcher_probe'"
+            )
+        ]
+    assert states == [("train", "failed")], output[-3000:]
+    assert run_state == "failed"
+    assert rendered and "s3://ner-retrain-test/runs/20261128-missing" in rendered[0]
+    # `dags test` runs the task in-process: its log is this output (the container's lines included).
+    assert "retrain train: error: TrainInputError" in output
+    for text in (*rendered, output):
+        assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+# ------------------------------------------------------------------------------------ (c)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_host_dir(trainer_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Qwen2 model, built by the image's own `retrain dev tiny-model` (no network)."""
+    out = _writable_dir(tmp_path_factory.mktemp("tiny-model-host"))
+    run = _run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--mount",
+            f"type=bind,source={out},target=/out",
+            trainer_image,
+            "dev",
+            "tiny-model",
+            "--out",
+            "/out/tiny",
+        ],
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "tiny" / "config.json").is_file()
+    return out / "tiny"
+
+
+@pytest.mark.timeout(1800)
+def test_train_in_the_container_commits_an_adapter_to_s3(
+    trainer_image: str, tiny_model_host_dir: Path, s3_connection: MotoS3, tmp_path: Path
+) -> None:
+    from retrain_airflow.container_launchers import docker_stage_operator
+
+    client = s3_connection.client()
+    version = f"v-docker-{tmp_path.name[-8:]}"
+    dataset_uri = upload_alpaca_dataset(client, BUCKET, version, n_train=60)
+    run_uri = put_train_request(
+        client,
+        BUCKET,
+        dataset_uri=dataset_uri,
+        dataset_version=version,
+        base_model="/models/tiny",
+        model_cache_dir="/models",
+        llamafactory_overrides={"num_train_epochs": 1.0},
+    )
+    run_prefix = run_uri.split(f"s3://{BUCKET}/", 1)[1]
+    cache = _writable_dir(tmp_path / "model-cache")
+    scratch = _writable_dir(tmp_path / "scratch")
+    s = _settings(
+        RETRAIN__DOCKER__NETWORK_MODE="host",  # moto listens on the host's 127.0.0.1
+        RETRAIN__DOCKER__MODEL_CACHE_HOST_PATH=str(cache),
+        RETRAIN__DOCKER__SCRATCH_HOST_PATH=str(scratch),
+        RETRAIN__DOCKER__MOUNTS=json.dumps([{"source": str(tiny_model_host_dir), "target": "/models/tiny"}]),
+    )
+    op = docker_stage_operator("train", run_uri, s)
+    model_before = _snapshot(tiny_model_host_dir)
+    started = time.monotonic()
+    assert op.execute({}) == run_uri
+    print(f"\ntrain in the container: {time.monotonic() - started:.0f} s")
+
+    keys = {
+        o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=run_prefix + "/").get("Contents", [])
+    }
+    for name in (
+        "train_result.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "train/trainer_log.jsonl",
+        "train/train_config.yaml",
+    ):
+        assert f"{run_prefix}/{name}" in keys, sorted(keys)
+    result = json.loads(
+        client.get_object(Bucket=BUCKET, Key=f"{run_prefix}/train_result.json")["Body"].read()
+    )
+    assert result["status"] == "succeeded"
+    assert result["adapter_uri"] == f"{run_uri}/adapter/"
+    assert result["steps"] > 0 and result["train_loss"] is not None
+    assert _snapshot(tiny_model_host_dir) == model_before  # mounted read-only: untouched
+    # TMPDIR=/work is the scratch mount: the stage's temporary directory was made there and removed
+    # (torch may leave its compile cache, torchinductor_trainer/, which is a cache, not a leftover).
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("retrain-")]
