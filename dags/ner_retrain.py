@@ -65,3 +65,8 @@ with DAG(
 
     intake >> dataset
     run_uri >> train >> eval_uri >> evaluate >> decision
+
+    if settings.registry.export_merged:  # conf switch: merged model for serving after a promotion
+        export_uri = task.short_circuit(task_id="prepare_export")(t.prepare_export)(decision, run_uri)
+        export = stage_operator("export", "{{ ti.xcom_pull(task_ids='prepare_export') }}", settings)
+        export_uri >> export >> task(task_id="record_export")(t.record_export)(decision, run_uri)

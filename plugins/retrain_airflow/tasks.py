@@ -227,6 +227,31 @@ def _short_metrics(m: dict[str, Any]) -> dict[str, Any]:
             "per_label_f1": {k: v["f1"] for k, v in m.get("per_label", {}).items()}}
 
 
+# -- optional: merged export ----------------------------------------------------------------
+def prepare_export(decision: dict[str, Any], run_uri: str) -> str:
+    """Short-circuit callable: only a promoted candidate is exported; writes ``export_request.json``."""
+    if not decision.get("promoted"):
+        log.info("candidate not promoted: nothing to export")
+        return ""
+    s, store = settings(), _store()
+    _, prefix = parse_s3_uri(run_uri)
+    train = store.get_json(join_key(prefix, "train_result.json"))
+    store.put_json(join_key(prefix, "export_request.json"), {
+        "adapter_uri": train["adapter_uri"], "base_model": _base_model(),
+        "model_cache_dir": s.train.model_cache_dir, "template": s.llamafactory_config().get("template", "qwen"),
+    })
+    return run_uri
+
+
+def record_export(decision: dict[str, Any], run_uri: str) -> str:
+    """Tag the registered version with the merged model's location."""
+    store = _store()
+    _, prefix = parse_s3_uri(run_uri)
+    result = store.get_json(join_key(prefix, "export_result.json"))
+    _registry().set_version_tags(decision["version"], {"merged_uri": result["merged_uri"]})
+    return result["merged_uri"]
+
+
 # -- ner_rollback ----------------------------------------------------------------------------
 def rollback() -> dict[str, Any]:
     """Move ``champion`` to the target version from the trigger params, recording who and why."""

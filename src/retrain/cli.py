@@ -48,6 +48,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from retrain.export import run_export_from_uri
+
+    print(json.dumps(run_export_from_uri(args.run_uri, workdir=args.workdir), ensure_ascii=False, indent=2))
+    return 0
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     from retrain import registry
     from retrain.config import load_settings
@@ -96,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")
     ev.add_argument("--workdir", default=None)
     ev.set_defaults(func=_cmd_evaluate)
+
+    ex = sub.add_parser("export", help="merge the run's adapter into its base model (llamafactory-cli export)")
+    ex.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")
+    ex.add_argument("--workdir", default=None)
+    ex.set_defaults(func=_cmd_export)
 
     rg = sub.add_parser("registry", help="model registry: history, rollback, show")
     rg.add_argument("--base-model", default=None)

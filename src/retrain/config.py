@@ -195,6 +195,7 @@ class RegistryConfig(_Strict):
     tracking_uri: str | None = None
     artifact_location: str | None = None
     model_name_template: str = "{task}-{base}-lora"
+    export_merged: bool = False
 
 
 class GateConfig(_Strict):

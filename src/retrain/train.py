@@ -496,7 +496,8 @@ def llamafactory_cli() -> Path:
 
 
 def run_llamafactory(
-    config_path: str | Path, log_path: str | Path, *, cwd: str | Path, tail_lines: int = 40
+    config_path: str | Path, log_path: str | Path, *, cwd: str | Path, tail_lines: int = 40,
+    subcommand: str = "train",
 ) -> None:
     """Run ``llamafactory-cli train CONFIG``, streaming each output line into the log and into
     ``log_path``. A non-zero exit raises `TrainingFailed` with the code and the last lines.
@@ -504,7 +505,7 @@ def run_llamafactory(
     While it runs (in the main thread), SIGTERM raises `TrainingInterrupted` instead of killing
     this process outright: the trainer is stopped and the caller can still keep its checkpoint.
     """
-    cmd = [str(llamafactory_cli()), "train", str(config_path)]
+    cmd = [str(llamafactory_cli()), subcommand, str(config_path)]
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local directory by now: never hit a hub
@@ -526,7 +527,7 @@ def run_llamafactory(
         )
         last = "\n".join(tail)
         raise TrainingFailed(
-            f"llamafactory-cli train exited with {code}{f' ({how})' if how else ''}; "
+            f"llamafactory-cli {subcommand} exited with {code}{f' ({how})' if how else ''}; "
             f"last output lines:\n{last}"
         )
 

@@ -1,0 +1,81 @@
+"""Optional stage: export the promoted adapter merged into its base model, for serving.
+
+Runs in the trainer environment (like train/evaluate): ``retrain export --run-uri s3://…/runs/<id>``
+reads ``export_request.json``, merges with ``llamafactory-cli export`` and uploads the merged model
+under ``runs/<id>/merged/``; ``export_result.json`` is written last (its presence commits the export).
+Switched on by conf ``registry.export_merged``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retrain.storage import ObjectStore, client_from_env, join_key, parse_s3_uri
+
+log = logging.getLogger(__name__)
+
+
+class ExportFailed(RuntimeError):
+    """The merge did not produce a loadable model folder."""
+
+
+def export_config(base_model: str, adapter_dir: str, export_dir: str, template: str = "qwen") -> dict[str, Any]:
+    """The ``llamafactory-cli export`` YAML (LLaMA-Factory's merge_lora example, without a hub push)."""
+    return {
+        "model_name_or_path": base_model, "adapter_name_or_path": adapter_dir, "template": template,
+        "finetuning_type": "lora", "trust_remote_code": True, "export_dir": export_dir,
+        "export_size": 5, "export_device": "cpu", "export_legacy_format": False,
+    }
+
+
+def check_export(export_dir: str | Path) -> list[str]:
+    """Problems with a merged-model folder (empty list: it is complete)."""
+    d = Path(export_dir)
+    problems = []
+    if not (d / "config.json").is_file():
+        problems.append("config.json missing")
+    if not list(d.glob("*.safetensors")):
+        problems.append("no *.safetensors weights")
+    if not any((d / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        problems.append("no tokenizer files")
+    return problems
+
+
+def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> dict[str, Any]:
+    from retrain.train import resolve_base_model, run_llamafactory
+
+    request = store.get_json(join_key(run_prefix, "export_request.json"))
+    work = Path(workdir)
+    adapter_dir = work / "adapter"
+    bucket, adapter_prefix = parse_s3_uri(request["adapter_uri"])
+    ObjectStore(store.client, bucket).download_prefix(adapter_prefix, adapter_dir)
+    base = resolve_base_model(request["base_model"], request.get("model_cache_dir", "/models"))
+    export_dir = work / "merged"
+    cfg_path = work / "export.yaml"
+    cfg_path.write_text(yaml.safe_dump(export_config(str(base), str(adapter_dir), str(export_dir),
+                                                     request.get("template", "qwen")), sort_keys=False))
+    t0 = time.monotonic()
+    run_llamafactory(cfg_path, work / "export.log", cwd=work, subcommand="export")
+    problems = check_export(export_dir)
+    if problems:
+        raise ExportFailed(f"llamafactory-cli export exited 0 but {export_dir}: " + "; ".join(problems))
+    merged_prefix = join_key(run_prefix, "merged")
+    keys = store.upload_dir(export_dir, merged_prefix)
+    result = {"status": "succeeded", "merged_uri": store.uri(merged_prefix + "/"), "files": len(keys),
+              "adapter_uri": request["adapter_uri"], "wall_s": round(time.monotonic() - t0, 3)}
+    store.put_json(join_key(run_prefix, "export_result.json"), result)
+    log.info("merged model exported to %s (%d files)", result["merged_uri"], len(keys))
+    return result
+
+
+def run_export_from_uri(run_uri: str, workdir: str | Path | None = None) -> dict[str, Any]:
+    bucket, prefix = parse_s3_uri(run_uri)
+    store = ObjectStore(client_from_env(), bucket)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        return run_export(store, prefix.rstrip("/"), tmp)
