@@ -187,7 +187,9 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
             if train.get("train_loss") is not None:
                 metrics["train_loss_final"] = train["train_loss"]
             tags = {"dataset_version": dataset["version"], "golden_hash": dataset["golden_hash"],
-                    "base_model": _base_model(), "run_uri": run_uri}
+                    "base_model": _base_model(), "run_uri": run_uri, "git_commit": _git_commit(),
+                    "launcher": s.train.launcher,
+                    "trainer_image": s.docker.image if s.train.launcher != "local" else "local trainer env"}
             mlflow_run = registry.log_training_run(
                 airflow_run_id=_run_id(), dag_id=ctx["dag"].dag_id, params=train.get("llamafactory", {})
                 or store.get_json(join_key(prefix, "train_request.json"))["llamafactory"],
@@ -218,6 +220,21 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
     log.info("run summary: %s", json.dumps({k: summary[k] for k in ("registered_version", "registry")}))
     return {"promoted": decision.promote, "reason": decision.reason, "version": version,
             "candidate_f1": decision.candidate_f1, "champion_f1": decision.champion_f1}
+
+
+def _git_commit() -> str:
+    """The deployed code's commit: $RETRAIN_GIT_COMMIT (images), else `git rev-parse` of the checkout."""
+    import os
+    import subprocess
+
+    if os.environ.get("RETRAIN_GIT_COMMIT"):
+        return os.environ["RETRAIN_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _short_metrics(m: dict[str, Any]) -> dict[str, Any]:
