@@ -7,7 +7,7 @@ AF_PY := $(AF_VENV)/bin/python
 TR_PY := $(TR_VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast scheduler-test lint bench clean
 
 $(AF_VENV)/.installed: requirements/airflow.lock.txt scripts/install_airflow_env.sh pyproject.toml
 	scripts/install_airflow_env.sh $(AF_VENV)
@@ -32,6 +32,11 @@ test: install
 test-fast: install
 	$(TR_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
 	$(AF_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
+
+## ner_retrain under the CeleryExecutor (api-server, scheduler, dag-processor, Celery worker on 127.0.0.1;
+## Postgres + Redis as on these machines). Also part of `make test`.
+scheduler-test: install
+	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py
 
 lint: install
 	$(AF_VENV)/bin/ruff check src plugins dags tests bench

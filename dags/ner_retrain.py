@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import DAG, Param, task
+from retrain_airflow import assets, notify
 from retrain_airflow import tasks as t
 from retrain_airflow.launchers import stage_operator
 
@@ -40,7 +41,8 @@ with DAG(
     doc_md=DOC,
     tags=["retrain", "ner", "lora"],
     default_args={"retries": settings.schedule.retries,
-                  "retry_delay": timedelta(seconds=settings.schedule.retry_delay_seconds)},
+                  "retry_delay": timedelta(seconds=settings.schedule.retry_delay_seconds),
+                  "on_failure_callback": notify.failure_callbacks(settings)},
     params={
         "force": Param(False, type="boolean", description="Train even without new data"),
         "dry_run": Param(False, type="boolean", description="Evaluate and decide, do not register/promote"),
@@ -56,12 +58,12 @@ with DAG(
 ) as dag:
     plan = task.short_circuit(task_id="find_new_batches")(t.find_new_batches)()
     intake = task(task_id="validate_batches")(t.ingest_batches)(plan)
-    dataset = task(task_id="build_dataset")(t.build_dataset)()
+    dataset = task(task_id="build_dataset", outlets=assets.build_dataset_outlets(settings))(t.build_dataset)()
     run_uri = task(task_id="prepare_training")(t.prepare_training)(dataset)
     train = stage_operator("train", "{{ ti.xcom_pull(task_ids='prepare_training') }}", settings)
     eval_uri = task(task_id="prepare_evaluation")(t.prepare_evaluation)(dataset, run_uri)
     evaluate = stage_operator("evaluate", "{{ ti.xcom_pull(task_ids='prepare_evaluation') }}", settings)
-    decision = task(task_id="promote")(t.promote)(dataset, intake, run_uri)
+    decision = task(task_id="promote", outlets=assets.promote_outlets(settings))(t.promote)(dataset, intake, run_uri)
 
     intake >> dataset
     run_uri >> train >> eval_uri >> evaluate >> decision

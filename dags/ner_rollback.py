@@ -6,7 +6,12 @@ Wiring only; the work is `Registry.rollback` (the same as `retrain registry roll
 from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
+from retrain_airflow import assets
 from retrain_airflow import tasks as t
+
+from retrain.config import load_settings
+
+settings = load_settings()
 
 DOC = """
 ### ner_rollback
@@ -31,4 +36,4 @@ with DAG(
                             "(default: conf train.base_model)"),
     },
 ) as dag:
-    task(task_id="rollback")(t.rollback)()
+    task(task_id="rollback", outlets=assets.promote_outlets(settings))(t.rollback)()

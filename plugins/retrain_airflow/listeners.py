@@ -32,33 +32,32 @@ def _summary(run_id: str) -> dict[str, Any] | None:
 
 
 def _set_note(dag_run: Any, text: str) -> None:
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        dr = session.get(DagRun, dag_run.id)
-        if dr is not None:
-            dr.note = text[:1000]
+    """Set the note on the DagRun the caller passed: it belongs to the caller's session (the
+    scheduler's transaction), which commits it. Never open and commit a second session here: inside
+    the scheduler that breaks its HA locks."""
+    dag_run.note = text[:1000]
 
 
 @hookimpl
 def on_dag_run_success(dag_run: Any, msg: str) -> None:
-    if dag_run.dag_id != DAG_ID:
+    dag_id, run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", "?")
+    if dag_id != DAG_ID:
         return
     try:
         from retrain_airflow.ui import run_note
 
-        _set_note(dag_run, run_note(_summary(dag_run.run_id)))
+        _set_note(dag_run, run_note(_summary(run_id)))
     except Exception:  # never let a note break the scheduler
-        log.exception("could not set the note of %s", dag_run.run_id)
+        log.exception("could not set the note of %s", run_id)
 
 
 @hookimpl
 def on_dag_run_failed(dag_run: Any, msg: str) -> None:
-    if dag_run.dag_id != DAG_ID:
+    dag_id, run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", "?")
+    if dag_id != DAG_ID:
         return
     try:
         failed = sorted(ti.task_id for ti in dag_run.get_task_instances(state=["failed", "upstream_failed"]))
         _set_note(dag_run, f"failed at {', '.join(failed) or 'unknown task'}: nothing promoted; see the task logs")
     except Exception:
-        log.exception("could not set the note of %s", dag_run.run_id)
+        log.exception("could not set the note of %s", run_id)

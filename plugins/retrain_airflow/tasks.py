@@ -75,9 +75,13 @@ def ingest_batches(plan: dict[str, Any]) -> dict[str, Any]:
     from retrain.ingest import PendingObject, process_batches
 
     objects = [PendingObject(**o) for o in plan.get("objects", [])]
+    from retrain_airflow import notify
+
     result = process_batches(_store(), settings(), objects, _run_id())
-    return {"read": result.read, "accepted": result.accepted, "quarantined": result.quarantined,
-            "report_uri": result.report_uri, "objects": len(result.objects)}
+    out = {"read": result.read, "accepted": result.accepted, "quarantined": result.quarantined,
+           "report_uri": result.report_uri, "objects": len(result.objects)}
+    notify.notify_quarantine(settings(), out)
+    return out
 
 
 # -- stage 3 ---------------------------------------------------------------------------------
@@ -88,7 +92,11 @@ def build_dataset() -> dict[str, Any]:
     s = settings()
     if golden:
         s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"golden_file": golden})})
-    return build(_store(), s).to_json()
+    from retrain_airflow import assets
+
+    result = build(_store(), s).to_json()
+    assets.record_dataset_event(settings(), result)
+    return result
 
 
 # -- stage 4 ---------------------------------------------------------------------------------
@@ -215,6 +223,10 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
     }
     store.put_json(join_key(prefix, "decision.json"), decision.to_json())
     store.put_json(join_key(prefix, "summary.json"), summary)
+    from retrain_airflow import assets, notify
+
+    assets.record_champion_event(s, summary, base_model=_base_model())
+    notify.notify_promotion(s, summary)
     if not decision.dry_run:
         clear_pending(store, s)
     log.info("run summary: %s", json.dumps({k: summary[k] for k in ("registered_version", "registry")}))
@@ -277,5 +289,8 @@ def rollback() -> dict[str, Any]:
     target = str(params["target"]).strip()
     actor = f"ner_rollback/{ctx['run_id']}"
     event = registry.rollback(target, reason=params["reason"], actor=actor)
+    from retrain_airflow import assets
+
+    assets.record_rollback_event(settings(), event, base_model=params.get("base_model") or None)
     log.info("rollback: %s", json.dumps(event, ensure_ascii=False))
     return event

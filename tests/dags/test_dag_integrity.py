@@ -72,5 +72,8 @@ def test_retrain_dag_structure():
              "prepare_evaluation", "evaluate", "promote"]
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, (up, down)
+    assert [o.name for o in dag.get_task("build_dataset").outlets] == ["clue-ner.dataset"]
+    assert [o.name for o in dag.get_task("promote").outlets] == ["clue-ner.champion-moves"]
+    assert dag.default_args["on_failure_callback"] is not None
     assert set(dag.params.keys()) >= {"force", "dry_run", "epochs", "learning_rate", "lora_rank", "max_samples",
                                       "base_model", "golden_set"}

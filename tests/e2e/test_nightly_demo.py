@@ -15,7 +15,7 @@ def demo(tmp_path_factory):
     from retrain.devtools.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo"), records_first=120, records_second=120, bad=5,
-                    epochs_first=15, epochs_second=25)
+                    epochs_first=10, epochs_second=15)
 
 
 def test_every_night_succeeds(demo):
