@@ -32,10 +32,23 @@ def _summary(run_id: str) -> dict[str, Any] | None:
 
 
 def _set_note(dag_run: Any, text: str) -> None:
-    """Set the note on the DagRun the caller passed: it belongs to the caller's session (the
-    scheduler's transaction), which commits it. Never open and commit a second session here: inside
-    the scheduler that breaks its HA locks."""
-    dag_run.note = text[:1000]
+    """Set the note on the DagRun the caller passed when it belongs to the caller's session (the
+    scheduler's transaction commits it; a second committing session there would break its HA
+    locks). A detached DagRun (``airflow dags test`` passes one) has no such transaction: then the
+    note is written in a session of its own."""
+    from sqlalchemy import inspect as sa_inspect
+
+    if sa_inspect(dag_run).session is not None:
+        dag_run.note = text[:1000]
+        return
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    run_pk = sa_inspect(dag_run).identity[0]
+    with create_session() as session:
+        dr = session.get(DagRun, run_pk)
+        if dr is not None:
+            dr.note = text[:1000]
 
 
 @hookimpl

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.e2e
 def demo(tmp_path_factory):
     from retrain.devtools.demo import run_demo
 
-    return run_demo(tmp_path_factory.mktemp("demo"), records_first=120, records_second=120, bad=5,
-                    epochs_first=10, epochs_second=15)
+    return run_demo(tmp_path_factory.mktemp("demo"), records_first=160, records_second=160, bad=5,
+                    epochs_first=40, epochs_second=45)
 
 
 def test_every_night_succeeds(demo):
@@ -55,7 +55,7 @@ def test_third_night_is_skipped_without_training(demo):
 def test_accounting_with_bad_records(demo):
     for night in demo.nights[:2]:
         intake = night.intake
-        assert intake["read"] == 125
+        assert intake["read"] == 165
         assert intake["accepted"] + intake["quarantined"] == intake["read"]
         assert intake["quarantined"] >= 5
 
