@@ -108,6 +108,7 @@ else
   # --no-deps: the lock is the complete closure. torch==2.13.0 resolves to the local CPU wheel via
   # the machine's pip find-links; sdists (jieba, rouge-chinese) are built into wheels here, so the
   # image needs no compiler.
+  mkdir -p "$ROOT/build"
   grep -v -E '^\s*(#|$)' "$LOCK" >"$ROOT/build/.lock-reqs.txt"
   # shellcheck disable=SC2086
   "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE.new" -r "$ROOT/build/.lock-reqs.txt" $TOOLS \
