@@ -45,7 +45,9 @@ def run_local_stage(stage: str, run_uri: str) -> str:
         raise FileNotFoundError(f"trainer python {python} not found (set train.trainer_python or "
                                 "RETRAIN_TRAINER_PYTHON, or run `make install`)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
-    env.update(s3_environment(s))
+    s3_env = s3_environment(s)
+    env.update(s3_env)
+    secrets = [v for k, v in s3_env.items() if k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") and v]
     env["PYTHONUNBUFFERED"] = "1"
     env["RETRAIN_CONF_DIR"] = s.conf_dir
     cmd = [python, "-m", "retrain.cli", *stage_command(stage, run_uri)[1:]]
@@ -56,6 +58,8 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
+        for secret in secrets:  # whatever the trainer prints, its credentials never reach the task log
+            line = line.replace(secret, "***")
         tail = (tail + [line])[-40:]
         print(line, file=sys.stdout, flush=True)
     code = proc.wait()

@@ -54,6 +54,13 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_control(ch: str) -> bool:
+    """C0/C1 control characters other than tab/newline/CR (zero-width and RTL marks are format
+    characters, not controls, and are kept as annotated)."""
+    o = ord(ch)
+    return (o < 0x20 and ch not in "\t\n\r") or 0x7F <= o <= 0x9F
+
+
 def check_text(out: Converted, value: Any, fld: str) -> str | None:
     """The sentence, or None with a problem recorded (missing / wrong type / empty)."""
     if value is None:
@@ -64,6 +71,11 @@ def check_text(out: Converted, value: Any, fld: str) -> str | None:
         return None
     if not value.strip():
         out.problem("empty_text", fld, f"{fld!r} is empty" if not value else f"{fld!r} is only whitespace")
+        return None
+    bad = next((ch for ch in value if _is_control(ch)), None)
+    if bad is not None:
+        out.problem("control_characters", fld,
+                    f"{fld!r} holds control character {bad!a} at index {value.index(bad)}")
         return None
     out.text = value
     return value

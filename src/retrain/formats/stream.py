@@ -46,6 +46,7 @@ REASONS: dict[str, str] = {
     "no_annotation": "a Label Studio task without a non-cancelled annotation",
     "mixed_format": "a record in another format than the rest of its object",
     "duplicate_record": "the same text and entities earlier in the same object (the first is kept)",
+    "control_characters": "C0/C1 control characters (e.g. an escaped NUL or ESC) in the sentence",
 }
 
 
@@ -83,9 +84,16 @@ class _Judge:
         self.bom_line: int | None = None
 
     def reject(self, line: int, reason: str, detail: str, fld: str = "", raw: bytes | str = b"") -> Rejection:
-        return Rejection(self.key, line, reason, detail, field=fld, raw=raw_excerpt(raw))
+        # lone surrogates (from JSON escapes such as "\\ud800") cannot be written as UTF-8: escape them
+        excerpt = raw_excerpt(raw).encode("utf-8", "backslashreplace").decode("utf-8")
+        return Rejection(self.key, line, reason, detail, field=fld, raw=excerpt)
 
     def judge(self, value: Any, line: int, raw: bytes | str) -> Record | Rejection:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return self.reject(line, "bad_encoding", f"a lone surrogate escape ({exc.object[exc.start:exc.end]!a}) "
+                               "in the record: not representable as UTF-8", "", raw)
         if not isinstance(value, dict):
             return self.reject(
                 line, "wrong_type", f"expected a JSON object per record, got {type(value).__name__}", "", raw
@@ -311,6 +319,9 @@ def _json_lines(
         except json.JSONDecodeError as exc:
             yield judge.reject(lineno, *_json_error(exc, text), "", text)
             continue
+        except RecursionError:
+            yield judge.reject(lineno, "not_json", "JSON nested too deeply to parse safely", "", text)
+            continue
         yield judge.judge(value, lineno, text)
 
 
@@ -373,6 +384,10 @@ def _array(
         return
     try:
         value = json.loads(text)
+    except RecursionError:
+        yield judge.reject(0, "not_json", "JSON nested too deeply to parse safely; the JSON array object is "
+                           "not parsed", "", text)
+        return
     except json.JSONDecodeError as exc:
         reason, detail = _json_error(exc, text)
         yield judge.reject(
