@@ -136,9 +136,20 @@ class IntakeResult:
         return d
 
 
-def _history_label_counts(store: ObjectStore, settings: Settings) -> dict[str, int]:
+def _label_counts_by_object(store: ObjectStore, settings: Settings) -> dict[str, dict[str, int]]:
+    """Accepted span counts per label, per source object (reprocessing an object replaces its entry,
+    so a retried or cleared intake never counts a batch twice)."""
     key = join_key(settings.s3.state_prefix, "label_counts.json")
-    return store.get_json(key) if store.exists(key) else {}
+    return store.get_json(key).get("by_object", {}) if store.exists(key) else {}
+
+
+def _history_excluding(by_object: dict[str, dict[str, int]], key: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for obj_key, counts in by_object.items():
+        if obj_key != key:
+            for label, n in counts.items():
+                total[label] = total.get(label, 0) + n
+    return total
 
 
 def process_batches(store: ObjectStore, settings: Settings, objects: list[PendingObject], run_id: str,
@@ -148,7 +159,7 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
 
     rid = safe_run_id(run_id)
     result = IntakeResult(run_id=run_id)
-    history = _history_label_counts(store, settings)
+    by_object = _label_counts_by_object(store, settings)
     now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders corrections: later wins
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for i, pending in enumerate(objects, 1):
@@ -158,7 +169,7 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
             read = len(records) + len(parse_rejections)
             docs_dir = Path(tmp) / slug
             check = validate.validate_batch(
-                records, settings, batch_name=slug, docs_dir=docs_dir, history_label_counts=history,
+                records, settings, batch_name=slug, docs_dir=docs_dir, history_label_counts=_history_excluding(by_object, pending.key),
                 parse_rejected=len(parse_rejections),
             )
             rejected: list[Rejection] = parse_rejections + check.rejected
@@ -185,9 +196,11 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
             reasons: dict[str, int] = {}
             for q in rejected:
                 reasons[q.reason] = reasons.get(q.reason, 0) + 1
+            counts: dict[str, int] = {}
             for r in accepted:
                 for e in r.entities:
-                    history[e.label] = history.get(e.label, 0) + 1
+                    counts[e.label] = counts.get(e.label, 0) + 1
+            by_object[pending.key] = counts
             outcome = ObjectOutcome(
                 key=pending.key, etag=pending.etag, change=pending.change, read=read,
                 accepted=len(accepted), quarantined=len(rejected), reasons=reasons,
@@ -208,7 +221,7 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
         store.put_json(join_key(settings.s3.runs_prefix, rid, "intake.json"), result.to_json())
     if result.accepted:
         store.put_json(join_key(settings.s3.state_prefix, PENDING_NAME), {"since_run": run_id, "at": now})
-    store.put_json(join_key(settings.s3.state_prefix, "label_counts.json"), history)
+    store.put_json(join_key(settings.s3.state_prefix, "label_counts.json"), {"by_object": by_object})
     commit_ledger(store, settings, objects, run_id)
     log.info("intake done: read %d, accepted %d, quarantined %d; report %s",
              result.read, result.accepted, result.quarantined, result.report_uri)
