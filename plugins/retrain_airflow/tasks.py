@@ -140,7 +140,15 @@ def prepare_evaluation(dataset: dict[str, Any], run_uri: str) -> str:
     if not store.exists(result_key):
         raise RuntimeError(f"{store.uri(result_key)} is missing: training did not commit its artifacts")
     train = store.get_json(result_key)
-    champion = _registry().champion()
+    registry = _registry()
+    champion = registry.champion()
+    if champion and champion["airflow_run_id"] == _run_id():
+        # A re-run of a run whose candidate already became champion: compare against the champion it
+        # replaced (what the first attempt compared against), never against itself.
+        log.info("champion v%s came from this run; comparing against the model it replaced", champion["version"])
+        champion = registry.get_alias("previous")
+        if champion and champion["airflow_run_id"] == _run_id():
+            champion = None
     request = {
         "run_id": _run_id(), "golden_uri": dataset["uri"].rstrip("/") + "/golden.json",
         "golden_hash": dataset["golden_hash"], "base_model": _base_model(),

@@ -197,11 +197,6 @@ def test_cleared_and_rerun_dag_run_changes_nothing(pipeline, monkeypatch):
     assert not p.pending_marker()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (plugins/retrain_airflow/tasks.py prepare_evaluation/promote): re-running the evaluation "
-    "and promotion of a run whose candidate is already the champion scores the candidate against "
-    "itself (champion = the same version), the tie is 'kept', and promote rewrites that version's "
-    "registry tags to decision=kept and the run's decision.json/summary.json to promote=false"))
 def test_rerun_of_a_promoted_run_keeps_its_champion_promoted(pipeline):
     p = pipeline
     p.upload_batch("incoming/a.json", 60, seed=1, bad=3)
