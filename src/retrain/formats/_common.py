@@ -49,6 +49,16 @@ class LabelResolver:
     def resolve(self, raw: str) -> str | None:
         return self._map.get(raw.strip().casefold())
 
+    def resolve_or_report(self, out: Converted, raw: str, fld: str) -> str | None:
+        """The canonical label, or None with an ``unknown_label`` problem recorded on ``out``."""
+        label = self.resolve(raw)
+        if label is None:
+            out.problem(
+                "unknown_label", fld,
+                f"label {raw!r} is not one of {self.labels} nor a key of conf/label_map.yaml",
+            )
+        return label
+
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

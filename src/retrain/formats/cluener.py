@@ -29,13 +29,8 @@ def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
         return out
     for raw_label, entities in spans.items():
         fld = f"label.{raw_label}"
-        label = labels.resolve(raw_label)
+        label = labels.resolve_or_report(out, raw_label, fld)
         if label is None:
-            out.problem(
-                "unknown_label",
-                fld,
-                f"label {raw_label!r} is not one of {labels.labels} nor a key of conf/label_map.yaml",
-            )
             continue
         if not isinstance(entities, dict):
             out.problem("wrong_type", fld, f"must map entity text to offsets, got {type(entities).__name__}")

@@ -60,13 +60,8 @@ def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
         if not isinstance(raw_label, str):
             out.problem("wrong_type", fld, f"label must be a string, got {raw_label!r:.40}")
             continue
-        label = labels.resolve(raw_label)
+        label = labels.resolve_or_report(out, raw_label, fld)
         if label is None:
-            out.problem(
-                "unknown_label",
-                fld,
-                f"label {raw_label!r} is not one of {labels.labels} nor a key of conf/label_map.yaml",
-            )
             continue
         if text is not None:
             add_span(out, text, start, end, label, None, fld, inclusive=False)

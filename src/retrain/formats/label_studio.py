@@ -113,13 +113,8 @@ def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
                 out.warnings.append(f"{fld}: UTF-16 offsets [{start}, {end}) converted to [{s16}, {e16})")
                 start, end = s16, e16
         for raw_label in span_labels:
-            label = labels.resolve(raw_label)
+            label = labels.resolve_or_report(out, raw_label, f"{fld}.value.labels")
             if label is None:
-                out.problem(
-                    "unknown_label",
-                    f"{fld}.value.labels",
-                    f"label {raw_label!r} is not one of {labels.labels} nor a key of conf/label_map.yaml",
-                )
                 continue
             if text is not None:
                 add_span(out, text, start, end, label, entity_text, fld, inclusive=False)
