@@ -35,25 +35,15 @@ GOLDEN_SENTENCES = 120
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from retrain.devtools.celery_stack import CeleryStack
-    from retrain.devtools.demo import build_tiny_model, trainer_python
+    from retrain.devtools.demo import build_tiny_model, dev_retrain_env
     from retrain.devtools.stack import MotoServer, drop_database
 
     work = tmp_path_factory.mktemp("celery")
     tiny = build_tiny_model(work)
     retrain_env = {
-        "RETRAIN_HOME": str(work / "state"),
-        "RETRAIN__S3__BUCKET": BUCKET,
-        "RETRAIN__TRAIN__BASE_MODEL": str(tiny),
-        "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
-        "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(work / "models"),
-        "RETRAIN__TRAIN__TRAINER_PYTHON": str(trainer_python()),
-        "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "96",
-        "RETRAIN__EVALUATE__BATCH_SIZE": "16",
-        "RETRAIN__SCHEDULE__RETRIES": "0",
+        **dev_retrain_env(work, tiny),
         "RETRAIN__SCHEDULE__CRON": "null",  # manual only until test (b) switches the cron on
-        # One thread per torch process: on a small shared machine OpenMP oversubscription made training
-        # ~10x slower per step (1.9 s against 0.16 s measured with 2 cores and other jobs running).
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
     database = f"retrain_celery_{uuid.uuid4().hex[:8]}"
     with MotoServer() as moto:

@@ -59,6 +59,24 @@ def build_tiny_model(workdir: Path) -> Path:
     return out
 
 
+def dev_retrain_env(workdir: Path, tiny: Path) -> dict[str, str]:
+    """RETRAIN__* settings for running ner_retrain on this machine with the tiny model (demo, e2e)."""
+    return {
+        "RETRAIN_HOME": str(workdir / "state"),
+        "RETRAIN__S3__BUCKET": BUCKET,
+        "RETRAIN__TRAIN__BASE_MODEL": str(tiny),
+        "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
+        "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(workdir / "models"),
+        "RETRAIN__TRAIN__TRAINER_PYTHON": str(trainer_python()),
+        "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "96",
+        "RETRAIN__EVALUATE__BATCH_SIZE": "16",
+        "RETRAIN__SCHEDULE__RETRIES": "0",
+        # One torch thread: on a 2-core machine shared with Airflow, two threads per process thrash
+        # (a tiny-model step took 1.9 s instead of 0.16 s under load).
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def _upload_batch(moto: MotoServer, key: str, lines: list[str]) -> None:
     moto.client().put_object(Bucket=BUCKET, Key=key, Body=("\n".join(lines) + "\n").encode("utf-8"))
 
@@ -98,21 +116,10 @@ def run_demo(workdir: Path, *, records_first: int = 200, records_second: int = 2
     database = f"retrain_demo_{int(time.time())}"
     result = DemoResult(workdir=str(workdir))
     retrain_env = {
-        "RETRAIN_HOME": str(workdir / "state"),
-        "RETRAIN__S3__BUCKET": BUCKET,
-        "RETRAIN__TRAIN__BASE_MODEL": str(tiny),
-        "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
-        "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(workdir / "models"),
-        "RETRAIN__TRAIN__TRAINER_PYTHON": str(trainer_python()),
-        "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "96",
-        "RETRAIN__EVALUATE__BATCH_SIZE": "16",
-        "RETRAIN__SCHEDULE__RETRIES": "0",
+        **dev_retrain_env(workdir, tiny),
         # A larger golden share than production's 10%: a few hundred synthetic sentences would
         # otherwise leave ~10 golden ones, too few for F1 to mean anything.
         "RETRAIN__DATASET__GOLDEN_FRACTION": "0.25",
-        # One torch thread: on a 2-core machine shared with Airflow, two threads per process thrash
-        # (a tiny-model step took 1.9 s instead of 0.16 s under load).
-        "OMP_NUM_THREADS": "1",
     }
     with MotoServer() as moto:
         client = moto.client()
