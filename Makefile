@@ -25,7 +25,7 @@ demo: install
 
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end.
 test: install
-	scripts/install_browser.sh
+	scripts/install_test_tools.sh
 	$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests
 	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests
 
