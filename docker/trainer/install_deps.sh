@@ -8,12 +8,11 @@
 # _VLLM (1 = install FLASH_ATTN_SPEC / LIGER_KERNEL_SPEC / VLLM_SPEC from the index).
 # An extra CA bundle (build secret id=extra_ca) is appended to the system bundle for pip.
 #
-# The CPU fixes are the ones scripts/install_trainer_env.sh applies to the dev environment:
-#  * torchvision is not installed where TORCH_SPEC does not name it (the PyPI wheel is CUDA-linked and
-#    breaks `from transformers import PreTrainedModel` on CPU torch; nothing we run imports it);
-#  * torchaudio's compiled extension is removed only when `import torchaudio` fails because that
-#    extension cannot load (a CUDA-linked wheel on CPU torch); llamafactory imports torchaudio
-#    unconditionally but text SFT never calls its C++ ops. With a CUDA torch it imports and is kept.
+# The CPU fixes (torchvision left out where TORCH_SPEC does not name it, and uninstalled if it cannot
+# import; torchaudio's CUDA-linked extension removed when, and only when, it is what stops
+# `import torchaudio`) are fix_cpu_torch.py, next to this script, the copy scripts/install_trainer_env.sh
+# applies to the dev environment; its docstring says why. With a CUDA torch both import and nothing
+# is touched.
 set -eu
 WHEELHOUSE=$1
 REQUIREMENTS=$2
@@ -61,38 +60,9 @@ if [ "${INSTALL_VLLM:-0}" = 1 ]; then
   pip install "$VLLM_SPEC"
 fi
 
-echo ">> CPU fix: torchaudio"
-python - <<'EOF'
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
-spec = importlib.util.find_spec("torchaudio")
-if spec is None or spec.origin is None:
-    sys.exit("torchaudio is not installed, but llamafactory imports it")
-probe = subprocess.run([sys.executable, "-c", "import torchaudio"], capture_output=True, text=True)
-if probe.returncode == 0:
-    print("   torchaudio imports; nothing to do")
-    sys.exit(0)
-err = probe.stderr.strip().splitlines()
-if not any("Could not load this library" in line or "libc10_cuda" in line for line in err):
-    print("\n".join(err[-15:]), file=sys.stderr)
-    sys.exit("torchaudio fails to import for another reason than its CUDA extension")
-lib_dir = Path(spec.origin).parent / "lib"
-removed = sorted(p.name for p in lib_dir.glob("*.so"))
-for name in removed:
-    (lib_dir / name).unlink()
-(lib_dir / "RETRAIN_CPU_ONLY.txt").write_text(
-    "docker/trainer/install_deps.sh removed these CUDA-linked extension files (CPU-only torch):\n"
-    + "".join(f"  {n}\n" for n in removed)
-)
-check = subprocess.run([sys.executable, "-c", "import torchaudio"], capture_output=True, text=True)
-if check.returncode != 0:
-    print(check.stderr, file=sys.stderr)
-    sys.exit("torchaudio still fails to import after removing its extension")
-print(f"   removed {removed}; torchaudio imports")
-EOF
+# The torchvision and torchaudio fixes: one copy, shared with scripts/install_trainer_env.sh. The
+# Dockerfile bind-mounts fix_cpu_torch.py next to this script.
+python "$(dirname "$0")/fix_cpu_torch.py"
 
 echo ">> import check"
 python -c "import llamafactory.train.tuner, peft, transformers, torch, boto3, modelscope; \

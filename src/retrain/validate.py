@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import html
 import json
 import logging
 import math
@@ -380,7 +381,7 @@ def validate_batch(
     sentences, spans = build_frames(records)
     anomalies = anomaly_counts(spans)
     if docs_dir is not None:
-        docs_dir = Path(docs_dir)
+        docs_dir = Path(docs_dir).absolute()  # GX wants an absolute base_directory
         docs_dir.mkdir(parents=True, exist_ok=True)
     ctx = _gx_context(docs_dir)
     params: dict[str, Any] = {
@@ -587,8 +588,43 @@ def _drift(
     return round(tv, 6), ""
 
 
+def _escape_html(value: Any) -> Any:
+    """``value`` with every string in it HTML-escaped, through dicts (values only), lists and tuples."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {k: _escape_html(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escape_html(v) for v in value)
+    return value
+
+
+def _escape_stored_results(ctx: Any) -> None:
+    """HTML-escape, in the context's validation results store, everything GX renders from the data.
+
+    GX 1.x writes a result's unexpected values (the unexpected-value table, built from
+    ``partial_unexpected_list``/``_counts``, ``unexpected_list``, ``unexpected_index_list``), its
+    observed value and an exception's traceback into the Data Docs HTML as they are: annotator text
+    such as ``<script>`` or ``<img onerror=…>`` would be live markup in the pages. So every string
+    of each result's ``result`` and ``exception_info`` is escaped before the docs are built; the page
+    then shows the value as text. The few places GX escapes itself (an exception message) show it
+    escaped twice, which is the safe way to be wrong. Only the stored copies change: the results
+    ``validate_batch`` judged by are the ones ``ValidationDefinition.run`` returned.
+    """
+    store = ctx.validation_results_store
+    for key in store.list_keys():
+        suite_result = store.get(key)
+        for evr in suite_result.results:
+            evr.result = _escape_html(evr.result or {})
+            evr.exception_info = _escape_html(evr.exception_info or {})
+        store.set(key, suite_result)
+
+
 def _build_docs(ctx: Any, docs_dir: Path, warnings: list[str]) -> Path | None:
+    """Build the GX Data Docs of the batch into ``docs_dir`` (data values escaped); their index page,
+    or None (with a warning) when they could not be built."""
     try:
+        _escape_stored_results(ctx)  # never build the docs from the unescaped results
         ctx.build_data_docs(site_names=["retrain_site"])
     except Exception as exc:  # docs are a report; a failure to render them must not lose the batch
         log.warning("GX Data Docs failed: %s", exc)

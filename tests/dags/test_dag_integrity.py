@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import os
 import subprocess
 import sys
@@ -70,7 +72,7 @@ def test_retrain_dag_structure():
     assert dag.timetable.expression == "0 2 * * *"  # conf schedule.cron
     order = ["find_new_batches", "validate_batches", "build_dataset", "prepare_training", "train",
              "prepare_evaluation", "evaluate", "promote"]
-    for up, down in zip(order, order[1:]):
+    for up, down in itertools.pairwise(order):
         assert down in dag.get_task(up).downstream_task_ids, (up, down)
     assert [o.name for o in dag.get_task("build_dataset").outlets] == ["clue-ner.dataset"]
     assert [o.name for o in dag.get_task("promote").outlets] == ["clue-ner.champion-moves"]

@@ -112,6 +112,24 @@ def test_row_failures_map_back_to_records(settings, tmp_path):
     assert "ner_spans:expect_column_values_to_be_in_set(label)" in failing
 
 
+def test_data_docs_show_markup_in_values_as_text(settings, tmp_path):
+    """Annotator text GX lists as an unexpected value (a sentence, a label, a pair of span texts)
+    is escaped in the Data Docs: a reader sees it as text, a browser never runs it."""
+    markup = "<img src=x onerror=alert(1)>"
+    records = clean(10) + [
+        rec(text=markup + "长" * 1000, ents=[], line=101),  # too long: the sentence is listed
+        rec(ents=[(0, 4, "<b>公司</b>")], line=102),  # not a label
+        rec(ents=[(9, 12, "name")], line=103, entity_text={0: "<i>叶</i>"}),  # differs from the span
+    ]
+    bv = run(records, settings, tmp_path, docs=True)
+    assert {r.line for r in bv.rejected} == {101, 102, 103}
+    assert any(markup in r.raw for r in bv.rejected)  # the quarantine keeps the data as it was
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in (tmp_path / "docs").rglob("*.html"))
+    for raw in (markup, "<b>公司</b>", "<i>叶</i>"):
+        assert raw not in pages, raw
+        assert html.escape(raw) in pages, raw
+
+
 def test_duplicate_span_policy(settings, tmp_path):
     dup = [(0, 4, "company"), (9, 12, "name"), (9, 12, "name")]
     records = clean(5) + [rec(ents=dup, line=50)]
