@@ -33,7 +33,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import DeviceRequest, Mount
 
 from retrain.config import RetryPolicy, Settings, parse_byte_size
-from retrain_airflow.launchers import stage_command
+from retrain_airflow.launchers import after_stage, before_stage, stage_command
 
 #: The container's scratch directory (the image's WORKDIR, writable by its user); TMPDIR points
 #: there so a stage's temporary files land on the scratch mount when one is configured.
@@ -103,9 +103,12 @@ class RetrainDockerOperator(DockerOperator):
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "run_uri")
 
-    def __init__(self, *, run_uri: str, aws_conn_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, run_uri: str, aws_conn_id: str, stage: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.run_uri = run_uri
+        #: The trainer stage whose commit marker is checked around the container (None: no check,
+        #: for ad-hoc commands).
+        self.stage = stage
         self.aws_conn_id = aws_conn_id
         # docker_url null in conf = the worker's $DOCKER_HOST when the task runs, not at parse time.
         self._docker_url_from_env = kwargs.get("docker_url") is None
@@ -121,7 +124,11 @@ class RetrainDockerOperator(DockerOperator):
         if self._docker_url_from_env:
             self.docker_url = os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
         self.load_private_environment()
-        super().execute(context)
+        if self.stage:
+            before_stage(self.stage, self.run_uri)
+        super().execute(context)  # raises DockerContainerFailedException on a non-zero exit
+        if self.stage:
+            after_stage(self.stage, self.run_uri)  # exit 0 is not enough: the output must be there
         return self.run_uri
 
 
@@ -167,6 +174,7 @@ def docker_stage_operator(stage: str, run_uri: str, settings: Settings, **kw: An
         # The image's ENTRYPOINT is ["retrain"]; the command above is the whole argv, as in the pod.
         "entrypoint": [],
         "run_uri": run_uri,
+        "stage": stage,
         "aws_conn_id": settings.airflow.aws_conn_id,
         "docker_url": dc.url,
         "environment": environment,
@@ -267,7 +275,16 @@ def kubernetes_stage_operator(stage: str, run_uri: str, settings: Settings, **kw
         "on_finish_action": "delete_pod",
         "startup_timeout_seconds": kc.startup_timeout_seconds,
         "do_xcom_push": False,
+        # The same commit check as the other launchers, around the pod (on the rendered command).
+        "pre_execute": lambda context: before_stage(stage, _pod_run_uri(context)),
+        "post_execute": lambda context, result=None: after_stage(stage, _pod_run_uri(context)),
         **_retry_kwargs(kc.retry, kc.execution_timeout_minutes),
     }
     args.update(kw)
     return KubernetesPodOperator(**args)
+
+
+def _pod_run_uri(context: Any) -> str:
+    """The run URI in the pod's rendered command (``retrain <stage> --run-uri <uri>``)."""
+    cmds = list(context["task"].cmds)
+    return cmds[cmds.index("--run-uri") + 1]

@@ -34,6 +34,34 @@ def stage_command(stage: str, run_uri: str) -> list[str]:
     return ["retrain", stage, "--run-uri", run_uri]
 
 
+def _run_store(run_uri: str) -> tuple[Any, str]:
+    """The ObjectStore of the run's bucket (through the Airflow connection) and the run's prefix."""
+    from retrain.storage import ObjectStore, parse_s3_uri
+    from retrain_airflow.tasks import _store
+
+    bucket, prefix = parse_s3_uri(run_uri)
+    store = _store()
+    return (store if store.bucket == bucket else ObjectStore(store.client, bucket)), prefix
+
+
+def before_stage(stage: str, run_uri: str) -> None:
+    """Every launcher, before it starts a stage: remove the stage's commit marker of an earlier attempt
+    (see retrain.stages), so that only this attempt's output can pass `after_stage`."""
+    from retrain.stages import uncommit
+
+    store, prefix = _run_store(run_uri)
+    uncommit(store, prefix, stage)
+
+
+def after_stage(stage: str, run_uri: str) -> None:
+    """Every launcher, after a stage exited 0: its output must be committed, else the task fails with
+    what is missing (`retrain.stages.StageNotCommitted`)."""
+    from retrain.stages import check_committed
+
+    store, prefix = _run_store(run_uri)
+    check_committed(store, prefix, stage)
+
+
 def run_local_stage(stage: str, run_uri: str) -> str:
     """Run a trainer stage as a subprocess of the trainer env; stream its output into the task log."""
     from retrain_airflow.s3 import s3_environment
@@ -51,6 +79,7 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     env["PYTHONUNBUFFERED"] = "1"
     env["RETRAIN_CONF_DIR"] = s.conf_dir
     cmd = [python, "-m", "retrain.cli", *stage_command(stage, run_uri)[1:]]
+    before_stage(stage, run_uri)
     log.info("local launcher: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, cwd=str(REPO_ROOT))
@@ -65,6 +94,7 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     code = proc.wait()
     if code != 0:
         raise RuntimeError(f"`retrain {stage}` exited with code {code}; last output:\n" + "\n".join(tail[-15:]))
+    after_stage(stage, run_uri)
     return run_uri
 
 

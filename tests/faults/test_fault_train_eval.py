@@ -99,6 +99,27 @@ def test_local_launcher_fails_the_task_on_exit_137(pipeline, moto_server, tmp_pa
     assert moto_server.secret_key not in message
 
 
+def test_local_launcher_fails_a_stage_that_exits_0_without_committing(pipeline, moto_server, tmp_path, monkeypatch):
+    """A trainer that exits 0 but commits nothing fails the task: the launcher removed the marker an
+    earlier attempt left, so that one cannot pass for this attempt's output."""
+    from retrain_airflow.launchers import run_local_stage
+
+    from retrain.stages import StageNotCommitted
+
+    p = pipeline
+    trainer = tmp_path / "silent-python"
+    trainer.write_text(f"#!{sys.executable}\nprint('all good, nothing saved', flush=True)\n")
+    trainer.chmod(0o755)
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.airflow_connection())
+    p.use_settings(RETRAIN__TRAIN__TRAINER_PYTHON=str(trainer))
+    stale = "runs/manual__y/train_result.json"
+    moto_server.client().put_object(Bucket=p.bucket, Key=stale, Body=b'{"status": "succeeded"}')
+
+    with pytest.raises(StageNotCommitted, match="`retrain train` exited 0 but did not commit its output: "
+                                                 f"s3://{p.bucket}/{stale} is missing"):
+        run_local_stage("train", f"s3://{p.bucket}/runs/manual__y")
+
+
 def test_evaluation_crash_before_the_champion_is_scored(pipeline):
     from botocore.exceptions import ClientError
     from retrain_airflow import tasks

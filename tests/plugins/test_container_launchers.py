@@ -258,3 +258,31 @@ def test_pod_spec_multi_gpu_node_selector_and_cpu_only() -> None:
         kubernetes_stage_operator("evaluate", "s3://b/runs/r1", settings(RETRAIN__KUBERNETES__GPUS="0"))
     )
     assert "nvidia.com/gpu" not in (cpu_pod.spec.containers[0].resources.limits or {})
+
+
+def test_both_container_launchers_check_the_commit_around_the_stage(moto_server, bucket_name, monkeypatch) -> None:
+    """Docker and Kubernetes tasks remove the stage's commit marker before the container and require it
+    after an exit 0 (the pod's run URI read from its rendered command). The real engine exercises the
+    Docker side in tests/docker; here the Kubernetes hooks run against a real S3 API."""
+    from retrain.stages import StageNotCommitted
+    from retrain.storage import ObjectStore
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.airflow_connection())
+    monkeypatch.setenv("RETRAIN__S3__BUCKET", bucket_name)
+    store = ObjectStore(moto_server.client(), bucket_name)
+    store.ensure_bucket()
+    run_uri = f"s3://{bucket_name}/runs/manual__k8s"
+    store.put_json("runs/manual__k8s/eval/report.json", {"run_id": "an earlier attempt"})
+
+    docker_op = docker_stage_operator("evaluate", RUN_URI_TEMPLATE, settings())
+    assert docker_op.stage == "evaluate"
+    pod_op = kubernetes_stage_operator("evaluate", run_uri, settings(RETRAIN__TRAIN__LAUNCHER="kubernetes"))
+    context = {"task": pod_op}
+    pod_op._pre_execute_hook(context)
+    assert not store.exists("runs/manual__k8s/eval/report.json")
+    with pytest.raises(StageNotCommitted, match="eval/report.json is missing"):
+        pod_op._post_execute_hook(context, None)
+
+    from airflow.serialization.serialized_objects import OperatorSerialization
+
+    json.dumps(OperatorSerialization.serialize_operator(pod_op), default=str)  # the hooks do not break it
