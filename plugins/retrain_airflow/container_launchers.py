@@ -125,10 +125,10 @@ class RetrainDockerOperator(DockerOperator):
             self.docker_url = os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
         self.load_private_environment()
         if self.stage:
-            before_stage(self.stage, self.run_uri)
+            before_stage(self.stage, self.run_uri, self.aws_conn_id)
         super().execute(context)  # raises DockerContainerFailedException on a non-zero exit
         if self.stage:
-            after_stage(self.stage, self.run_uri)  # exit 0 is not enough: the output must be there
+            after_stage(self.stage, self.run_uri, self.aws_conn_id)  # exit 0 is not enough: the output must be there
         return self.run_uri
 
 
@@ -207,6 +207,7 @@ def kubernetes_stage_operator(stage: str, run_uri: str, settings: Settings, **kw
     from kubernetes.client import models as k8s
 
     kc = settings.kubernetes
+    conn_id = settings.airflow.aws_conn_id  # the commit check's S3 access (the pod has its own Secret)
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     if kc.gpus:
@@ -276,8 +277,8 @@ def kubernetes_stage_operator(stage: str, run_uri: str, settings: Settings, **kw
         "startup_timeout_seconds": kc.startup_timeout_seconds,
         "do_xcom_push": False,
         # The same commit check as the other launchers, around the pod (on the rendered command).
-        "pre_execute": lambda context: before_stage(stage, _pod_run_uri(context)),
-        "post_execute": lambda context, result=None: after_stage(stage, _pod_run_uri(context)),
+        "pre_execute": lambda context: before_stage(stage, _pod_run_uri(context), conn_id),
+        "post_execute": lambda context, result=None: after_stage(stage, _pod_run_uri(context), conn_id),
         **_retry_kwargs(kc.retry, kc.execution_timeout_minutes),
     }
     args.update(kw)

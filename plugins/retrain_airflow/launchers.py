@@ -34,31 +34,32 @@ def stage_command(stage: str, run_uri: str) -> list[str]:
     return ["retrain", stage, "--run-uri", run_uri]
 
 
-def _run_store(run_uri: str) -> tuple[Any, str]:
-    """The ObjectStore of the run's bucket (through the Airflow connection) and the run's prefix."""
+def _run_store(run_uri: str, aws_conn_id: str | None) -> tuple[Any, str]:
+    """The run's bucket through the Airflow connection (conf's when None) and the run's prefix."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from retrain.storage import ObjectStore, parse_s3_uri
-    from retrain_airflow.tasks import _store
+    from retrain_airflow.tasks import settings
 
     bucket, prefix = parse_s3_uri(run_uri)
-    store = _store()
-    return (store if store.bucket == bucket else ObjectStore(store.client, bucket)), prefix
+    hook = S3Hook(aws_conn_id=aws_conn_id or settings().airflow.aws_conn_id)
+    return ObjectStore(hook.get_conn(), bucket), prefix
 
 
-def before_stage(stage: str, run_uri: str) -> None:
+def before_stage(stage: str, run_uri: str, aws_conn_id: str | None = None) -> None:
     """Every launcher, before it starts a stage: remove the stage's commit marker of an earlier attempt
     (see retrain.stages), so that only this attempt's output can pass `after_stage`."""
     from retrain.stages import uncommit
 
-    store, prefix = _run_store(run_uri)
+    store, prefix = _run_store(run_uri, aws_conn_id)
     uncommit(store, prefix, stage)
 
 
-def after_stage(stage: str, run_uri: str) -> None:
+def after_stage(stage: str, run_uri: str, aws_conn_id: str | None = None) -> None:
     """Every launcher, after a stage exited 0: its output must be committed, else the task fails with
     what is missing (`retrain.stages.StageNotCommitted`)."""
     from retrain.stages import check_committed
 
-    store, prefix = _run_store(run_uri)
+    store, prefix = _run_store(run_uri, aws_conn_id)
     check_committed(store, prefix, stage)
 
 
@@ -79,7 +80,7 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     env["PYTHONUNBUFFERED"] = "1"
     env["RETRAIN_CONF_DIR"] = s.conf_dir
     cmd = [python, "-m", "retrain.cli", *stage_command(stage, run_uri)[1:]]
-    before_stage(stage, run_uri)
+    before_stage(stage, run_uri, s.airflow.aws_conn_id)
     log.info("local launcher: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, cwd=str(REPO_ROOT))
@@ -94,7 +95,7 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     code = proc.wait()
     if code != 0:
         raise RuntimeError(f"`retrain {stage}` exited with code {code}; last output:\n" + "\n".join(tail[-15:]))
-    after_stage(stage, run_uri)
+    after_stage(stage, run_uri, s.airflow.aws_conn_id)
     return run_uri
 
 

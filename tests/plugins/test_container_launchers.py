@@ -267,8 +267,7 @@ def test_both_container_launchers_check_the_commit_around_the_stage(moto_server,
     from retrain.stages import StageNotCommitted
     from retrain.storage import ObjectStore
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.airflow_connection())
-    monkeypatch.setenv("RETRAIN__S3__BUCKET", bucket_name)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", moto_server.airflow_connection())
     store = ObjectStore(moto_server.client(), bucket_name)
     store.ensure_bucket()
     run_uri = f"s3://{bucket_name}/runs/manual__k8s"
