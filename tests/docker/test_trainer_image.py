@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from retrain.config import load_settings
+from tests.docker.conftest import IMAGE, docker_run, run_cmd, writable_dir
 from tests.fixtures_trainer import (  # noqa: F401  (moto_s3 is a fixture)
     BUCKET,
     MotoS3,
@@ -34,66 +33,10 @@ from tests.fixtures_trainer import (  # noqa: F401  (moto_s3 is a fixture)
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "retrain/trainer:cpu"
 CONN_ID = "retrain_docker_test_s3"
 # moto accepts any credentials; recognisable ones let the tests look for leaks.
 ACCESS_KEY = "AKIADOCKERLAUNCHTEST"
 SECRET_KEY = "docker-launch-secret-5f1e9a3c"
-
-
-def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def _containers() -> list[str]:
-    out = _run(["docker", "ps", "-a", "--format", "{{.ID}} {{.Image}} {{.Status}}"])
-    assert out.returncode == 0, out.stderr
-    return [line for line in out.stdout.splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private Docker engine for the session; DOCKER_HOST points at it while the session runs."""
-    state = tmp_path_factory.mktemp("dockerd")
-    env = dict(os.environ)
-    env.setdefault("RETRAIN_DOCKER_DATA_ROOT", str(REPO / ".work" / "docker"))
-    start = _run([str(REPO / "scripts" / "dockerd.sh"), "start", str(state)], timeout=300, env=env)
-    if start.returncode != 0:
-        pytest.fail(
-            f"the Docker engine did not start (scripts/dockerd.sh start):\n{start.stderr}", pytrace=False
-        )
-    host = start.stdout.strip().splitlines()[-1]
-    previous = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = host
-    try:
-        yield host
-        left = _containers()
-    finally:
-        if previous is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = previous
-        stop = _run([str(REPO / "scripts" / "dockerd.sh"), "stop", str(state)], timeout=120, env=env)
-    assert not left, f"containers left behind: {left}"
-    assert stop.returncode == 0, f"scripts/dockerd.sh stop: {stop.stderr}"
-
-
-@pytest.fixture(scope="session")
-def trainer_image(docker_host: str) -> str:
-    """retrain/trainer:cpu built (or found up to date) by scripts/build_trainer_image.sh."""
-    started = time.monotonic()
-    build = _run([str(REPO / "scripts" / "build_trainer_image.sh"), "--variant", "cpu"], timeout=3600)
-    if build.returncode != 0:
-        pytest.fail(f"building {IMAGE} failed:\n{build.stderr[-6000:]}", pytrace=False)
-    print(f"\n{IMAGE}: build step {time.monotonic() - started:.0f} s\n{build.stderr.strip()}")
-    return IMAGE
-
-
-@pytest.fixture(autouse=True)
-def _no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "docker_host" in request.fixturenames:
-        assert _containers() == [], "the test left a container behind"
 
 
 @pytest.fixture
@@ -130,24 +73,12 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
-def _writable_dir(path: Path) -> Path:
-    """A host directory the image's user (uid 1000) can write through a bind mount."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o777)
-    return path
-
-
 # ------------------------------------------------------------------------------------ (a)
 
 
 def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
-    run = _run(
+    run = docker_run(
         [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "none",
             "--cap-drop",
             "ALL",
             "--security-opt",
@@ -159,13 +90,8 @@ def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
     assert run.returncode == 0, run.stderr
     assert "usage: retrain" in run.stdout and "train" in run.stdout
 
-    who = _run(
+    who = docker_run(
         [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "none",
             "--cap-drop",
             "ALL",
             "--entrypoint",
@@ -175,7 +101,7 @@ def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
     )
     assert who.stdout.strip() == "uid=1000(trainer) gid=1000(trainer) groups=1000(trainer)"
 
-    config = json.loads(_run(["docker", "image", "inspect", trainer_image]).stdout)[0]["Config"]
+    config = json.loads(run_cmd(["docker", "image", "inspect", trainer_image]).stdout)[0]["Config"]
     assert config["User"] == "1000:1000"
     assert config["Entrypoint"] == ["retrain"]
     assert config["WorkingDir"] == "/work"
@@ -185,13 +111,8 @@ def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
     assert not [k for k in env if k.startswith("AWS_")], "no credentials may be baked into the image"
 
     # The trainer's imports work in the image (the CPU torchvision/torchaudio fixes are in place).
-    imports = _run(
+    imports = docker_run(
         [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "none",
             "--entrypoint",
             "python",
             trainer_image,
@@ -214,7 +135,7 @@ def test_a_failing_container_fails_the_task(trainer_image: str, s3_connection: M
 
     op = docker_stage_operator(
         "train",
-        "s3://unused/runs/x",
+        f"s3://{BUCKET}/runs/x",
         _settings(RETRAIN__DOCKER__NETWORK_MODE="none"),
         task_id="failing_probe",
         # Proves the credentials arrived without printing them, then fails like a crashed stage.
@@ -228,6 +149,26 @@ def test_a_failing_container_fails_the_task(trainer_image: str, s3_connection: M
         op.execute({})
     assert f"probe: secret of {len(SECRET_KEY)} chars at {s3_connection.endpoint}" in failed.value.logs
     assert SECRET_KEY not in caplog.text and SECRET_KEY not in "\n".join(failed.value.logs)
+
+
+def test_a_container_that_exits_0_without_an_adapter_fails_the_task(trainer_image: str, s3_connection: MotoS3) -> None:
+    """Exit status 0 is not success: the task reads the stage's commit from S3. A train_result.json an
+    earlier attempt left is removed before the container starts, so it cannot pass for this one's."""
+    from retrain_airflow.container_launchers import docker_stage_operator
+
+    from retrain.stages import StageNotCommitted
+
+    client = s3_connection.client()
+    client.put_object(Bucket=BUCKET, Key="runs/silent/train_result.json", Body=b'{"status": "succeeded"}')
+    op = docker_stage_operator(
+        "train",
+        f"s3://{BUCKET}/runs/silent",
+        _settings(RETRAIN__DOCKER__NETWORK_MODE="none"),
+        command=["sh", "-c", "echo 'training... done (but nothing saved)'; exit 0"],
+    )
+    with pytest.raises(StageNotCommitted, match=f"s3://{BUCKET}/runs/silent/train_result.json is missing"):
+        op.execute({})
+    assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/silent/")
 
 
 def test_a_stage_that_errors_fails_the_task(trainer_image: str, s3_connection: MotoS3) -> None:
@@ -285,9 +226,9 @@ def test_a_failing_stage_is_a_failed_task_under_airflow(
         }
     )
     airflow = str(Path(sys.executable).parent / "airflow")
-    migrate = _run([airflow, "db", "migrate"], env=env, timeout=300)
+    migrate = run_cmd([airflow, "db", "migrate"], env=env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    proc = _run(
+    proc = run_cmd(
         [airflow, "dags", "test", "docker_launcher_probe", "2026-11-28T02:00:00+00:00"], env=env, timeout=400
     )
     output = proc.stdout + proc.stderr
@@ -318,32 +259,6 @@ def test_a_failing_stage_is_a_failed_task_under_airflow(
 # ------------------------------------------------------------------------------------ (c)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_host_dir(trainer_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Qwen2 model, built by the image's own `retrain dev tiny-model` (no network)."""
-    out = _writable_dir(tmp_path_factory.mktemp("tiny-model-host"))
-    run = _run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--mount",
-            f"type=bind,source={out},target=/out",
-            trainer_image,
-            "dev",
-            "tiny-model",
-            "--out",
-            "/out/tiny",
-        ],
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (out / "tiny" / "config.json").is_file()
-    return out / "tiny"
-
-
 @pytest.mark.timeout(1800)
 def test_train_in_the_container_commits_an_adapter_to_s3(
     trainer_image: str, tiny_model_host_dir: Path, s3_connection: MotoS3, tmp_path: Path
@@ -363,8 +278,8 @@ def test_train_in_the_container_commits_an_adapter_to_s3(
         llamafactory_overrides={"num_train_epochs": 1.0},
     )
     run_prefix = run_uri.split(f"s3://{BUCKET}/", 1)[1]
-    cache = _writable_dir(tmp_path / "model-cache")
-    scratch = _writable_dir(tmp_path / "scratch")
+    cache = writable_dir(tmp_path / "model-cache")
+    scratch = writable_dir(tmp_path / "scratch")
     s = _settings(
         RETRAIN__DOCKER__NETWORK_MODE="host",  # moto listens on the host's 127.0.0.1
         RETRAIN__DOCKER__MODEL_CACHE_HOST_PATH=str(cache),

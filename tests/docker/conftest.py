@@ -1,0 +1,111 @@
+"""The Docker engine the docker tests share (-m docker): a private dockerd for the session, the
+trainer image built by the developer's own script, the tiny model made inside that image.
+
+The engine starts with scripts/dockerd.sh (socket and state in pytest's temp dir; images kept in
+$RETRAIN_DOCKER_DATA_ROOT, default <repo>/.work/docker, so a later session reuses them) and stops at the
+end of the session, checking that no container is left. An engine or a build that cannot start FAILS
+the tests with the reason: nothing here is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "retrain/trainer:cpu"
+
+
+def run_cmd(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def docker_run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``docker run --rm --network none ARGS``: a throwaway container without a network."""
+    return run_cmd(["docker", "run", "--rm", "--network", "none", *args], timeout=timeout)
+
+
+def containers() -> list[str]:
+    out = run_cmd(["docker", "ps", "-a", "--format", "{{.ID}} {{.Image}} {{.Status}}"])
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Docker engine for the session; DOCKER_HOST points at it while the session runs."""
+    state = tmp_path_factory.mktemp("dockerd")
+    env = dict(os.environ)
+    env.setdefault("RETRAIN_DOCKER_DATA_ROOT", str(REPO / ".work" / "docker"))
+    start = run_cmd([str(REPO / "scripts" / "dockerd.sh"), "start", str(state)], timeout=300, env=env)
+    if start.returncode != 0:
+        pytest.fail(
+            f"the Docker engine did not start (scripts/dockerd.sh start):\n{start.stderr}", pytrace=False
+        )
+    host = start.stdout.strip().splitlines()[-1]
+    previous = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = host
+    try:
+        yield host
+        left = containers()
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = previous
+        stop = run_cmd([str(REPO / "scripts" / "dockerd.sh"), "stop", str(state)], timeout=120, env=env)
+    assert not left, f"containers left behind: {left}"
+    assert stop.returncode == 0, f"scripts/dockerd.sh stop: {stop.stderr}"
+
+
+@pytest.fixture(scope="session")
+def trainer_image(docker_host: str) -> str:
+    """retrain/trainer:cpu built (or found up to date) by scripts/build_trainer_image.sh."""
+    started = time.monotonic()
+    build = run_cmd([str(REPO / "scripts" / "build_trainer_image.sh"), "--variant", "cpu"], timeout=3600)
+    if build.returncode != 0:
+        pytest.fail(f"building {IMAGE} failed:\n{build.stderr[-6000:]}", pytrace=False)
+    print(f"\n{IMAGE}: build step {time.monotonic() - started:.0f} s\n{build.stderr.strip()}")
+    return IMAGE
+
+
+@pytest.fixture(autouse=True)
+def _no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "docker_host" in request.fixturenames:
+        assert containers() == [], "the test left a container behind"
+
+
+def writable_dir(path: Path) -> Path:
+    """A host directory the image's user (uid 1000) can write through a bind mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_host_dir(trainer_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Qwen2 model, built by the image's own `retrain dev tiny-model` (no network)."""
+    out = writable_dir(tmp_path_factory.mktemp("tiny-model-host"))
+    run = docker_run(
+        [
+            "--mount",
+            f"type=bind,source={out},target=/out",
+            trainer_image,
+            "dev",
+            "tiny-model",
+            "--out",
+            "/out/tiny",
+        ],
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "tiny" / "config.json").is_file()
+    return out / "tiny"
+
+
