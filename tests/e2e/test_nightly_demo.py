@@ -1,21 +1,14 @@
 """End to end: the demo's three nights under Airflow (`airflow dags test`, Postgres metadata DB),
 with a real moto S3 server, real GX validation, real LLaMA-Factory training of the tiny model in
 the trainer environment (local launcher), real generation-based evaluation and a real MLflow
-registry. Asserts the registry state, the skip, and record accounting with bad records present."""
+registry. Asserts the registry state, the skip, and record accounting with bad records present.
+The demo runs once per session (the `demo` fixture, tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from retrain.devtools.demo import run_demo
-
-    return run_demo(tmp_path_factory.mktemp("demo"), records_first=160, records_second=160, bad=5,
-                    epochs_first=40, epochs_second=45)
 
 
 def test_every_night_succeeds(demo):

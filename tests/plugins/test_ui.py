@@ -6,8 +6,10 @@ Only the permission dependencies are overridden (the Airflow permission check ne
 metadata DB); a test proves each route is guarded by the right one, and unauthenticated requests
 go through Airflow's real `get_user`.
 
-End to end (``-m e2e``): the real Airflow API server on 127.0.0.1 (Postgres metadata DB), real
-logins and JWTs, the rollback trigger, and Chromium driving the Airflow UI (screenshots).
+End to end (``-m e2e``): the real Airflow API server on 127.0.0.1 (Postgres metadata DB) over the
+seeded reports: real logins and JWTs, every route refused without them, the rollback trigger. The
+browser test (Chromium driving the Airflow UI, screenshots) runs over the demo's real runs instead:
+tests/e2e/test_ui_real_run.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -480,62 +481,11 @@ def test_plugin_declares_the_app_and_views_lazily():
 
 
 # =========================================================================== end to end
-def _artifacts_dir() -> Path:
-    path = Path(os.environ.get("RETRAIN_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-class ApiServer:
-    """``airflow api-server`` on 127.0.0.1 at a free port, stopped by its PID."""
-
-    def __init__(self, env, log_file: Path) -> None:
-        from retrain.devtools.stack import free_port
-
-        self.env, self.log_file, self.port = env, log_file, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ApiServer:
-        import httpx
-
-        env = {**self.env.env(), "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
-               "AIRFLOW__API__WORKERS": "1"}
-        self.fh = self.log_file.open("w")
-        self.proc = subprocess.Popen([str(self.env.af_bin / "airflow"), "api-server", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--workers", "1"], env=env, stdout=self.fh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"api-server exited {self.proc.returncode}:\n{self.log_file.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"api-server not healthy after 180 s:\n{self.log_file.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-        self.fh.close()
-
-
 @pytest.fixture(scope="module")
 def airflow_ui(moto_server, tmp_path_factory):
     """A fresh AIRFLOW_HOME + Postgres DB, DAGs serialized, users admin and viewer, the API server up."""
     from retrain.config import load_settings
+    from retrain.devtools.airflow_ui import ApiServer, artifacts_dir
     from retrain.devtools.stack import AirflowEnv, drop_database
     from retrain.storage import ObjectStore
 
@@ -560,21 +510,12 @@ def airflow_ui(moto_server, tmp_path_factory):
         env.run("dags", "reserialize", timeout=300)
         server = ApiServer(env, tmp / "api-server.log").start()
         print(f"\nairflow ready in {time.monotonic() - t0:.1f}s at {server.url} (log {server.log_file})")
-        passwords = json.loads((tmp / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
-        yield {"url": server.url, "passwords": passwords, "figures": figures, "store": store, "tmp": tmp}
+        yield {"url": server.url, "server": server, "figures": figures, "store": store, "tmp": tmp}
     finally:
         if server:
             server.stop()
-            shutil.copyfile(server.log_file, _artifacts_dir() / "api-server.log")
+            shutil.copyfile(server.log_file, artifacts_dir() / "api-server.log")
         drop_database(env.database)
-
-
-def _token(ui, user: str) -> str:
-    import httpx
-
-    r = httpx.post(f"{ui['url']}/auth/token", json={"username": user, "password": ui["passwords"][user]}, timeout=30)
-    assert r.status_code in (200, 201), r.text
-    return r.json()["access_token"]
 
 
 @pytest.mark.e2e
@@ -587,7 +528,8 @@ def test_e2e_auth_is_airflows(airflow_ui):
               ("GET", f"/retrain/report/ner_retrain/{quote(RUN_B, safe='')}"), ("GET", "/retrain/static/retrain.css"),
               ("GET", "/retrain/static/icon.svg"), ("POST", "/retrain/rollback")]
     with httpx.Client(base_url=url, timeout=60) as c:
-        plugins = c.get("/api/v2/plugins", headers={"Authorization": f"Bearer {_token(airflow_ui, 'admin')}"}).json()
+        admin = {"Authorization": f"Bearer {airflow_ui['server'].token('admin')}"}
+        plugins = c.get("/api/v2/plugins", headers=admin).json()
         mine = [p for p in plugins["plugins"] if p["name"] == "retrain_ui"]
         assert mine and mine[0]["fastapi_apps"][0]["url_prefix"] == "/retrain"
         assert {v["name"] for v in mine[0]["external_views"]} == {"Retraining", "Retrain report"}
@@ -597,7 +539,7 @@ def test_e2e_auth_is_airflows(airflow_ui):
             r = c.request(method, path, headers={"Authorization": "Bearer not.a.jwt"},
                           data={"target": "2", "reason": "because"} if method == "POST" else None)
             assert r.status_code == 403, (path, r.status_code)
-        viewer = {"Authorization": f"Bearer {_token(airflow_ui, 'viewer')}"}
+        viewer = {"Authorization": f"Bearer {airflow_ui['server'].token('viewer')}"}
         r = c.get("/retrain/", headers=viewer)
         assert r.status_code == 200 and 'id="champion-version">v1<' in r.text
         r = c.post("/retrain/rollback", headers=viewer, data={"target": "2", "reason": "viewer tries"})
@@ -610,7 +552,7 @@ def test_e2e_auth_is_airflows(airflow_ui):
 def test_e2e_rollback_form_triggers_ner_rollback(airflow_ui):
     import httpx
 
-    admin = {"Authorization": f"Bearer {_token(airflow_ui, 'admin')}"}
+    admin = {"Authorization": f"Bearer {airflow_ui['server'].token('admin')}"}
     with httpx.Client(base_url=airflow_ui["url"], timeout=60, headers=admin) as c:
         r = c.post("/retrain/rollback", data={"target": "2", "reason": "v1 drifted on 地址"}, follow_redirects=False)
         assert r.status_code == 303, r.text[:500]
@@ -627,111 +569,3 @@ def test_e2e_rollback_form_triggers_ner_rollback(airflow_ui):
         r = c.post("/retrain/rollback", data={"target": "9", "reason": "nope nope"})
         assert r.status_code == 400
         assert c.get("/api/v2/dags/ner_rollback/dagRuns").json()["total_entries"] == 1
-
-
-def _chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.fail("chromium/chromedriver missing: run scripts/install_browser.sh")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1500,1100"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(options=opts, service=Service(executable_path=driver))
-
-
-@pytest.mark.e2e
-def test_e2e_browser_shows_the_retraining_page_and_the_run_tab(airflow_ui):
-    import httpx
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    url = airflow_ui["url"]
-    # a ner_retrain DAG run with the seeded run id, so its run page (and our tab) exists
-    admin = {"Authorization": f"Bearer {_token(airflow_ui, 'admin')}"}
-    r = httpx.post(f"{url}/api/v2/dags/ner_retrain/dagRuns", headers=admin, timeout=60,
-                   json={"dag_run_id": RUN_B, "logical_date": None})
-    assert r.status_code in (200, 409), r.text
-    out = _artifacts_dir()
-    browser = _chrome()
-    try:
-        wait = WebDriverWait(browser, 60)
-        browser.get(f"{url}/auth/login")
-        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
-        browser.find_element(By.NAME, "password").send_keys(airflow_ui["passwords"]["admin"])
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda b: "/auth/login" not in b.current_url)
-
-        browser.get(f"{url}/plugin/retraining")
-        frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[src*='/retrain/']")))
-        browser.switch_to.frame(frame)
-        champion = wait.until(ec.presence_of_element_located((By.ID, "champion-version")))
-        assert champion.text == "v1"
-        assert browser.find_element(By.ID, "champion-f1").text == airflow_ui["figures"]["v1_f1"]
-        assert airflow_ui["figures"]["v2_f1"] in browser.find_element(By.ID, "runs").text
-        assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
-        browser.switch_to.default_content()
-        time.sleep(0.5)
-        page_png = out / "retraining_page.png"
-        browser.save_screenshot(str(page_png))
-
-        # the rollback form, as a person uses it: session cookie, same-origin post, confirm dialog
-        before = httpx.get(f"{url}/api/v2/dags/ner_rollback/dagRuns", headers=admin, timeout=60).json()
-        browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe[src*='/retrain/']"))
-        form = browser.find_element(By.ID, "rollback")
-        form.find_element(By.CSS_SELECTOR, "select[name=target] option[value='2']").click()
-        form.find_element(By.NAME, "reason").send_keys("browser rollback check")
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        time.sleep(1)  # the confirmation box is required: nothing is posted without it
-        assert httpx.get(f"{url}/api/v2/dags/ner_rollback/dagRuns", headers=admin,
-                         timeout=60).json()["total_entries"] == before["total_entries"]
-        form.find_element(By.NAME, "confirm").click()
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        banner = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".banner.ok")))
-        assert banner.text.startswith("Triggered manual__"), banner.text
-        browser.switch_to.default_content()
-        after = httpx.get(f"{url}/api/v2/dags/ner_rollback/dagRuns", headers=admin, timeout=60).json()
-        assert after["total_entries"] == before["total_entries"] + 1
-        newest = max(after["dag_runs"], key=lambda d: d["run_after"])
-        assert newest["conf"]["reason"] == "browser rollback check" and newest["triggering_user_name"] == "admin"
-
-        # links out of Airflow's sandboxed iframe: a report opens in a new tab, a run page replaces the UI
-        browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe[src*='/retrain/']"))
-        rid_b = _safe(RUN_B)
-        browser.find_element(By.CSS_SELECTOR, f"a[data-nav=tab][href*='/retrain/s3/reports/{rid_b}/batch-b']").click()
-        wait.until(lambda b: len(b.window_handles) == 2)
-        main = browser.current_window_handle
-        browser.switch_to.window([h for h in browser.window_handles if h != main][0])
-        wait.until(lambda b: "Data Docs" in b.page_source)
-        assert f"/retrain/s3/reports/{rid_b}/batch-b" in browser.current_url
-        browser.close()
-        browser.switch_to.window(main)
-        browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe[src*='/retrain/']"))
-        run_path = f"/dags/ner_retrain/runs/{quote(RUN_B, safe='')}"
-        browser.find_element(By.CSS_SELECTOR, f"a[data-nav=top][href='{run_path}']").click()
-        browser.switch_to.default_content()
-        wait.until(lambda b: b.current_url.endswith(run_path))
-
-        browser.get(f"{url}/dags/ner_retrain/runs/{quote(RUN_B, safe='')}/plugin/retrain-report")
-        frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[src*='/retrain/report/']")))
-        browser.switch_to.frame(frame)
-        note = wait.until(ec.presence_of_element_located((By.ID, "run-note")))
-        assert note.text.startswith("promoted v2: micro F1 0.5371")
-        assert browser.find_element(By.ID, "accepted").text == "158"
-        browser.switch_to.default_content()
-        time.sleep(0.5)
-        tab_png = out / "retrain_report_tab.png"
-        browser.save_screenshot(str(tab_png))
-    finally:
-        browser.quit()
-    docs = REPO / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(page_png, docs / "retraining_page.png")
-    print(f"\nscreenshots: {page_png} {tab_png} (and {docs / 'retraining_page.png'})")
-    assert page_png.stat().st_size > 20_000 and tab_png.stat().st_size > 20_000

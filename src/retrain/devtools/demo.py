@@ -10,8 +10,10 @@ Used by ``make demo`` (``python -m retrain.devtools.demo``) and by the end-to-en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -47,6 +49,12 @@ class DemoResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     workdir: str = ""
     reports: list[str] = field(default_factory=list)
+    # Where the runs live, for looking at them afterwards (the Airflow UI over the demo): the Airflow
+    # metadata database (dropped on return unless ``keep_db``), AIRFLOW_HOME (task logs) and the
+    # RETRAIN_* settings the tasks ran with (bucket, RETRAIN_HOME with the MLflow registry, …).
+    database: str = ""
+    airflow_home: str = ""
+    retrain_env: dict[str, str] = field(default_factory=dict)
 
 
 def trainer_python() -> Path:
@@ -109,22 +117,31 @@ def _night(af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[st
 
 
 def run_demo(workdir: Path, *, records_first: int = 200, records_second: int = 200, bad: int = 5,
-             epochs_first: float = 40.0, epochs_second: float = 45.0, keep_db: bool = False) -> DemoResult:
-    """Run the three nights and return what happened (states, summaries, registry)."""
+             epochs_first: float = 40.0, epochs_second: float = 45.0, keep_db: bool = False,
+             moto: MotoServer | None = None) -> DemoResult:
+    """Run the three nights and return what happened (states, summaries, registry).
+
+    ``keep_db``: leave the Airflow metadata database (``result.database``) for the caller to use and
+    drop (``stack.drop_database``). ``moto``: a running S3 server to use, left running with the demo
+    bucket in it; by default the demo starts its own and stops it on return (the bucket is mirrored
+    to ``workdir/bucket`` either way)."""
     workdir.mkdir(parents=True, exist_ok=True)
     tiny = build_tiny_model(workdir)
     database = f"retrain_demo_{int(time.time())}"
-    result = DemoResult(workdir=str(workdir))
     retrain_env = {
         **dev_retrain_env(workdir, tiny),
         # A larger golden share than production's 10%: a few hundred synthetic sentences would
         # otherwise leave ~10 golden ones, too few for F1 to mean anything.
         "RETRAIN__DATASET__GOLDEN_FRACTION": "0.25",
     }
-    with MotoServer() as moto:
+    result = DemoResult(workdir=str(workdir), database=database, airflow_home=str(workdir / "airflow"),
+                        retrain_env=retrain_env)
+    with contextlib.ExitStack() as stack:
+        if moto is None:
+            moto = stack.enter_context(MotoServer())
         client = moto.client()
         client.create_bucket(Bucket=BUCKET)
-        af = AirflowEnv(workdir / "airflow", database, moto, retrain_env)
+        af = AirflowEnv(result.airflow_home, database, moto, retrain_env)
         try:
             af.migrate()
             _upload_batch(moto, "incoming/2026-11-27/batch-001.json", make_batch(records_first, seed=1, bad=bad))
@@ -153,14 +170,16 @@ def _mirror_bucket(moto: MotoServer, dest: Path) -> None:
 
 
 def _registry_state(workdir: Path, tiny: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    import os
+    from unittest import mock
 
     from retrain.config import load_settings
     from retrain.registry import Registry
 
-    os.environ["RETRAIN_HOME"] = str(workdir / "state")
-    reg = Registry.from_settings(load_settings(), str(tiny))
-    return reg.describe(), reg.history()
+    # The registry the tasks used (under their RETRAIN_HOME), without leaving RETRAIN_HOME set in
+    # this process afterwards (a test session goes on after the demo).
+    with mock.patch.dict(os.environ, {"RETRAIN_HOME": str(workdir / "state")}):
+        reg = Registry.from_settings(load_settings(), str(tiny))
+        return reg.describe(), reg.history()
 
 
 def format_table(result: DemoResult) -> str:
@@ -181,7 +200,7 @@ def format_table(result: DemoResult) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
     return "\n".join(lines)
 
 

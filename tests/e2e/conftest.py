@@ -1,0 +1,27 @@
+"""The demo's three nights, run once per test session and shared by the modules that look at them
+(test_nightly_demo.py: what the runs did; test_ui_real_run.py: the Airflow UI over those runs).
+
+The runs stay available until the session ends: the Airflow metadata DB (dropped here afterwards),
+the demo bucket in the session's moto server, the MLflow registry under the demo's RETRAIN_HOME."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo(moto_server, tmp_path_factory):
+    from retrain.devtools.demo import run_demo
+    from retrain.devtools.stack import drop_database
+
+    t0 = time.monotonic()
+    result = run_demo(tmp_path_factory.mktemp("demo"), records_first=160, records_second=160, bad=5,
+                      epochs_first=40, epochs_second=45, keep_db=True, moto=moto_server)
+    print(f"\ndemo: three nights in {time.monotonic() - t0:.0f}s "
+          f"({', '.join(f'{n.name} {n.wall_s:.0f}s' for n in result.nights)}); workdir {result.workdir}")
+    try:
+        yield result
+    finally:
+        drop_database(result.database)
