@@ -120,10 +120,21 @@ class RetrainDockerOperator(DockerOperator):
             **s3_connection_environment(self.aws_conn_id),
         }
 
+    def image_reference(self) -> str:
+        """``tag@sha256:…``: the immutable id of the image about to run (recorded with the adapter it
+        trains), or the tag alone when the engine does not have the image yet (DockerOperator pulls it)."""
+        from docker.errors import ImageNotFound
+
+        try:
+            return f"{self.image}@{self.cli.inspect_image(self.image)['Id']}"
+        except ImageNotFound:
+            return self.image
+
     def execute(self, context: Any) -> str:
         if self._docker_url_from_env:
             self.docker_url = os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
         self.load_private_environment()
+        self.environment = {**self.environment, "RETRAIN_TRAINER_IMAGE": self.image_reference()}
         if self.stage:
             before_stage(self.stage, self.run_uri, self.aws_conn_id)
         super().execute(context)  # raises DockerContainerFailedException on a non-zero exit

@@ -37,6 +37,7 @@ def stage_command(stage: str, run_uri: str) -> list[str]:
 def _run_store(run_uri: str, aws_conn_id: str | None) -> tuple[Any, str]:
     """The run's bucket through the Airflow connection (conf's when None) and the run's prefix."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
     from retrain.storage import ObjectStore, parse_s3_uri
     from retrain_airflow.tasks import settings
 

@@ -205,7 +205,8 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
             tags = {"dataset_version": dataset["version"], "golden_hash": dataset["golden_hash"],
                     "base_model": _base_model(), "run_uri": run_uri, "git_commit": _git_commit(),
                     "launcher": s.train.launcher,
-                    "trainer_image": s.docker.image if s.train.launcher != "local" else "local trainer env"}
+                    "trainer_image": train.get("trainer_image")
+                    or (s.docker.image if s.train.launcher != "local" else "local trainer env")}
             mlflow_run = registry.log_training_run(
                 airflow_run_id=_run_id(), dag_id=ctx["dag"].dag_id, params=train.get("llamafactory", {})
                 or store.get_json(join_key(prefix, "train_request.json"))["llamafactory"],

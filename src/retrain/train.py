@@ -800,6 +800,8 @@ def run_training(store: ObjectStore, run_prefix: str, workdir: str | Path) -> di
         "wall_s": round(wall_s, 3),
         "resumed_from": resume.name if resume else None,
         "loss_curve": arts.loss_curve,
+        # set by the Docker launcher: tag@sha256 id of the image this ran in (None outside a container)
+        "trainer_image": os.environ.get("RETRAIN_TRAINER_IMAGE") or None,
     }
     store.put_json(result_key, result)  # last: the commit point
     if resume is not None or store.exists(join_key(run_prefix, "checkpoints", "hashes.json")):

@@ -16,6 +16,7 @@ The S3 credentials (random, per server) must appear in no rendered template fiel
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,6 @@ DATES = ("2026-11-27T02:00:00+00:00", "2026-11-28T02:00:00+00:00")
 
 
 def _rendered_fields(database: str, run_id: str) -> dict[str, str]:
-    import subprocess
-
     sql = ("SELECT task_id, rendered_fields FROM rendered_task_instance_fields "
            "WHERE dag_id = 'ner_retrain' AND run_id = :'run'")
     proc = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tA", "-F", "\t",
@@ -86,6 +85,8 @@ def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pyte
             rendered = {n.run_id: _rendered_fields(database, n.run_id) for n in (first, second)}
             logs = {n.run_id: Path(n.log_file).read_text(encoding="utf-8") for n in (first, second)}
             secrets = (moto.secret_key, moto.access_key)
+            image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE],
+                                      capture_output=True, text=True, check=True).stdout.strip()
         finally:
             drop_database(database)
 
@@ -98,7 +99,7 @@ def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pyte
     registry = Registry.from_settings(load_settings(), "/models/tiny")
     return {"first": first, "second": second, "keys": keys, "first_prefix": first_prefix,
             "second_prefix": second_prefix, "report": report,
-            "rendered": rendered, "logs": logs, "secrets": secrets, "registry": registry.describe()}
+            "rendered": rendered, "logs": logs, "image_ref": f"{IMAGE}@{image_id}", "secrets": secrets, "registry": registry.describe()}
 
 
 @pytest.mark.timeout(2400)
@@ -123,7 +124,9 @@ def test_first_night_trains_and_evaluates_in_containers_and_promotes(nights) -> 
     champion = nights["registry"]["champion"]
     assert champion["version"] == "1"
     assert champion["airflow_run_id"] == first.run_id
-    assert champion["tags"]["trainer_image"] == IMAGE and champion["tags"]["launcher"] == "docker"
+    # the image the adapter was trained in, by its immutable id (the tag alone can move)
+    assert champion["tags"]["launcher"] == "docker"
+    assert champion["tags"]["trainer_image"] == nights["image_ref"], champion["tags"]
     assert first.note and first.note.startswith("promoted v1: micro F1"), first.note
 
 
