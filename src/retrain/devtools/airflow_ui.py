@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from retrain.devtools.stack import REPO_ROOT, AirflowEnv, free_port
+from retrain.devtools.stack import REPO_ROOT, AirflowEnv, free_port, stop_by_pid
 
 
 def artifacts_dir() -> Path:
@@ -84,13 +83,7 @@ class ApiServer:
         return str(resp.json()["access_token"])
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_by_pid(self.proc, "airflow api-server", 30)
         self.proc = None
 
     def __enter__(self) -> ApiServer:

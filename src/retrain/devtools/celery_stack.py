@@ -22,14 +22,13 @@ import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrain.devtools.stack import AirflowEnv, MotoServer, free_port, postgres_url
+from retrain.devtools.stack import AirflowEnv, MotoServer, free_port, postgres_url, stop_by_pid
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +236,7 @@ class CeleryStack(AirflowEnv):
         if comp.proc is None:
             return
         self._record_tree(comp)
-        if comp.proc.poll() is None:
-            os.kill(comp.proc.pid, signal.SIGTERM)
-            try:
-                comp.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0fs: SIGKILL", comp.name, comp.proc.pid, timeout)
-                os.kill(comp.proc.pid, signal.SIGKILL)
-                comp.proc.wait()
+        stop_by_pid(comp.proc, comp.name, timeout)
         # children that outlived their parent (pool workers, task supervisors): by their recorded PIDs
         leftovers = []
         for pid, created in comp.tree.items():

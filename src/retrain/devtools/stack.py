@@ -30,6 +30,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_by_pid(proc: subprocess.Popen[Any] | None, name: str, timeout: float = 10.0) -> None:
+    """Stop a server this module started, by its PID: SIGTERM, then SIGKILL after ``timeout`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %d) ignored SIGTERM for %.0fs: SIGKILL", name, proc.pid, timeout)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,13 +76,7 @@ class MotoServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_by_pid(self.proc, "moto S3", 10)
         self.proc = None
 
     def env(self) -> dict[str, str]:
