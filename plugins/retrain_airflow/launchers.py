@@ -36,14 +36,12 @@ def stage_command(stage: str, run_uri: str) -> list[str]:
 
 def _run_store(run_uri: str, aws_conn_id: str | None) -> tuple[Any, str]:
     """The run's bucket through the Airflow connection (conf's when None) and the run's prefix."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    from retrain.storage import ObjectStore, parse_s3_uri
+    from retrain.storage import parse_s3_uri
+    from retrain_airflow.s3 import object_store
     from retrain_airflow.tasks import settings
 
     bucket, prefix = parse_s3_uri(run_uri)
-    hook = S3Hook(aws_conn_id=aws_conn_id or settings().airflow.aws_conn_id)
-    return ObjectStore(hook.get_conn(), bucket), prefix
+    return object_store(settings(), bucket, aws_conn_id), prefix
 
 
 def before_stage(stage: str, run_uri: str, aws_conn_id: str | None = None) -> None:

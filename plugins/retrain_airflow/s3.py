@@ -8,12 +8,13 @@ from retrain.config import Settings
 from retrain.storage import ObjectStore
 
 
-def object_store(settings: Settings) -> ObjectStore:
-    """The pipeline bucket through the connection's boto3 client (endpoint_url from its extra)."""
+def object_store(settings: Settings, bucket: str | None = None, aws_conn_id: str | None = None) -> ObjectStore:
+    """The pipeline bucket (or ``bucket``) through the boto3 client of conf's connection (or
+    ``aws_conn_id``), endpoint_url from its extra."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    hook = S3Hook(aws_conn_id=settings.airflow.aws_conn_id)
-    return ObjectStore(hook.get_conn(), settings.s3.bucket)
+    hook = S3Hook(aws_conn_id=aws_conn_id or settings.airflow.aws_conn_id)
+    return ObjectStore(hook.get_conn(), bucket or settings.s3.bucket)
 
 
 def s3_environment(settings: Settings) -> dict[str, str]:

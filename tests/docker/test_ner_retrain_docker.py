@@ -30,17 +30,9 @@ pytestmark = pytest.mark.docker
 DATES = ("2026-11-27T02:00:00+00:00", "2026-11-28T02:00:00+00:00")
 
 
-def _rendered_fields(database: str, run_id: str) -> dict[str, str]:
-    sql = ("SELECT task_id, rendered_fields FROM rendered_task_instance_fields "
-           "WHERE dag_id = 'ner_retrain' AND run_id = :'run'")
-    proc = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tA", "-F", "\t",
-                           "-v", f"run={run_id}"], input=sql + ";\n", text=True, capture_output=True, check=True)
-    return dict(line.split("\t", 1) for line in proc.stdout.splitlines() if "\t" in line)
-
-
 @pytest.fixture(scope="module")
 def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from retrain.devtools.demo import BUCKET, _night, _upload_batch, dev_retrain_env
+    from retrain.devtools.demo import BUCKET, _night, _registry_state, _upload_batch, dev_retrain_env
     from retrain.devtools.stack import AirflowEnv, MotoServer, drop_database
     from retrain.devtools.synth import make_batch
 
@@ -82,7 +74,9 @@ def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pyte
             first_prefix = f"runs/{safe_run_id(first.run_id)}"
             second_prefix = f"runs/{safe_run_id(second.run_id)}"
             report = json.loads(moto.client().get_object(Bucket=BUCKET, Key=f"{first_prefix}/eval/report.json")["Body"].read())
-            rendered = {n.run_id: _rendered_fields(database, n.run_id) for n in (first, second)}
+            rendered = {n.run_id: dict(af.query("SELECT task_id, rendered_fields FROM rendered_task_instance_fields "
+                                                "WHERE dag_id = 'ner_retrain' AND run_id = :'run'", run=n.run_id))
+                        for n in (first, second)}
             logs = {n.run_id: Path(n.log_file).read_text(encoding="utf-8") for n in (first, second)}
             secrets = (moto.secret_key, moto.access_key)
             image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE],
@@ -90,16 +84,10 @@ def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pyte
         finally:
             drop_database(database)
 
-    import os
-
-    from retrain.config import load_settings
-    from retrain.registry import Registry
-
-    os.environ["RETRAIN_HOME"] = str(workdir / "state")
-    registry = Registry.from_settings(load_settings(), "/models/tiny")
+    registry, _ = _registry_state(workdir, Path("/models/tiny"))  # the registry the tasks wrote
     return {"first": first, "second": second, "keys": keys, "first_prefix": first_prefix,
             "second_prefix": second_prefix, "report": report,
-            "rendered": rendered, "logs": logs, "image_ref": f"{IMAGE}@{image_id}", "secrets": secrets, "registry": registry.describe()}
+            "rendered": rendered, "logs": logs, "image_ref": f"{IMAGE}@{image_id}", "secrets": secrets, "registry": registry}
 
 
 @pytest.mark.timeout(2400)

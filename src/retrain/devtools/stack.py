@@ -179,15 +179,25 @@ class AirflowEnv:
     def run_states(self, dag_id: str) -> list[dict[str, Any]]:
         return _json_list(self.run("dags", "list-runs", dag_id, "-o", "json").stdout)
 
-    def run_note(self, dag_id: str, run_id: str) -> str | None:
-        """The DAG run's note, read from the metadata DB (the CLI does not show notes)."""
+    def query(self, sql: str, **params: str) -> list[list[str]]:
+        """Rows of ``sql`` on the metadata DB through psql; ``:'name'`` in ``sql`` is ``params[name]``,
+        quoted by psql. Columns are tab-separated, so a value must hold no tab or newline."""
         host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
         user = os.environ.get("RETRAIN_PG_USER", "postgres")
-        sql = ("SELECT n.content FROM dag_run_note n JOIN dag_run r ON r.id = n.dag_run_id "
-               "WHERE r.dag_id = :'dag' AND r.run_id = :'run'")
-        proc = subprocess.run(["psql", "-h", host, "-U", user, "-d", self.database, "-tA", "-v", f"dag={dag_id}",
-                               "-v", f"run={run_id}"], input=sql + ";\n", text=True, capture_output=True)
-        return proc.stdout.strip() or None
+        args = [a for name, value in params.items() for a in ("-v", f"{name}={value}")]
+        proc = subprocess.run(["psql", "-h", host, "-U", user, "-d", self.database, "-tA", "-F", "\t", *args],
+                              input=sql + ";\n", text=True, capture_output=True, check=True)
+        return [line.split("\t") for line in proc.stdout.splitlines() if line]
+
+    def run_note(self, dag_id: str, run_id: str) -> str | None:
+        """The DAG run's note, read from the metadata DB (the CLI does not show notes); None without one
+        (or when the DB cannot be read)."""
+        try:
+            rows = self.query("SELECT n.content FROM dag_run_note n JOIN dag_run r ON r.id = n.dag_run_id "
+                              "WHERE r.dag_id = :'dag' AND r.run_id = :'run'", dag=dag_id, run=run_id)
+        except subprocess.CalledProcessError:
+            return None
+        return rows[0][0] if rows else None
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         rows = _json_list(self.run("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json").stdout)
