@@ -24,7 +24,7 @@ demo: install
 	$(AF_PY) -m retrain.devtools.demo
 
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end.
-test: install
+test: install lint
 	scripts/install_test_tools.sh
 	$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests
 	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests
@@ -39,8 +39,10 @@ test-fast: install
 scheduler-test: install
 	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py
 
+## Lint and format checks (ruff, configured in pyproject.toml); part of `make test`.
 lint: install
-	$(AF_VENV)/bin/ruff check src plugins dags tests bench
+	$(AF_VENV)/bin/ruff check .
+	$(AF_VENV)/bin/ruff format --check .
 
 bench: install
 	$(AF_PY) bench/run_all.py

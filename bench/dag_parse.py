@@ -46,7 +46,9 @@ print("@@RESULT@@" + json.dumps({
     "airflow_import_s": t_airflow, "dagbag_s": t_bag,
     "file_parse_s": stat.duration.total_seconds() if stat else None,
     "dags": sorted(bag.dag_ids), "import_errors": {k: v[-500:] for k, v in bag.import_errors.items()},
-    "heavy_loaded": sorted(m for m in ("great_expectations", "mlflow", "pandas", "torch") if m in sys.modules),
+    "heavy_loaded": sorted(
+        m for m in ("great_expectations", "mlflow", "pandas", "torch") if m in sys.modules
+    ),
 }))
 """
 

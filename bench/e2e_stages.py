@@ -151,7 +151,8 @@ def report_night(
     compute = (loop or 0.0) + (gen or 0.0)
     if compute:
         print(
-            f"pure compute (training loop + generation) {compute:.1f} s = {compute / wall_s:.1%} of the wall; "
+            f"pure compute (training loop + generation) {compute:.1f} s = "
+            f"{compute / wall_s:.1%} of the wall; "
             f"everything else {wall_s - compute:.1f} s"
         )
     return {

@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             from transformers import AutoModelForCausalLM
 
             torch.manual_seed(1)
-            peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(model_dir)), LoraConfig(
-                r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+            peft_model = get_peft_model(
+                AutoModelForCausalLM.from_pretrained(str(model_dir)),
+                LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+            )
             adapter_dir = Path(tmp) / "adapter"
             peft_model.save_pretrained(str(adapter_dir))
         model, tokenizer = load_model(model_dir, adapter_dir)
@@ -78,12 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: batched and one-at-a-time outputs differ at {diff}", file=sys.stderr)
         return 1
     tokens = sum(o.new_tokens for o in batched)
-    print(f"model {model_dir.name}{' + random LoRA' if adapter_dir else ''}, {len(prompts)} prompts, "
-          f"max_new_tokens {args.max_new_tokens}, {tokens} tokens generated, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {model_dir.name}{' + random LoRA' if adapter_dir else ''}, {len(prompts)} prompts, "
+        f"max_new_tokens {args.max_new_tokens}, {tokens} tokens generated, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"distinct outputs: {len({o.text for o in batched})}/{len(batched)}; outputs identical: yes")
-    print(f"one at a time     : {t_single:7.2f} s  {tokens / t_single:8.1f} tokens/s  {len(prompts) / t_single:6.2f} prompts/s")
-    print(f"batched (bs {args.batch_size:>3}) : {t_batched:7.2f} s  {tokens / t_batched:8.1f} tokens/s  "
-          f"{len(prompts) / t_batched:6.2f} prompts/s")
+    print(
+        f"one at a time     : {t_single:7.2f} s  {tokens / t_single:8.1f} tokens/s  "
+        f"{len(prompts) / t_single:6.2f} prompts/s"
+    )
+    print(
+        f"batched (bs {args.batch_size:>3}) : {t_batched:7.2f} s  {tokens / t_batched:8.1f} tokens/s  "
+        f"{len(prompts) / t_batched:6.2f} prompts/s"
+    )
     print(f"speed-up          : {t_single / t_batched:.2f}x")
     return 0
 

@@ -580,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nGPU LoRA SFT throughput{' (CPU SMOKE TEST: plumbing only, not a measurement)' if smoke else ''}"
     )
     print(
-        f"device            : {probe['device_name']} x {gpus}; torch {probe['torch']}, CUDA {probe.get('cuda')}"
+        f"device            : {probe['device_name']} x {gpus}; "
+        f"torch {probe['torch']}, CUDA {probe.get('cuda')}"
     )
     print(
         f"model             : Qwen2 random weights, {_count(n['total'])} parameters ({_count(n['linear'])} "
@@ -592,15 +593,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg['gradient_accumulation_steps']}{', packing' if args.packing else ''}"
     )
     print(
-        f"steps             : {thr['steps']} ({thr['tokens']} non-padding tokens, {thr['tokens_per_step']:.0f}/step, "
+        f"steps             : {thr['steps']} ({thr['tokens']} non-padding tokens, "
+        f"{thr['tokens_per_step']:.0f}/step, "
         f"{thr['s_per_step']:.3f} s/step steady)"
     )
     steady_note = f"after step {thr['steady_from_step']}" if thr["steady_from_step"] else "whole run"
     print(
-        f"tokens/s/GPU      : {per_gpu:,.0f} ({steady_note}); whole run {thr['whole_run_tokens_per_s'] / gpus:,.0f}"
+        f"tokens/s/GPU      : {per_gpu:,.0f} ({steady_note}); "
+        f"whole run {thr['whole_run_tokens_per_s'] / gpus:,.0f}"
     )
     print(
-        f"peak memory       : allocated {thr['vram_allocated_gib']:.2f} GiB, reserved {thr['vram_reserved_gib']:.2f} GiB "
+        f"peak memory       : allocated {thr['vram_allocated_gib']:.2f} GiB, "
+        f"reserved {thr['vram_reserved_gib']:.2f} GiB "
         f"(torch, training process); device-wide "
         + (
             f"{device_peak_gib:.2f} GiB (nvidia-smi, {poll.samples} samples)"

@@ -1,6 +1,7 @@
 """Intake throughput on the real CLUENER train file: parse, validate (Great Expectations), render.
 
-    .venv-af/bin/python bench/intake_throughput.py [--file ../shared/data/cluener/train.json] [--repeat 3] [--docs]
+    .venv-af/bin/python bench/intake_throughput.py [--file ../shared/data/cluener/train.json]
+        [--repeat 3] [--docs]
 
 Stages, each timed in this run (best of --repeat for the cheap ones, wall clock, tracemalloc off):
   json.loads   the baseline: split the file into lines and json.loads each one, nothing else

@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     print(
-        f"\nbenchmarks of {REPO.name} — {time.strftime('%Y-%m-%d %H:%M')}, load average at start {load_start}, "
+        f"\nbenchmarks of {REPO.name} — {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"load average at start {load_start}, "
         f"at end {load_average()}; {time.perf_counter() - started:.0f} s in all"
     )
     print_table(results)

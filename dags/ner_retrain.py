@@ -40,20 +40,28 @@ with DAG(
     max_active_runs=settings.schedule.max_active_runs,
     doc_md=DOC,
     tags=["retrain", "ner", "lora"],
-    default_args={"retries": settings.schedule.retries,
-                  "retry_delay": timedelta(seconds=settings.schedule.retry_delay_seconds),
-                  "on_failure_callback": notify.failure_callbacks(settings)},
+    default_args={
+        "retries": settings.schedule.retries,
+        "retry_delay": timedelta(seconds=settings.schedule.retry_delay_seconds),
+        "on_failure_callback": notify.failure_callbacks(settings),
+    },
     params={
         "force": Param(False, type="boolean", description="Train even without new data"),
         "dry_run": Param(False, type="boolean", description="Evaluate and decide, do not register/promote"),
-        "epochs": Param(None, type=["null", "number"], minimum=0.01, maximum=100,
-                        description="num_train_epochs override"),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                               description="learning_rate override"),
-        "lora_rank": Param(None, type=["null", "integer"], minimum=1, maximum=256, description="lora_rank override"),
+        "epochs": Param(
+            None, type=["null", "number"], minimum=0.01, maximum=100, description="num_train_epochs override"
+        ),
+        "learning_rate": Param(
+            None, type=["null", "number"], exclusiveMinimum=0, maximum=1, description="learning_rate override"
+        ),
+        "lora_rank": Param(
+            None, type=["null", "integer"], minimum=1, maximum=256, description="lora_rank override"
+        ),
         "max_samples": Param(None, type=["null", "integer"], minimum=1, description="max_samples override"),
         "base_model": Param(None, type=["null", "string"], description="Local path or ModelScope id"),
-        "golden_set": Param(None, type=["null", "string"], description="Fixed golden file (path or s3:// URI)"),
+        "golden_set": Param(
+            None, type=["null", "string"], description="Fixed golden file (path or s3:// URI)"
+        ),
     },
 ) as dag:
     plan = task.short_circuit(task_id="find_new_batches")(t.find_new_batches)()
@@ -63,7 +71,9 @@ with DAG(
     train = stage_operator("train", "{{ ti.xcom_pull(task_ids='prepare_training') }}", settings)
     eval_uri = task(task_id="prepare_evaluation")(t.prepare_evaluation)(dataset, run_uri)
     evaluate = stage_operator("evaluate", "{{ ti.xcom_pull(task_ids='prepare_evaluation') }}", settings)
-    decision = task(task_id="promote", outlets=assets.promote_outlets(settings))(t.promote)(dataset, intake, run_uri)
+    decision = task(task_id="promote", outlets=assets.promote_outlets(settings))(t.promote)(
+        dataset, intake, run_uri
+    )
 
     intake >> dataset
     run_uri >> train >> eval_uri >> evaluate >> decision

@@ -29,11 +29,18 @@ with DAG(
     doc_md=DOC,
     tags=["retrain", "ner", "registry"],
     params={
-        "target": Param("previous", type="string", pattern=r"^(previous|[0-9]+)$",
-                        description="Version number, or 'previous'"),
+        "target": Param(
+            "previous",
+            type="string",
+            pattern=r"^(previous|[0-9]+)$",
+            description="Version number, or 'previous'",
+        ),
         "reason": Param(type="string", minLength=3, description="Why (kept in the alias history)"),
-        "base_model": Param(None, type=["null", "string"], description="Base model of the registered model "
-                            "(default: conf train.base_model)"),
+        "base_model": Param(
+            None,
+            type=["null", "string"],
+            description="Base model of the registered model (default: conf train.base_model)",
+        ),
     },
 ) as dag:
     task(task_id="rollback", outlets=assets.promote_outlets(settings))(t.rollback)()

@@ -25,14 +25,28 @@ ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "docker" / "airflow" / "Dockerfile"
 
 ONE_SHOT = {"airflow-init", "minio-init", "trainer-image", "gpu-check"}
-EXPECTED_SERVICES = {"postgres", "redis", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver",
-                     "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
-                     "trainer-image", "gpu-check"}
+EXPECTED_SERVICES = {
+    "postgres",
+    "redis",
+    "minio",
+    "minio-init",
+    "mlflow",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "trainer-image",
+    "gpu-check",
+}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|_KEY$|ACCESS_KEY|ROOT_USER", re.I)
 # Variables compose itself understands; they may appear in .env.example without being referenced.
 COMPOSE_BUILTINS = {"COMPOSE_PROJECT_NAME"}
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class MissingVariable(ValueError):
@@ -41,6 +55,7 @@ class MissingVariable(ValueError):
 
 def interpolate(text: str, env: dict[str, str]) -> str:
     """Compose's interpolation of one string (no nesting inside defaults; the file uses none)."""
+
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
@@ -59,8 +74,11 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 def references(text: str) -> list[tuple[str, str | None, str]]:
     """(name, operator, argument) of every ${VAR…}/$VAR in ``text`` ($$ is an escape, not a reference)."""
-    return [(m.group("name") or m.group("bare"), m.group("op"), m.group("arg") or "")
-            for m in _VAR.finditer(text) if m.group(0) != "$$"]
+    return [
+        (m.group("name") or m.group("bare"), m.group("op"), m.group("arg") or "")
+        for m in _VAR.finditer(text)
+        if m.group(0) != "$$"
+    ]
 
 
 def walk(node: Any, path: str = "") -> Any:
@@ -136,18 +154,33 @@ def test_docker_compose_config_renders(tmp_path, filled):
     docker-compose 1.29 (scripts/install_test_tools.sh installs it; `make test` runs that script)."""
     cli = _compose_cli()
     if cli is None:
-        pytest.fail("neither `docker compose` nor `docker-compose` is installed: run scripts/install_test_tools.sh",
-                    pytrace=False)
+        pytest.fail(
+            "neither `docker compose` nor `docker-compose` is installed: run scripts/install_test_tools.sh",
+            pytrace=False,
+        )
     env_file = tmp_path / ".env"
     # compose checks that a build context exists; the trainer's is assembled by build_trainer_image.sh
     (tmp_path / "trainer-context").mkdir()
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**filled, "TRAINER_BUILD_CONTEXT": str(tmp_path / "trainer-context")}.items()))
-    ok = subprocess.run([*cli, "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--quiet"],
-                        capture_output=True, text=True, cwd=REPO)
+    env_file.write_text(
+        "".join(
+            f"{k}={v}\n"
+            for k, v in {**filled, "TRAINER_BUILD_CONTEXT": str(tmp_path / "trainer-context")}.items()
+        )
+    )
+    ok = subprocess.run(
+        [*cli, "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stderr
     # the committed example alone (empty secrets) is refused, naming a missing variable
-    bad = subprocess.run([*cli, "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
-                         capture_output=True, text=True, cwd=REPO)
+    bad = subprocess.run(
+        [*cli, "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert bad.returncode != 0 and "in .env" in bad.stderr, bad.stderr
 
 
@@ -182,8 +215,13 @@ def test_published_ports_bind_loopback_only(cfg):
 
 def test_one_shot_services_gate_the_others(cfg):
     svcs = cfg["services"]
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                 "airflow-worker"):
+    for name in (
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+    ):
         deps = svcs[name]["depends_on"]
         assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
         assert deps["minio-init"]["condition"] == "service_completed_successfully", name
@@ -204,7 +242,9 @@ def test_no_literal_secrets(raw):
                     assert op in (None, ":?", "?"), f"{name}.{key}: ${{{var}}} has a default ({op})"
     for path, text in walk(raw):
         for m in re.finditer(r"://([^/\s:@'\"]*):([^@\s'\"]+)@", text):
-            assert m.group(2).startswith("${") or m.group(2).startswith("$$"), f"{path}: literal password in URL"
+            assert m.group(2).startswith("${") or m.group(2).startswith("$$"), (
+                f"{path}: literal password in URL"
+            )
         for m in re.finditer(r'"(password|secret_key|token)"\s*:\s*"([^"]*)"', text):
             assert m.group(2).startswith("${"), f"{path}: literal {m.group(1)} in JSON"
 
@@ -212,8 +252,12 @@ def test_no_literal_secrets(raw):
 def test_variables_match_env_example(raw, example):
     refs = [ref for _, text in walk(raw) for ref in references(text)]  # values only, not comments
     used = {name for name, _, _ in refs}
-    assert used <= set(example), f"used in docker-compose.yml, missing from .env.example: {sorted(used - set(example))}"
-    assert set(example) - used <= COMPOSE_BUILTINS, f"stale in .env.example: {sorted(set(example) - used - COMPOSE_BUILTINS)}"
+    assert used <= set(example), (
+        f"used in docker-compose.yml, missing from .env.example: {sorted(used - set(example))}"
+    )
+    assert set(example) - used <= COMPOSE_BUILTINS, (
+        f"stale in .env.example: {sorted(set(example) - used - COMPOSE_BUILTINS)}"
+    )
     # secrets are required (${VAR:?}) wherever they appear, and .env.example leaves them empty
     for name, op, _ in refs:
         if SECRET_NAME.search(name):
@@ -236,8 +280,14 @@ def test_dotenv_is_git_ignored():
 
 
 # -- Airflow ------------------------------------------------------------------------------------------------
-AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer", "airflow-worker")
+AIRFLOW_SERVICES = (
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 
 
 def test_airflow_services_share_one_configuration(cfg, filled):
@@ -247,15 +297,23 @@ def test_airflow_services_share_one_configuration(cfg, filled):
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("SimpleAuthManager"), name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
-        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith(f"@postgres:5432/{filled['AIRFLOW_DB']}"), name
-        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:") and "@redis:6379/" in env["AIRFLOW__CELERY__BROKER_URL"]
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith(
+            f"@postgres:5432/{filled['AIRFLOW_DB']}"
+        ), name
+        assert (
+            env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:")
+            and "@redis:6379/" in env["AIRFLOW__CELERY__BROKER_URL"]
+        )
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == filled["AIRFLOW_JWT_SECRET"], name
         assert svcs[name]["image"] == filled["AIRFLOW_IMAGE"], name
     assert _env(svcs["airflow-init"])["AIRFLOW_ADMIN_PASSWORD"] == filled["AIRFLOW_ADMIN_PASSWORD"]
     assert "passwords.json" in svcs["airflow-init"]["command"][-1]
-    assert "airflow" in svcs["airflow-init"]["command"][-1] and _env(svcs["airflow-init"])["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert (
+        "airflow" in svcs["airflow-init"]["command"][-1]
+        and _env(svcs["airflow-init"])["_AIRFLOW_DB_MIGRATE"] == "true"
+    )
 
 
 def test_aws_default_connection_and_retrain_settings(cfg, filled):
@@ -264,7 +322,10 @@ def test_aws_default_connection_and_retrain_settings(cfg, filled):
     env = _env(cfg["services"]["airflow-worker"])
     conn = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
     assert conn["conn_type"] == "aws"
-    assert conn["login"] == filled["RETRAIN_S3_ACCESS_KEY"] and conn["password"] == filled["RETRAIN_S3_SECRET_KEY"]
+    assert (
+        conn["login"] == filled["RETRAIN_S3_ACCESS_KEY"]
+        and conn["password"] == filled["RETRAIN_S3_SECRET_KEY"]
+    )
     assert conn["extra"]["endpoint_url"] == "http://minio:9000"
     # every RETRAIN__ override is a key conf accepts (extra keys are forbidden there)
     retrain_env = {k: v for k, v in env.items() if k.startswith("RETRAIN__")}
@@ -309,8 +370,12 @@ def test_mlflow_uses_postgres_and_s3_artifacts(cfg, filled):
     assert env["MLFLOW_BACKEND_STORE_URI"].endswith(f"@postgres:5432/{filled['MLFLOW_DB']}")
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{filled['MLFLOW_BUCKET']}/"
     cmd = ml["command"][0]
-    for flag in ('--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"', "--serve-artifacts",
-                 '--artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"', "--allowed-hosts"):
+    for flag in (
+        '--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"',
+        "--serve-artifacts",
+        '--artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"',
+        "--allowed-hosts",
+    ):
         assert flag in cmd, flag
     assert "mlflow:5000" in cmd  # the Host header the workers send must be allowed
     # the database MLflow uses is created by the postgres init script (run below against a real server)
@@ -325,14 +390,24 @@ def test_postgres_init_script_creates_the_mlflow_database_once():
     if not shutil.which("psql"):
         pytest.fail("psql is not installed (the script is a psql script)", pytrace=False)
     name = f'mlflow test "{uuid.uuid4().hex[:8]}"'
-    env = {**os.environ, "PGHOST": os.environ.get("RETRAIN_PG_HOST", "127.0.0.1"),
-           "POSTGRES_USER": os.environ.get("RETRAIN_PG_USER", "postgres"), "POSTGRES_DB": "postgres", "MLFLOW_DB": name}
+    env = {
+        **os.environ,
+        "PGHOST": os.environ.get("RETRAIN_PG_HOST", "127.0.0.1"),
+        "POSTGRES_USER": os.environ.get("RETRAIN_PG_USER", "postgres"),
+        "POSTGRES_DB": "postgres",
+        "MLFLOW_DB": name,
+    }
     script = REPO / "docker" / "compose" / "postgres-init.sh"
 
     def exists() -> bool:
-        q = subprocess.run(["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-tA", "-v", f"db={name}"],
-                           input="SELECT count(*) FROM pg_database WHERE datname = :'db';\n",
-                           capture_output=True, text=True, env=env, check=True)
+        q = subprocess.run(
+            ["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-tA", "-v", f"db={name}"],
+            input="SELECT count(*) FROM pg_database WHERE datname = :'db';\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         return q.stdout.strip() == "1"
 
     try:
@@ -341,8 +416,13 @@ def test_postgres_init_script_creates_the_mlflow_database_once():
             assert run.returncode == 0, run.stderr
             assert exists()
     finally:
-        subprocess.run(["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-v", f"db={name}"],
-                       input='DROP DATABASE IF EXISTS :"db";\n', capture_output=True, text=True, env=env)
+        subprocess.run(
+            ["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-v", f"db={name}"],
+            input='DROP DATABASE IF EXISTS :"db";\n',
+            capture_output=True,
+            text=True,
+            env=env,
+        )
     assert not exists()
 
 
@@ -363,7 +443,11 @@ def test_airflow_dockerfile(cfg, filled):
     assert re.search(r"^FROM \$\{AIRFLOW_BASE_IMAGE\}$", text, re.M)
     assert "--no-deps -r /opt/retrain/requirements/airflow.lock.txt" in text
     assert "--no-deps /opt/retrain" in text
-    for src, dest in (("conf", "/opt/retrain/conf"), ("dags", "/opt/airflow/dags"), ("plugins", "/opt/airflow/plugins")):
+    for src, dest in (
+        ("conf", "/opt/retrain/conf"),
+        ("dags", "/opt/airflow/dags"),
+        ("plugins", "/opt/airflow/plugins"),
+    ):
         assert re.search(rf"^COPY --chown=airflow:0 {src} {dest}$", text, re.M), src
     lock = (REPO / "requirements" / "airflow.lock.txt").read_text()
     assert re.search(r"^apache-airflow==3\.3\.2$", lock, re.M)
@@ -372,5 +456,6 @@ def test_airflow_dockerfile(cfg, filled):
     assert build["args"]["AIRFLOW_BASE_IMAGE"] == filled["AIRFLOW_BASE_IMAGE"]
     # the context is the repository root: the ignore file keeps the virtualenvs out of it
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
-    assert ignore[ignore.index("*") + 1:].count("!src/") == 1 and ".venv-af" not in "".join(
-        line for line in ignore if line.startswith("!"))
+    assert ignore[ignore.index("*") + 1 :].count("!src/") == 1 and ".venv-af" not in "".join(
+        line for line in ignore if line.startswith("!")
+    )

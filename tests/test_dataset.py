@@ -42,8 +42,10 @@ def test_build_is_deterministic_and_alpaca_shaped(store, settings):
     # canonical order: by position in the text
     assert [ex["input"].index(e["text"]) for e in out] == sorted(ex["input"].index(e["text"]) for e in out)
     assert manifest["counts"]["train"] == first.train and manifest["sources"][0]["key"] == "incoming/a.json"
-    assert first.train + first.validation + first.golden + first.duplicates + first.conflicts == 120 or \
-        first.train + first.validation + first.golden <= 120
+    assert (
+        first.train + first.validation + first.golden + first.duplicates + first.conflicts == 120
+        or first.train + first.validation + first.golden <= 120
+    )
 
 
 def test_sentence_never_moves_between_splits_as_data_grows(store, settings):
@@ -67,7 +69,9 @@ def test_fixed_golden_file_is_removed_from_training(store, settings, tmp_path):
     lines = make_batch(60, seed=10)
     golden = tmp_path / "golden.json"
     golden.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
-    s = settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"golden_file": str(golden)})})
+    s = settings.model_copy(
+        update={"dataset": settings.dataset.model_copy(update={"golden_file": str(golden)})}
+    )
     _ingest(store, s, "incoming/a.json", lines)
     res = build_dataset(store, s)
     assert res.golden == 10 and res.golden_removed_from_train >= 1
@@ -91,4 +95,6 @@ def test_later_correction_wins_and_conflict_is_counted(store, settings):
         everything += json.loads(store.get_bytes(prefix + name))
     target = [e for e in everything if e["input"] == "张伟在上海工作。"]
     assert len(target) == 1 and json.loads(target[0]["output"]) == [
-        {"label": "name", "text": "张伟"}, {"label": "address", "text": "上海"}]
+        {"label": "name", "text": "张伟"},
+        {"label": "address", "text": "上海"},
+    ]

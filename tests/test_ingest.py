@@ -56,4 +56,6 @@ def test_traversal_key_stays_under_its_prefixes(store, settings):
     process_batches(store, settings, plan.objects, "run/../../x")
     keys = [o.key for o in store.iter_objects("")]
     assert not any(".." in k.split("/") for k in keys if not k.startswith("incoming/"))
-    assert all(k.startswith(("incoming/", "accepted/", "quarantine/", "reports/", "runs/", "state/")) for k in keys)
+    assert all(
+        k.startswith(("incoming/", "accepted/", "quarantine/", "reports/", "runs/", "state/")) for k in keys
+    )

@@ -4,8 +4,11 @@ from retrain.promote import decide
 
 def metrics(f1, per_label=None, pfr=0.0):
     per_label = per_label or {}
-    return {"micro": {"f1": f1, "precision": f1, "recall": f1}, "parse_failure_rate": pfr,
-            "per_label": {k: {"f1": v, "support": s} for k, (v, s) in per_label.items()}}
+    return {
+        "micro": {"f1": f1, "precision": f1, "recall": f1},
+        "parse_failure_rate": pfr,
+        "per_label": {k: {"f1": v, "support": s} for k, (v, s) in per_label.items()},
+    }
 
 
 def test_better_candidate_promotes():

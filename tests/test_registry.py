@@ -15,11 +15,22 @@ def _version(reg, tmp_path, n, airflow_run="r"):
     adapter = tmp_path / f"adapter{n}"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    run = reg.log_training_run(airflow_run_id=f"{airflow_run}{n}", dag_id="ner_retrain", params={"lora_rank": 8},
-                               metrics={"eval_micro_f1": 0.1 * n}, loss_curve=[(1, 2.0), (2, 1.0)],
-                               tags={"dataset_version": f"d{n}"}, artifacts={"adapter": adapter})
-    return reg.register(adapter_uri=f"s3://b/runs/r{n}/adapter/", adapter_hash=f"h{n}", mlflow_run_id=run,
-                        airflow_run_id=f"{airflow_run}{n}", tags={"micro_f1": str(0.1 * n)})
+    run = reg.log_training_run(
+        airflow_run_id=f"{airflow_run}{n}",
+        dag_id="ner_retrain",
+        params={"lora_rank": 8},
+        metrics={"eval_micro_f1": 0.1 * n},
+        loss_curve=[(1, 2.0), (2, 1.0)],
+        tags={"dataset_version": f"d{n}"},
+        artifacts={"adapter": adapter},
+    )
+    return reg.register(
+        adapter_uri=f"s3://b/runs/r{n}/adapter/",
+        adapter_hash=f"h{n}",
+        mlflow_run_id=run,
+        airflow_run_id=f"{airflow_run}{n}",
+        tags={"micro_f1": str(0.1 * n)},
+    )
 
 
 def test_promote_history_and_rollback(reg, tmp_path):
@@ -34,17 +45,26 @@ def test_promote_history_and_rollback(reg, tmp_path):
     assert reg.champion()["version"] == v1
     hist = reg.history()
     assert [(h["kind"], h["from_version"], h["to_version"]) for h in hist] == [
-        ("promote", "", v1), ("promote", v1, v2), ("rollback", v2, v1)]
+        ("promote", "", v1),
+        ("promote", v1, v2),
+        ("rollback", v2, v1),
+    ]
     assert all(h["status"] == "FINISHED" for h in hist)
     assert hist[-1]["actor"] == "alice" and hist[-1]["reason"] == "bad outputs in prod"
 
 
 def test_register_is_idempotent_for_a_retried_task(reg, tmp_path):
     v = _version(reg, tmp_path, 1)
-    run = reg.log_training_run(airflow_run_id="r1", dag_id="ner_retrain", params={}, metrics={}, loss_curve=[],
-                               tags={}, artifacts={})
-    again = reg.register(adapter_uri="s3://b/runs/r1/adapter/", adapter_hash="h1", mlflow_run_id=run,
-                         airflow_run_id="r1", tags={})
+    run = reg.log_training_run(
+        airflow_run_id="r1", dag_id="ner_retrain", params={}, metrics={}, loss_curve=[], tags={}, artifacts={}
+    )
+    again = reg.register(
+        adapter_uri="s3://b/runs/r1/adapter/",
+        adapter_hash="h1",
+        mlflow_run_id=run,
+        airflow_run_id="r1",
+        tags={},
+    )
     assert again == v and len(reg.versions()) == 1
 
 
@@ -57,8 +77,9 @@ def test_rollback_refuses_unknown_targets(reg, tmp_path):
 
 
 def test_rollback_refuses_version_without_adapter(reg, tmp_path):
-    run = reg.log_training_run(airflow_run_id="x", dag_id="d", params={}, metrics={}, loss_curve=[], tags={},
-                               artifacts={})
+    run = reg.log_training_run(
+        airflow_run_id="x", dag_id="d", params={}, metrics={}, loss_curve=[], tags={}, artifacts={}
+    )
     v = reg.register(adapter_uri="", adapter_hash="hx", mlflow_run_id=run, airflow_run_id="x", tags={})
     with pytest.raises(RegistryError, match="no adapter"):
         reg.rollback(v, reason="x", actor="t")

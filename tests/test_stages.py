@@ -12,8 +12,10 @@ PREFIX = "runs/manual__2026-11-29"
 def _commit_train(store, **override):
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         store.put_bytes(f"{PREFIX}/adapter/{name}", b"{}")
-    store.put_json(f"{PREFIX}/train_result.json",
-                   {"status": "succeeded", "adapter_uri": store.uri(f"{PREFIX}/adapter/"), **override})
+    store.put_json(
+        f"{PREFIX}/train_result.json",
+        {"status": "succeeded", "adapter_uri": store.uri(f"{PREFIX}/adapter/"), **override},
+    )
 
 
 def test_a_complete_train_commit_passes(store):
@@ -23,17 +25,23 @@ def test_a_complete_train_commit_passes(store):
 
 
 def test_train_that_committed_nothing_fails_naming_the_marker(store):
-    with pytest.raises(StageNotCommitted, match=r"`retrain train` exited 0 but did not commit its output: "
-                                                r"s3://.*/runs/manual__2026-11-29/train_result.json is missing"):
+    with pytest.raises(
+        StageNotCommitted,
+        match=r"`retrain train` exited 0 but did not commit its output: "
+        r"s3://.*/runs/manual__2026-11-29/train_result.json is missing",
+    ):
         check_committed(store, PREFIX, "train")
 
 
-@pytest.mark.parametrize("override, missing, expected", [
-    ({"status": "failed"}, None, "has status 'failed'"),
-    ({"adapter_uri": "s3://elsewhere/runs/old/adapter/"}, None, "is not this run's"),
-    ({}, "adapter_model.safetensors", "adapter/adapter_model.safetensors is missing"),
-    ({}, "adapter_config.json", "adapter/adapter_config.json is missing"),
-])
+@pytest.mark.parametrize(
+    "override, missing, expected",
+    [
+        ({"status": "failed"}, None, "has status 'failed'"),
+        ({"adapter_uri": "s3://elsewhere/runs/old/adapter/"}, None, "is not this run's"),
+        ({}, "adapter_model.safetensors", "adapter/adapter_model.safetensors is missing"),
+        ({}, "adapter_config.json", "adapter/adapter_config.json is missing"),
+    ],
+)
 def test_train_commit_problems(store, override, missing, expected):
     _commit_train(store, **override)
     if missing:

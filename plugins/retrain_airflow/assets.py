@@ -44,13 +44,19 @@ def champion_model_name(settings: Settings) -> str:
 
 
 def dataset_asset(settings: Settings) -> Asset:
-    return Asset(name=f"{settings.task}.dataset", uri=_bucket_uri(settings, settings.s3.datasets_prefix),
-                 group="dataset")
+    return Asset(
+        name=f"{settings.task}.dataset",
+        uri=_bucket_uri(settings, settings.s3.datasets_prefix),
+        group="dataset",
+    )
 
 
 def champion_asset(settings: Settings) -> Asset:
-    return Asset(name=f"{settings.task}.champion", uri=f"mlflow://{champion_model_name(settings)}/champion",
-                 group="model")
+    return Asset(
+        name=f"{settings.task}.champion",
+        uri=f"mlflow://{champion_model_name(settings)}/champion",
+        group="model",
+    )
 
 
 def champion_alias(settings: Settings) -> AssetAlias:
@@ -77,10 +83,15 @@ def _outlet_events(context: Any | None) -> Any:
 
 def dataset_event_extra(dataset: dict[str, Any]) -> dict[str, Any]:
     """The extra of a dataset event, from ``build_dataset``'s result (``DatasetResult.to_json()``)."""
-    return {k: dataset.get(k) for k in ("version", "uri", "created", "train", "validation", "golden", "golden_hash")}
+    return {
+        k: dataset.get(k)
+        for k in ("version", "uri", "created", "train", "validation", "golden", "golden_hash")
+    }
 
 
-def record_dataset_event(settings: Settings, dataset: dict[str, Any], context: Any | None = None) -> dict[str, Any]:
+def record_dataset_event(
+    settings: Settings, dataset: dict[str, Any], context: Any | None = None
+) -> dict[str, Any]:
     """Attach the version to the dataset event of the running ``build_dataset`` task; return the extra."""
     extra = dataset_event_extra(dataset)
     _outlet_events(context)[dataset_asset(settings)].extra = extra
@@ -107,8 +118,9 @@ def champion_event_extra(summary: dict[str, Any], base_model: str | None = None)
     }
 
 
-def record_champion_event(settings: Settings, summary: dict[str, Any], base_model: str | None = None,
-                          context: Any | None = None) -> dict[str, Any] | None:
+def record_champion_event(
+    settings: Settings, summary: dict[str, Any], base_model: str | None = None, context: Any | None = None
+) -> dict[str, Any] | None:
     """In the running ``promote`` task: emit a champion asset event when the summary says the candidate
     was promoted (through ``champion_alias``, which must be in the task's outlets). Returns the extra,
     or None when no event was emitted."""
@@ -121,15 +133,22 @@ def record_champion_event(settings: Settings, summary: dict[str, Any], base_mode
     return extra
 
 
-def record_rollback_event(settings: Settings, event: dict[str, Any], base_model: str | None = None,
-                          context: Any | None = None) -> dict[str, Any] | None:
+def record_rollback_event(
+    settings: Settings, event: dict[str, Any], base_model: str | None = None, context: Any | None = None
+) -> dict[str, Any] | None:
     """In the running ner_rollback task: the alias moved back, so consumers of the champion asset hear of
     it too. ``event`` is what ``Registry.rollback`` returned; nothing is emitted when it changed nothing."""
     if not event.get("changed"):
         return None
-    extra = {"model": event.get("model"), "version": str(event["to_version"]), "kind": "rollback",
-             "previous": f"v{event['from_version']}" if event.get("from_version") else None,
-             "reason": event.get("reason"), "base_model": base_model, "actor": event.get("actor")}
+    extra = {
+        "model": event.get("model"),
+        "version": str(event["to_version"]),
+        "kind": "rollback",
+        "previous": f"v{event['from_version']}" if event.get("from_version") else None,
+        "reason": event.get("reason"),
+        "base_model": base_model,
+        "actor": event.get("actor"),
+    }
     _outlet_events(context)[champion_alias(settings)].add(champion_asset(settings), extra=extra)
     log.info("champion asset event (rollback): %s", extra)
     return extra
@@ -161,13 +180,29 @@ def validate_new_champion() -> dict[str, Any]:
     registry = Registry.from_settings(s, extra.get("base_model") or s.train.base_model)
     champion = registry.champion()
     if champion is None:
-        raise ChampionEventError(f"registry {registry.name} has no champion, yet event says v{extra['version']}")
+        raise ChampionEventError(
+            f"registry {registry.name} has no champion, yet event says v{extra['version']}"
+        )
     if not champion.get("adapter_uri"):
         raise ChampionEventError(f"{registry.name} champion v{champion['version']} has no adapter_uri tag")
     if champion["version"] != extra["version"]:
-        log.warning("champion moved again since the event (event v%s, registry v%s): validating the registry's",
-                    extra["version"], champion["version"])
-    log.info("new champion %s v%s (micro F1 %s, dataset %s), adapter %s", registry.name, champion["version"],
-             extra.get("micro_f1"), extra.get("dataset_version"), champion["adapter_uri"])
-    return {"model": registry.name, "version": champion["version"], "adapter_uri": champion["adapter_uri"],
-            "event_version": extra["version"], "micro_f1": extra.get("micro_f1")}
+        log.warning(
+            "champion moved again since the event (event v%s, registry v%s): validating the registry's",
+            extra["version"],
+            champion["version"],
+        )
+    log.info(
+        "new champion %s v%s (micro F1 %s, dataset %s), adapter %s",
+        registry.name,
+        champion["version"],
+        extra.get("micro_f1"),
+        extra.get("dataset_version"),
+        champion["adapter_uri"],
+    )
+    return {
+        "model": registry.name,
+        "version": champion["version"],
+        "adapter_uri": champion["adapter_uri"],
+        "event_version": extra["version"],
+        "micro_f1": extra.get("micro_f1"),
+    }

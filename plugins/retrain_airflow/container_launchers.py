@@ -139,7 +139,9 @@ class RetrainDockerOperator(DockerOperator):
             before_stage(self.stage, self.run_uri, self.aws_conn_id)
         super().execute(context)  # raises DockerContainerFailedException on a non-zero exit
         if self.stage:
-            after_stage(self.stage, self.run_uri, self.aws_conn_id)  # exit 0 is not enough: the output must be there
+            after_stage(
+                self.stage, self.run_uri, self.aws_conn_id
+            )  # exit 0 is not enough: the output must be there
         return self.run_uri
 
 

@@ -25,8 +25,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def trainer_python(settings: Settings) -> str:
     """The trainer environment's python: conf, then $RETRAIN_TRAINER_PYTHON, then <repo>/.venv-tr."""
-    return (settings.train.trainer_python or os.environ.get("RETRAIN_TRAINER_PYTHON")
-            or str(REPO_ROOT / ".venv-tr" / "bin" / "python"))
+    return (
+        settings.train.trainer_python
+        or os.environ.get("RETRAIN_TRAINER_PYTHON")
+        or str(REPO_ROOT / ".venv-tr" / "bin" / "python")
+    )
 
 
 def stage_command(stage: str, run_uri: str) -> list[str]:
@@ -70,8 +73,10 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     s = settings()
     python = trainer_python(s)
     if not Path(python).exists():
-        raise FileNotFoundError(f"trainer python {python} not found (set train.trainer_python or "
-                                "RETRAIN_TRAINER_PYTHON, or run `make install`)")
+        raise FileNotFoundError(
+            f"trainer python {python} not found (set train.trainer_python or "
+            "RETRAIN_TRAINER_PYTHON, or run `make install`)"
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     s3_env = s3_environment(s)
     env.update(s3_env)
@@ -81,8 +86,15 @@ def run_local_stage(stage: str, run_uri: str) -> str:
     cmd = [python, "-m", "retrain.cli", *stage_command(stage, run_uri)[1:]]
     before_stage(stage, run_uri, s.airflow.aws_conn_id)
     log.info("local launcher: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, cwd=str(REPO_ROOT))
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        cwd=str(REPO_ROOT),
+    )
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -93,7 +105,9 @@ def run_local_stage(stage: str, run_uri: str) -> str:
         print(line, file=sys.stdout, flush=True)
     code = proc.wait()
     if code != 0:
-        raise RuntimeError(f"`retrain {stage}` exited with code {code}; last output:\n" + "\n".join(tail[-15:]))
+        raise RuntimeError(
+            f"`retrain {stage}` exited with code {code}; last output:\n" + "\n".join(tail[-15:])
+        )
     after_stage(stage, run_uri, s.airflow.aws_conn_id)
     return run_uri
 
@@ -106,7 +120,9 @@ def stage_operator(stage: str, run_uri: str, settings: Settings, **kwargs: Any) 
     if launcher == "local":
         from airflow.providers.standard.operators.python import PythonOperator
 
-        return PythonOperator(task_id=stage, python_callable=run_local_stage, op_args=[stage, run_uri], **kwargs)
+        return PythonOperator(
+            task_id=stage, python_callable=run_local_stage, op_args=[stage, run_uri], **kwargs
+        )
     if launcher == "docker":
         from retrain_airflow.container_launchers import docker_stage_operator
 

@@ -71,6 +71,8 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
         return
     try:
         failed = sorted(ti.task_id for ti in dag_run.get_task_instances(state=["failed", "upstream_failed"]))
-        _set_note(dag_run, f"failed at {', '.join(failed) or 'unknown task'}: nothing promoted; see the task logs")
+        _set_note(
+            dag_run, f"failed at {', '.join(failed) or 'unknown task'}: nothing promoted; see the task logs"
+        )
     except Exception:
         log.exception("could not set the note of %s", run_id)

@@ -147,8 +147,15 @@ class WebhookNotifier(_RenderOnCopy, BaseNotifier):
 
     template_fields = ("payload",)
 
-    def __init__(self, *, http_conn_id: str, payload: dict[str, Any], timeout: float = 10.0,
-                 scrub_conn_ids: Iterable[str] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        http_conn_id: str,
+        payload: dict[str, Any],
+        timeout: float = 10.0,
+        scrub_conn_ids: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.http_conn_id = http_conn_id
         self.payload = payload
@@ -161,16 +168,27 @@ class WebhookNotifier(_RenderOnCopy, BaseNotifier):
 
         conn = BaseHook.get_connection(self.http_conn_id)
         extra = conn.extra_dejson or {}
-        headers = {"Content-Type": "application/json", **{str(k): str(v) for k, v in (extra.get("headers") or {}).items()}}
+        headers = {
+            "Content-Type": "application/json",
+            **{str(k): str(v) for k, v in (extra.get("headers") or {}).items()},
+        }
         if conn.password:
             headers["Authorization"] = f"Bearer {conn.password}"
         body = scrub(self.payload, _secrets_of(self.scrub_conn_ids))
-        resp = requests.post(webhook_url(conn), data=json.dumps(body, ensure_ascii=False).encode("utf-8"),
-                             headers=headers, timeout=self.timeout)
+        resp = requests.post(
+            webhook_url(conn),
+            data=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+            headers=headers,
+            timeout=self.timeout,
+        )
         if resp.status_code >= 300:
             raise RuntimeError(f"webhook connection {self.http_conn_id!r} answered HTTP {resp.status_code}")
-        self.log.info("alert %r posted to webhook connection %r (HTTP %d)", body.get("event"), self.http_conn_id,
-                      resp.status_code)
+        self.log.info(
+            "alert %r posted to webhook connection %r (HTTP %d)",
+            body.get("event"),
+            self.http_conn_id,
+            resp.status_code,
+        )
 
 
 class ScrubbedSmtpNotifier(_RenderOnCopy, SmtpNotifier):
@@ -188,13 +206,29 @@ class ScrubbedSmtpNotifier(_RenderOnCopy, SmtpNotifier):
         log.info("alert mailed to %s through connection %r", self.to, self.smtp_conn_id)
 
 
-def _notifier(channel: Channel, *, subject: str, html_body: str, payload: dict[str, Any],
-              scrub_conn_ids: Iterable[str] = ()) -> BaseNotifier:
+def _notifier(
+    channel: Channel,
+    *,
+    subject: str,
+    html_body: str,
+    payload: dict[str, Any],
+    scrub_conn_ids: Iterable[str] = (),
+) -> BaseNotifier:
     if isinstance(channel, SmtpAlertChannel):
-        return ScrubbedSmtpNotifier(to=list(channel.to), from_email=channel.from_email, smtp_conn_id=channel.conn_id,
-                                    subject=subject, html_content=html_body, scrub_conn_ids=scrub_conn_ids)
-    return WebhookNotifier(http_conn_id=channel.conn_id, payload=payload, timeout=channel.timeout_seconds,
-                           scrub_conn_ids=scrub_conn_ids)
+        return ScrubbedSmtpNotifier(
+            to=list(channel.to),
+            from_email=channel.from_email,
+            smtp_conn_id=channel.conn_id,
+            subject=subject,
+            html_content=html_body,
+            scrub_conn_ids=scrub_conn_ids,
+        )
+    return WebhookNotifier(
+        http_conn_id=channel.conn_id,
+        payload=payload,
+        timeout=channel.timeout_seconds,
+        scrub_conn_ids=scrub_conn_ids,
+    )
 
 
 def _all_conn_ids(settings: Settings) -> list[str]:
@@ -207,8 +241,10 @@ def _channel_name(channel: Channel) -> str:
 
 # -- failure ----------------------------------------------------------------------------------
 FAILURE_SUBJECT = SUBJECT_PREFIX + " {{ dag.dag_id }}.{{ ti.task_id }} failed (run {{ run_id }})"
-FAILURE_TEXT = ("{{ dag.dag_id }}: task {{ ti.task_id }} failed after try {{ ti.try_number }} "
-                "in run {{ run_id }}: {{ exception | string | truncate(500) }}")
+FAILURE_TEXT = (
+    "{{ dag.dag_id }}: task {{ ti.task_id }} failed after try {{ ti.try_number }} "
+    "in run {{ run_id }}: {{ exception | string | truncate(500) }}"
+)
 FAILURE_HTML = (
     "<p><b>{{ dag.dag_id }}</b>: task <b>{{ ti.task_id }}</b> failed (try {{ ti.try_number }}).</p>"
     "<p>Run: {{ run_id }}<br>Error: {{ exception | string | truncate(500) | e }}</p>"
@@ -222,11 +258,25 @@ def failure_callbacks(settings: Settings) -> list[BaseNotifier]:
     Build them at parse time; they read their connection only when a task fails."""
     out: list[BaseNotifier] = []
     for channel in settings.alerts.channels_for("failure"):
-        payload = {"event": "failure", "text": FAILURE_TEXT, "dag_id": "{{ dag.dag_id }}",
-                   "task_id": "{{ ti.task_id }}", "run_id": "{{ run_id }}", "try_number": "{{ ti.try_number }}",
-                   "error": "{{ exception | string | truncate(500) }}", "log_url": "{{ ti.log_url }}"}
-        out.append(_notifier(channel, subject=FAILURE_SUBJECT, html_body=FAILURE_HTML, payload=payload,
-                             scrub_conn_ids=_all_conn_ids(settings)))
+        payload = {
+            "event": "failure",
+            "text": FAILURE_TEXT,
+            "dag_id": "{{ dag.dag_id }}",
+            "task_id": "{{ ti.task_id }}",
+            "run_id": "{{ run_id }}",
+            "try_number": "{{ ti.try_number }}",
+            "error": "{{ exception | string | truncate(500) }}",
+            "log_url": "{{ ti.log_url }}",
+        }
+        out.append(
+            _notifier(
+                channel,
+                subject=FAILURE_SUBJECT,
+                html_body=FAILURE_HTML,
+                payload=payload,
+                scrub_conn_ids=_all_conn_ids(settings),
+            )
+        )
     return out
 
 
@@ -240,15 +290,21 @@ def _current_context() -> dict[str, Any]:
         return {}
 
 
-def _send(settings: Settings, event: AlertEvent, subject: str, text: str, html_body: str,
-          fields: dict[str, Any]) -> list[str]:
+def _send(
+    settings: Settings, event: AlertEvent, subject: str, text: str, html_body: str, fields: dict[str, Any]
+) -> list[str]:
     """Send one alert to every channel subscribed to ``event``; return the channels that took it."""
     sent: list[str] = []
     context = _current_context()
     payload = {"event": event, "text": text, **fields}
     for channel in settings.alerts.channels_for(event):
-        notifier = _notifier(channel, subject=subject, html_body=html_body, payload=payload,
-                             scrub_conn_ids=_all_conn_ids(settings))
+        notifier = _notifier(
+            channel,
+            subject=subject,
+            html_body=html_body,
+            payload=payload,
+            scrub_conn_ids=_all_conn_ids(settings),
+        )
         try:
             notifier.notify(context)  # already rendered text: no Jinja over user data
         except Exception as exc:
@@ -275,16 +331,29 @@ def notify_quarantine(settings: Settings, intake: dict[str, Any], *, run_id: str
     run_id = run_id or str(_current_context().get("run_id", ""))
     read, quarantined = int(intake["read"]), int(intake["quarantined"])
     report = str(intake.get("report_uri") or "")
-    subject = (f"{SUBJECT_PREFIX} ner_retrain quarantined {quarantined}/{read} records "
-               f"({share:.1%} > {threshold:.0%}) in run {run_id}")
-    text = (f"ner_retrain run {run_id}: {quarantined} of {read} records quarantined ({share:.1%}, "
-            f"threshold {threshold:.0%}); accepted {intake.get('accepted')}. Report: {report or 'none'}")
+    subject = (
+        f"{SUBJECT_PREFIX} ner_retrain quarantined {quarantined}/{read} records "
+        f"({share:.1%} > {threshold:.0%}) in run {run_id}"
+    )
+    text = (
+        f"ner_retrain run {run_id}: {quarantined} of {read} records quarantined ({share:.1%}, "
+        f"threshold {threshold:.0%}); accepted {intake.get('accepted')}. Report: {report or 'none'}"
+    )
     e = html.escape
-    html_body = (f"<p>ner_retrain run <b>{e(run_id)}</b> quarantined <b>{quarantined}</b> of {read} records "
-                 f"({share:.1%}; threshold {threshold:.0%}).</p><p>Accepted: {e(str(intake.get('accepted')))}<br>"
-                 f"Validation report: {e(report or 'none')}</p>")
-    fields = {"run_id": run_id, "read": read, "accepted": intake.get("accepted"), "quarantined": quarantined,
-              "quarantined_share": round(share, 4), "threshold": threshold, "report_uri": report}
+    html_body = (
+        f"<p>ner_retrain run <b>{e(run_id)}</b> quarantined <b>{quarantined}</b> of {read} records "
+        f"({share:.1%}; threshold {threshold:.0%}).</p><p>Accepted: {e(str(intake.get('accepted')))}<br>"
+        f"Validation report: {e(report or 'none')}</p>"
+    )
+    fields = {
+        "run_id": run_id,
+        "read": read,
+        "accepted": intake.get("accepted"),
+        "quarantined": quarantined,
+        "quarantined_share": round(share, 4),
+        "threshold": threshold,
+        "report_uri": report,
+    }
     return _send(settings, "quarantine", subject, text, html_body, fields)
 
 
@@ -307,13 +376,24 @@ def notify_promotion(settings: Settings, summary: dict[str, Any]) -> list[str]:
     f1 = f"{cand:.4f}" if isinstance(cand, (int, float)) else "?"
     old = f"{champ:.4f}" if isinstance(champ, (int, float)) else "?"
     subject = f"{SUBJECT_PREFIX} {model} v{version} is the new champion (micro F1 {f1})"
-    text = (f"{model} v{version} promoted to champion by run {run_id}: micro F1 {f1} vs {previous} {old}; "
-            f"dataset {dataset}. {decision.get('reason', '')}")
+    text = (
+        f"{model} v{version} promoted to champion by run {run_id}: micro F1 {f1} vs {previous} {old}; "
+        f"dataset {dataset}. {decision.get('reason', '')}"
+    )
     e = html.escape
-    html_body = (f"<p><b>{e(model)} v{e(str(version))}</b> is the new champion.</p>"
-                 f"<p>Micro F1 {f1} against {e(previous)} {old}<br>Dataset version: {e(dataset)}<br>"
-                 f"Run: {e(run_id)}</p><p>Gate: {e(str(decision.get('reason', '')))}</p>")
-    fields = {"run_id": run_id, "model": model, "version": version, "micro_f1": cand,
-              "previous": previous, "previous_micro_f1": champ, "dataset_version": dataset,
-              "reason": decision.get("reason", "")}
+    html_body = (
+        f"<p><b>{e(model)} v{e(str(version))}</b> is the new champion.</p>"
+        f"<p>Micro F1 {f1} against {e(previous)} {old}<br>Dataset version: {e(dataset)}<br>"
+        f"Run: {e(run_id)}</p><p>Gate: {e(str(decision.get('reason', '')))}</p>"
+    )
+    fields = {
+        "run_id": run_id,
+        "model": model,
+        "version": version,
+        "micro_f1": cand,
+        "previous": previous,
+        "previous_micro_f1": champ,
+        "dataset_version": dataset,
+        "reason": decision.get("reason", ""),
+    }
     return _send(settings, "promotion", subject, text, html_body, fields)

@@ -8,7 +8,9 @@ from retrain.config import Settings
 from retrain.storage import ObjectStore
 
 
-def object_store(settings: Settings, bucket: str | None = None, aws_conn_id: str | None = None) -> ObjectStore:
+def object_store(
+    settings: Settings, bucket: str | None = None, aws_conn_id: str | None = None
+) -> ObjectStore:
     """The pipeline bucket (or ``bucket``) through the boto3 client of conf's connection (or
     ``aws_conn_id``), endpoint_url from its extra."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook

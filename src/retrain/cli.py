@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", default=None)
     ev.set_defaults(func=_cmd_evaluate)
 
-    ex = sub.add_parser("export", help="merge the run's adapter into its base model (llamafactory-cli export)")
+    ex = sub.add_parser(
+        "export", help="merge the run's adapter into its base model (llamafactory-cli export)"
+    )
     ex.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")
     ex.add_argument("--workdir", default=None)
     ex.set_defaults(func=_cmd_export)

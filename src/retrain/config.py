@@ -176,8 +176,12 @@ class KubernetesConfig(_Strict):
     memory_limit: str | None = None
     shm_size: str = "16Gi"  # a memory-backed emptyDir at /dev/shm
     node_selector: dict[str, str] = {}
-    tolerations: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    s3_secret_name: str = "retrain-s3"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, [AWS_ENDPOINT_URL, AWS_DEFAULT_REGION]
+    tolerations: list[dict[str, Any]] = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    s3_secret_name: str = (
+        "retrain-s3"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, [AWS_ENDPOINT_URL, AWS_DEFAULT_REGION]
+    )
     model_cache_pvc: str | None = "retrain-models"  # mounted at train.model_cache_dir; null = an emptyDir
     environment: dict[str, str] = {}
     startup_timeout_seconds: int = Field(900, gt=0)  # image pull + GPU node scale-up
@@ -342,11 +346,11 @@ def load_settings(conf_dir: str | Path | None = None, environ: dict[str, str] | 
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{conf / 'pipeline.yaml'} (with overrides): {problems}") from exc
     unknown = [v for v in settings.label_map.values() if v not in settings.prompt.labels]
     if unknown:
-        raise ConfigError(f"{conf / 'label_map.yaml'}: maps to labels not in prompt.yaml: {sorted(set(unknown))}")
+        raise ConfigError(
+            f"{conf / 'label_map.yaml'}: maps to labels not in prompt.yaml: {sorted(set(unknown))}"
+        )
     return settings

@@ -69,7 +69,9 @@ class DatasetResult:
         return asdict(self)
 
 
-def load_accepted(store: ObjectStore, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def load_accepted(
+    store: ObjectStore, settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """All accepted rows (each with ingested_at) and the source list (key, etag) they came from."""
     rows: list[dict[str, Any]] = []
     sources: dict[str, str] = {}
@@ -99,7 +101,9 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
     for item in formats.parse_stream(data.splitlines(), path, "", settings, fmt="cluener"):
         (records if isinstance(item, Record) else rejections).append(item)
     if rejections:
-        raise ValueError(f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}")
+        raise ValueError(
+            f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}"
+        )
     return records
 
 
@@ -139,7 +143,9 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
             parts["validation" if split == "validation" else "train"].append(rec)
     else:
         for rec in latest.values():
-            parts[split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)].append(rec)
+            parts[split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)].append(
+                rec
+            )
     if not parts["train"]:
         raise EmptyDatasetError("all accepted records fell into validation/golden; nothing to train on")
 
@@ -151,11 +157,13 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
     if cfg.system_prompt:
         columns["system"] = "system"
-    files["dataset_info.json"] = _canonical_json({
-        TRAIN_NAME: {"file_name": "train.json", "columns": columns},
-        VALIDATION_NAME: {"file_name": "validation.json", "columns": columns},
-        GOLDEN_NAME: {"file_name": "golden.json", "columns": columns},
-    })
+    files["dataset_info.json"] = _canonical_json(
+        {
+            TRAIN_NAME: {"file_name": "train.json", "columns": columns},
+            VALIDATION_NAME: {"file_name": "validation.json", "columns": columns},
+            GOLDEN_NAME: {"file_name": "golden.json", "columns": columns},
+        }
+    )
     label_counts: dict[str, int] = {}
     for rec in parts["train"]:
         for e in rec.entities:
@@ -186,14 +194,32 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     if created:
         for name, data in sorted(files.items()):
             store.put_bytes(join_key(prefix, name), data, "application/json")
-        store.put_bytes(manifest_key, _canonical_json(manifest), "application/json")  # last: commits the version
-    log.info("dataset %s %s: train %d, validation %d, golden %d (golden %s); %d conflicts, %d duplicates, "
-             "%d golden sentences removed from training", version, "written" if created else "already exists",
-             len(parts["train"]), len(parts["validation"]), len(parts["golden"]), golden_hash, conflicts,
-             duplicates, golden_removed)
+        store.put_bytes(
+            manifest_key, _canonical_json(manifest), "application/json"
+        )  # last: commits the version
+    log.info(
+        "dataset %s %s: train %d, validation %d, golden %d (golden %s); %d conflicts, %d duplicates, "
+        "%d golden sentences removed from training",
+        version,
+        "written" if created else "already exists",
+        len(parts["train"]),
+        len(parts["validation"]),
+        len(parts["golden"]),
+        golden_hash,
+        conflicts,
+        duplicates,
+        golden_removed,
+    )
     return DatasetResult(
-        version=version, uri=store.uri(prefix + "/"), train=len(parts["train"]),
-        validation=len(parts["validation"]), golden=len(parts["golden"]), golden_hash=golden_hash,
-        golden_removed_from_train=golden_removed, conflicts=conflicts, duplicates=duplicates,
-        label_counts=label_counts, created=created,
+        version=version,
+        uri=store.uri(prefix + "/"),
+        train=len(parts["train"]),
+        validation=len(parts["validation"]),
+        golden=len(parts["golden"]),
+        golden_hash=golden_hash,
+        golden_removed_from_train=golden_removed,
+        conflicts=conflicts,
+        duplicates=duplicates,
+        label_counts=label_counts,
+        created=created,
     )

@@ -25,12 +25,20 @@ class ExportFailed(RuntimeError):
     """The merge did not produce a loadable model folder."""
 
 
-def export_config(base_model: str, adapter_dir: str, export_dir: str, template: str = "qwen") -> dict[str, Any]:
+def export_config(
+    base_model: str, adapter_dir: str, export_dir: str, template: str = "qwen"
+) -> dict[str, Any]:
     """The ``llamafactory-cli export`` YAML (LLaMA-Factory's merge_lora example, without a hub push)."""
     return {
-        "model_name_or_path": base_model, "adapter_name_or_path": adapter_dir, "template": template,
-        "finetuning_type": "lora", "trust_remote_code": True, "export_dir": export_dir,
-        "export_size": 5, "export_device": "cpu", "export_legacy_format": False,
+        "model_name_or_path": base_model,
+        "adapter_name_or_path": adapter_dir,
+        "template": template,
+        "finetuning_type": "lora",
+        "trust_remote_code": True,
+        "export_dir": export_dir,
+        "export_size": 5,
+        "export_device": "cpu",
+        "export_legacy_format": False,
     }
 
 
@@ -58,8 +66,12 @@ def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> dict
     base = resolve_base_model(request["base_model"], request.get("model_cache_dir", "/models"))
     export_dir = work / "merged"
     cfg_path = work / "export.yaml"
-    cfg_path.write_text(yaml.safe_dump(export_config(str(base), str(adapter_dir), str(export_dir),
-                                                     request.get("template", "qwen")), sort_keys=False))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            export_config(str(base), str(adapter_dir), str(export_dir), request.get("template", "qwen")),
+            sort_keys=False,
+        )
+    )
     t0 = time.monotonic()
     run_llamafactory(cfg_path, work / "export.log", cwd=work, subcommand="export")
     problems = check_export(export_dir)
@@ -67,8 +79,13 @@ def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> dict
         raise ExportFailed(f"llamafactory-cli export exited 0 but {export_dir}: " + "; ".join(problems))
     merged_prefix = join_key(run_prefix, "merged")
     keys = store.upload_dir(export_dir, merged_prefix)
-    result = {"status": "succeeded", "merged_uri": store.uri(merged_prefix + "/"), "files": len(keys),
-              "adapter_uri": request["adapter_uri"], "wall_s": round(time.monotonic() - t0, 3)}
+    result = {
+        "status": "succeeded",
+        "merged_uri": store.uri(merged_prefix + "/"),
+        "files": len(keys),
+        "adapter_uri": request["adapter_uri"],
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
     store.put_json(join_key(run_prefix, "export_result.json"), result)
     log.info("merged model exported to %s (%d files)", result["merged_uri"], len(keys))
     return result

@@ -90,9 +90,14 @@ def find_new_batches(store: ObjectStore, settings: Settings) -> IntakePlan:
         elif prev["etag"] != obj.etag:
             pending.append(PendingObject(obj.key, obj.etag, obj.size, "changed", prev["etag"]))
     flag = store.exists(join_key(settings.s3.state_prefix, PENDING_NAME))
-    log.info("listed %d objects under %s: %d new, %d changed; untrained accepted data: %s",
-             seen, store.uri(settings.s3.incoming_prefix),
-             sum(p.change == "new" for p in pending), sum(p.change == "changed" for p in pending), flag)
+    log.info(
+        "listed %d objects under %s: %d new, %d changed; untrained accepted data: %s",
+        seen,
+        store.uri(settings.s3.incoming_prefix),
+        sum(p.change == "new" for p in pending),
+        sum(p.change == "changed" for p in pending),
+        flag,
+    )
     return IntakePlan(objects=pending, dataset_pending=flag)
 
 
@@ -152,8 +157,13 @@ def _history_excluding(by_object: dict[str, dict[str, int]], key: str) -> dict[s
     return total
 
 
-def process_batches(store: ObjectStore, settings: Settings, objects: list[PendingObject], run_id: str,
-                    workdir: str | Path | None = None) -> IntakeResult:
+def process_batches(
+    store: ObjectStore,
+    settings: Settings,
+    objects: list[PendingObject],
+    run_id: str,
+    workdir: str | Path | None = None,
+) -> IntakeResult:
     """Parse + validate each object, write accepted/quarantined records and reports, then the ledger."""
     from retrain import formats, validate
 
@@ -169,7 +179,11 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
             read = len(records) + len(parse_rejections)
             docs_dir = Path(tmp) / slug
             check = validate.validate_batch(
-                records, settings, batch_name=slug, docs_dir=docs_dir, history_label_counts=_history_excluding(by_object, pending.key),
+                records,
+                settings,
+                batch_name=slug,
+                docs_dir=docs_dir,
+                history_label_counts=_history_excluding(by_object, pending.key),
                 parse_rejected=len(parse_rejections),
             )
             rejected: list[Rejection] = parse_rejections + check.rejected
@@ -187,12 +201,16 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
                 rows.append(d)
             store.put_bytes(accepted_key, dumps_jsonl(rows), "application/x-ndjson")
             quarantine_key = join_key(settings.s3.quarantine_prefix, rid, f"{slug}.jsonl")
-            store.put_bytes(quarantine_key, dumps_jsonl([q.to_json() for q in rejected]), "application/x-ndjson")
+            store.put_bytes(
+                quarantine_key, dumps_jsonl([q.to_json() for q in rejected]), "application/x-ndjson"
+            )
             docs_uri = ""
             if check.docs_index is not None and Path(check.docs_index).exists():
                 prefix = join_key(settings.s3.reports_prefix, rid, slug)
                 store.upload_dir(docs_dir, prefix)
-                docs_uri = store.uri(join_key(prefix, Path(check.docs_index).relative_to(docs_dir).as_posix()))
+                docs_uri = store.uri(
+                    join_key(prefix, Path(check.docs_index).relative_to(docs_dir).as_posix())
+                )
             reasons: dict[str, int] = {}
             for q in rejected:
                 reasons[q.reason] = reasons.get(q.reason, 0) + 1
@@ -202,17 +220,32 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
                     counts[e.label] = counts.get(e.label, 0) + 1
             by_object[pending.key] = counts
             outcome = ObjectOutcome(
-                key=pending.key, etag=pending.etag, change=pending.change, read=read,
-                accepted=len(accepted), quarantined=len(rejected), reasons=reasons,
-                batch_quarantined=check.batch_quarantined, warnings=list(check.warnings),
-                accepted_uri=store.uri(accepted_key), quarantine_uri=store.uri(quarantine_key),
+                key=pending.key,
+                etag=pending.etag,
+                change=pending.change,
+                read=read,
+                accepted=len(accepted),
+                quarantined=len(rejected),
+                reasons=reasons,
+                batch_quarantined=check.batch_quarantined,
+                warnings=list(check.warnings),
+                accepted_uri=store.uri(accepted_key),
+                quarantine_uri=store.uri(quarantine_key),
                 docs_uri=docs_uri,
             )
             result.objects.append(outcome)
-            log.info("[%d/%d] %s (%s): read %d, accepted %d, quarantined %d %s%s", i, len(objects),
-                     pending.key, pending.change, read, len(accepted), len(rejected),
-                     json.dumps(reasons, ensure_ascii=False),
-                     f" — Data Docs: {docs_uri}" if docs_uri else "")
+            log.info(
+                "[%d/%d] %s (%s): read %d, accepted %d, quarantined %d %s%s",
+                i,
+                len(objects),
+                pending.key,
+                pending.change,
+                read,
+                len(accepted),
+                len(rejected),
+                json.dumps(reasons, ensure_ascii=False),
+                f" — Data Docs: {docs_uri}" if docs_uri else "",
+            )
             for w in check.warnings:
                 log.warning("%s: %s", pending.key, w)
         report_key = join_key(settings.s3.quarantine_prefix, rid, "report.md")
@@ -223,8 +256,13 @@ def process_batches(store: ObjectStore, settings: Settings, objects: list[Pendin
         store.put_json(join_key(settings.s3.state_prefix, PENDING_NAME), {"since_run": run_id, "at": now})
     store.put_json(join_key(settings.s3.state_prefix, "label_counts.json"), {"by_object": by_object})
     commit_ledger(store, settings, objects, run_id)
-    log.info("intake done: read %d, accepted %d, quarantined %d; report %s",
-             result.read, result.accepted, result.quarantined, result.report_uri)
+    log.info(
+        "intake done: read %d, accepted %d, quarantined %d; report %s",
+        result.read,
+        result.accepted,
+        result.quarantined,
+        result.report_uri,
+    )
     return result
 
 
@@ -240,21 +278,30 @@ def commit_ledger(store: ObjectStore, settings: Settings, objects: list[PendingO
 
 def render_intake_report(result: IntakeResult) -> str:
     """A readable Markdown report of what was accepted and quarantined, and why."""
-    lines = [f"# Intake report — run {result.run_id}", "",
-             f"Read **{result.read}** records: accepted **{result.accepted}**, "
-             f"quarantined **{result.quarantined}**.", "",
-             "| object | change | read | accepted | quarantined | reasons | Data Docs |",
-             "|---|---|---:|---:|---:|---|---|"]
+    lines = [
+        f"# Intake report — run {result.run_id}",
+        "",
+        f"Read **{result.read}** records: accepted **{result.accepted}**, "
+        f"quarantined **{result.quarantined}**.",
+        "",
+        "| object | change | read | accepted | quarantined | reasons | Data Docs |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
     for o in result.objects:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(o.reasons.items())) or "—"
         flag = " (whole batch quarantined)" if o.batch_quarantined else ""
-        lines.append(f"| `{o.key}` | {o.change} | {o.read} | {o.accepted} | {o.quarantined}{flag} | {reasons} | "
-                     f"{o.docs_uri or '—'} |")
+        lines.append(
+            f"| `{o.key}` | {o.change} | {o.read} | {o.accepted} | {o.quarantined}{flag} | {reasons} | "
+            f"{o.docs_uri or '—'} |"
+        )
     warnings = [(o.key, w) for o in result.objects for w in o.warnings]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- `{k}`: {w}" for k, w in warnings]
-    lines += ["", "Quarantined records (one JSON object per line, with file, line, field and reason) are "
-              "stored next to this report."]
+    lines += [
+        "",
+        "Quarantined records (one JSON object per line, with file, line, field and reason) are "
+        "stored next to this report.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -38,18 +38,28 @@ def _f1(metrics: dict[str, Any]) -> float:
     return float(metrics["micro"]["f1"] or 0.0)
 
 
-def decide(candidate: dict[str, Any], champion: dict[str, Any], gate: GateConfig, *,
-           champion_name: str = "champion", dry_run: bool = False) -> PromotionDecision:
+def decide(
+    candidate: dict[str, Any],
+    champion: dict[str, Any],
+    gate: GateConfig,
+    *,
+    champion_name: str = "champion",
+    dry_run: bool = False,
+) -> PromotionDecision:
     """Apply the gate: candidate micro F1 >= champion + min_delta and strictly greater; no label
     with support >= min_support drops by more than max_label_drop; parse-failure rate <=
     max_parse_failure; micro F1 >= min_f1. ``champion`` is the base model's result for a first model."""
     c_f1, h_f1 = _f1(candidate), _f1(champion)
     rules: list[RuleOutcome] = []
     delta = c_f1 - h_f1
-    rules.append(RuleOutcome(
-        "beats_champion", c_f1 > h_f1 and delta >= gate.min_delta,
-        f"micro F1 {c_f1:.4f} vs {champion_name} {h_f1:.4f} (delta {delta:+.4f}, min_delta {gate.min_delta})",
-    ))
+    rules.append(
+        RuleOutcome(
+            "beats_champion",
+            c_f1 > h_f1 and delta >= gate.min_delta,
+            f"micro F1 {c_f1:.4f} vs {champion_name} {h_f1:.4f} "
+            f"(delta {delta:+.4f}, min_delta {gate.min_delta})",
+        )
+    )
     drops = []
     for label, cm in candidate.get("per_label", {}).items():
         hm = champion.get("per_label", {}).get(label)
@@ -58,16 +68,23 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any], gate: GateConfig
         drop = float(hm["f1"]) - float(cm["f1"] or 0.0)
         if drop > gate.max_label_drop:
             drops.append(f"{label} -{drop:.3f}")
-    rules.append(RuleOutcome(
-        "no_label_regression", not drops,
-        (f"labels dropping more than {gate.max_label_drop}: " + ", ".join(drops)) if drops
-        else f"no label with support >= {gate.min_support} drops more than {gate.max_label_drop}",
-    ))
+    rules.append(
+        RuleOutcome(
+            "no_label_regression",
+            not drops,
+            (f"labels dropping more than {gate.max_label_drop}: " + ", ".join(drops))
+            if drops
+            else f"no label with support >= {gate.min_support} drops more than {gate.max_label_drop}",
+        )
+    )
     pfr = float(candidate.get("parse_failure_rate", 0.0))
-    rules.append(RuleOutcome(
-        "parse_failures", pfr <= gate.max_parse_failure,
-        f"parse-failure rate {pfr:.3f} (max {gate.max_parse_failure})",
-    ))
+    rules.append(
+        RuleOutcome(
+            "parse_failures",
+            pfr <= gate.max_parse_failure,
+            f"parse-failure rate {pfr:.3f} (max {gate.max_parse_failure})",
+        )
+    )
     rules.append(RuleOutcome("min_f1", c_f1 >= gate.min_f1, f"micro F1 {c_f1:.4f} (min {gate.min_f1})"))
     failed = [r for r in rules if not r.passed]
     promote = not failed and not dry_run
@@ -77,5 +94,12 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any], gate: GateConfig
         reason = f"dry run: would promote (micro F1 {c_f1:.4f} vs {champion_name} {h_f1:.4f})"
     else:
         reason = f"promoted: micro F1 {c_f1:.4f} beats {champion_name} {h_f1:.4f} ({delta:+.4f})"
-    return PromotionDecision(promote=promote, reason=reason, rules=rules, candidate_f1=c_f1,
-                             champion_f1=h_f1, champion_name=champion_name, dry_run=dry_run)
+    return PromotionDecision(
+        promote=promote,
+        reason=reason,
+        rules=rules,
+        candidate_f1=c_f1,
+        champion_f1=h_f1,
+        champion_name=champion_name,
+        dry_run=dry_run,
+    )

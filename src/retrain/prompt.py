@@ -33,7 +33,9 @@ def render_output(entities: list[Entity]) -> str:
     return json.dumps(target_entities(entities), ensure_ascii=False)
 
 
-def alpaca_example(instruction: str, text: str, entities: list[Entity], system: str | None = None) -> dict[str, Any]:
+def alpaca_example(
+    instruction: str, text: str, entities: list[Entity], system: str | None = None
+) -> dict[str, Any]:
     """One alpaca-format example (LLaMA-Factory's format)."""
     ex: dict[str, Any] = {"instruction": instruction, "input": text, "output": render_output(entities)}
     if system:

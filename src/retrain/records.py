@@ -54,8 +54,12 @@ class Record:
     def from_json(cls, d: dict[str, Any]) -> Record:
         ents = [Entity(**e) for e in d["entities"]]
         return cls(
-            text=d["text"], entities=ents, source_key=d["source_key"], line=d["line"],
-            source_etag=d.get("source_etag", ""), fmt=d.get("fmt", "cluener"),
+            text=d["text"],
+            entities=ents,
+            source_key=d["source_key"],
+            line=d["line"],
+            source_etag=d.get("source_etag", ""),
+            fmt=d.get("fmt", "cluener"),
             warnings=list(d.get("warnings", [])),
         )
 

@@ -60,8 +60,11 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: Settings, base_model: str) -> Registry:
-        uri = settings.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") \
+        uri = (
+            settings.registry.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{retrain_home() / 'mlflow.db'}"
+        )
         artifacts = settings.registry.artifact_location
         if artifacts is None and uri.startswith("sqlite:"):
             artifacts = (retrain_home() / "mlartifacts").as_uri()
@@ -72,7 +75,11 @@ class Registry:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        kwargs = {"artifact_location": f"{self.artifact_location.rstrip('/')}/{name}"} if self.artifact_location else {}
+        kwargs = (
+            {"artifact_location": f"{self.artifact_location.rstrip('/')}/{name}"}
+            if self.artifact_location
+            else {}
+        )
         return self.client.create_experiment(name, **kwargs)
 
     def _ensure_model(self) -> None:
@@ -82,17 +89,22 @@ class Registry:
             self.client.get_registered_model(self.name)
         except MlflowException:
             self.client.create_registered_model(
-                self.name, description="LoRA adapters for Chinese NER (CLUENER labels), trained by ner_retrain."
+                self.name,
+                description="LoRA adapters for Chinese NER (CLUENER labels), trained by ner_retrain.",
             )
 
     # -- reading -----------------------------------------------------------------------------
     def _version_info(self, mv: Any) -> dict[str, Any]:
         return {
-            "version": str(mv.version), "adapter_uri": mv.tags.get("adapter_uri", ""),
+            "version": str(mv.version),
+            "adapter_uri": mv.tags.get("adapter_uri", ""),
             "micro_f1": float(mv.tags["micro_f1"]) if "micro_f1" in mv.tags else None,
-            "dataset_version": mv.tags.get("dataset_version", ""), "airflow_run_id": mv.tags.get("airflow_run_id", ""),
-            "aliases": list(getattr(mv, "aliases", []) or []), "created": mv.creation_timestamp,
-            "mlflow_run_id": mv.run_id, "tags": dict(mv.tags),
+            "dataset_version": mv.tags.get("dataset_version", ""),
+            "airflow_run_id": mv.tags.get("airflow_run_id", ""),
+            "aliases": list(getattr(mv, "aliases", []) or []),
+            "created": mv.creation_timestamp,
+            "mlflow_run_id": mv.run_id,
+            "tags": dict(mv.tags),
         }
 
     def get_alias(self, alias: str) -> dict[str, Any] | None:
@@ -117,20 +129,38 @@ class Registry:
         return sorted((self._version_info(mv) for mv in mvs), key=lambda v: int(v["version"]))
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "tracking_uri": self.tracking_uri, "champion": self.champion(),
-                "previous": self.get_alias(PREVIOUS), "versions": self.versions()}
+        return {
+            "name": self.name,
+            "tracking_uri": self.tracking_uri,
+            "champion": self.champion(),
+            "previous": self.get_alias(PREVIOUS),
+            "versions": self.versions(),
+        }
 
     # -- writing -----------------------------------------------------------------------------
-    def log_training_run(self, *, airflow_run_id: str, dag_id: str, params: dict[str, Any],
-                         metrics: dict[str, float], loss_curve: list[tuple[int, float]],
-                         tags: dict[str, str], artifacts: dict[str, str | Path]) -> str:
+    def log_training_run(
+        self,
+        *,
+        airflow_run_id: str,
+        dag_id: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        loss_curve: list[tuple[int, float]],
+        tags: dict[str, str],
+        artifacts: dict[str, str | Path],
+    ) -> str:
         """One MLflow run per training; returns its id (reused when the same Airflow run logs again)."""
         exp_id = self._experiment_id(f"{self.name}-training")
-        existing = self.client.search_runs([exp_id], f"tags.airflow_run_id = '{airflow_run_id}'", max_results=1)
+        existing = self.client.search_runs(
+            [exp_id], f"tags.airflow_run_id = '{airflow_run_id}'", max_results=1
+        )
         if existing:
             return existing[0].info.run_id
-        run = self.client.create_run(exp_id, tags={**tags, "airflow_run_id": airflow_run_id, "airflow_dag_id": dag_id},
-                                     run_name=airflow_run_id)
+        run = self.client.create_run(
+            exp_id,
+            tags={**tags, "airflow_run_id": airflow_run_id, "airflow_dag_id": dag_id},
+            run_name=airflow_run_id,
+        )
         rid = run.info.run_id
         for k, v in sorted(params.items()):
             self.client.log_param(rid, k[:250], str(v)[:6000])
@@ -147,8 +177,15 @@ class Registry:
         self.client.set_terminated(rid, "FINISHED")
         return rid
 
-    def register(self, *, adapter_uri: str, adapter_hash: str, mlflow_run_id: str, airflow_run_id: str,
-                 tags: dict[str, str]) -> str:
+    def register(
+        self,
+        *,
+        adapter_uri: str,
+        adapter_hash: str,
+        mlflow_run_id: str,
+        airflow_run_id: str,
+        tags: dict[str, str],
+    ) -> str:
         """Register the adapter as a new version; the same adapter + Airflow run returns the existing one."""
         self._ensure_model()
         for v in self.versions():
@@ -157,9 +194,15 @@ class Registry:
                 return v["version"]
         run = self.client.get_run(mlflow_run_id)
         source = f"{run.info.artifact_uri.rstrip('/')}/adapter"
-        all_tags = {**tags, "adapter_uri": adapter_uri, "adapter_hash": adapter_hash, "airflow_run_id": airflow_run_id}
-        mv = self.client.create_model_version(self.name, source=source, run_id=mlflow_run_id,
-                                              tags={k: str(v) for k, v in all_tags.items()})
+        all_tags = {
+            **tags,
+            "adapter_uri": adapter_uri,
+            "adapter_hash": adapter_hash,
+            "airflow_run_id": airflow_run_id,
+        }
+        mv = self.client.create_model_version(
+            self.name, source=source, run_id=mlflow_run_id, tags={k: str(v) for k, v in all_tags.items()}
+        )
         log.info("registered %s v%s from %s", self.name, mv.version, adapter_uri)
         return str(mv.version)
 
@@ -167,25 +210,48 @@ class Registry:
         for k, v in tags.items():
             self.client.set_model_version_tag(self.name, version, k, str(v)[:5000])
 
-    def move_champion(self, version: str, *, reason: str, actor: str, kind: str = "promote") -> dict[str, Any]:
+    def move_champion(
+        self, version: str, *, reason: str, actor: str, kind: str = "promote"
+    ) -> dict[str, Any]:
         """Point ``champion`` at ``version`` (``previous`` at the old champion) and record the event."""
         self.client.get_model_version(self.name, version)  # raises for an unknown version
         old = self.champion()
         if old and old["version"] == str(version):
-            return {"kind": kind, "from_version": old["version"], "to_version": str(version),
-                    "reason": "already champion", "actor": actor, "changed": False}
-        event = {"kind": kind, "from_version": old["version"] if old else "", "to_version": str(version),
-                 "reason": reason, "actor": actor, "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                 "model": self.name}
+            return {
+                "kind": kind,
+                "from_version": old["version"],
+                "to_version": str(version),
+                "reason": "already champion",
+                "actor": actor,
+                "changed": False,
+            }
+        event = {
+            "kind": kind,
+            "from_version": old["version"] if old else "",
+            "to_version": str(version),
+            "reason": reason,
+            "actor": actor,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": self.name,
+        }
         exp_id = self._experiment_id(f"{self.name}-alias-history")
-        run = self.client.create_run(exp_id, run_name=f"{kind} v{version}",
-                                     tags={f"event.{k}": str(v)[:5000] for k, v in event.items()})
+        run = self.client.create_run(
+            exp_id,
+            run_name=f"{kind} v{version}",
+            tags={f"event.{k}": str(v)[:5000] for k, v in event.items()},
+        )
         if old:
             self.client.set_registered_model_alias(self.name, PREVIOUS, old["version"])
         self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
         self.client.set_terminated(run.info.run_id, "FINISHED")
-        log.info("%s: champion %s -> v%s (%s) by %s", self.name, f"v{old['version']}" if old else "none",
-                 version, reason, actor)
+        log.info(
+            "%s: champion %s -> v%s (%s) by %s",
+            self.name,
+            f"v{old['version']}" if old else "none",
+            version,
+            reason,
+            actor,
+        )
         return {**event, "changed": True}
 
     def rollback(self, target: str, *, reason: str, actor: str) -> dict[str, Any]:
@@ -197,10 +263,14 @@ class Registry:
             target = prev["version"]
         known = {v["version"]: v for v in self.versions()}
         if str(target) not in known:
-            raise RegistryError(f"{self.name}: version {target!r} does not exist (have {sorted(known, key=int)})")
+            raise RegistryError(
+                f"{self.name}: version {target!r} does not exist (have {sorted(known, key=int)})"
+            )
         info = known[str(target)]
         if not info["adapter_uri"]:
-            raise RegistryError(f"{self.name} v{target}: has no adapter_uri tag; refusing to make it champion")
+            raise RegistryError(
+                f"{self.name} v{target}: has no adapter_uri tag; refusing to make it champion"
+            )
         return self.move_champion(str(target), reason=reason, actor=actor, kind="rollback")
 
     def history(self) -> list[dict[str, Any]]:
@@ -208,10 +278,12 @@ class Registry:
         exp = self.client.get_experiment_by_name(f"{self.name}-alias-history")
         if exp is None:
             return []
-        runs = self.client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=5000)
+        runs = self.client.search_runs(
+            [exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=5000
+        )
         out = []
         for r in runs:
-            ev = {k[len("event."):]: v for k, v in r.data.tags.items() if k.startswith("event.")}
+            ev = {k[len("event.") :]: v for k, v in r.data.tags.items() if k.startswith("event.")}
             ev["status"] = r.info.status
             out.append(ev)
         return out

@@ -83,8 +83,10 @@ def commit_problems(store: ObjectStore, run_prefix: str, stage: str) -> list[str
         if _succeeded(marker, key, store, problems):
             adapter_prefix = join_key(run_prefix, "adapter")
             if marker.get("adapter_uri") != store.uri(adapter_prefix + "/"):
-                problems.append(f"adapter_uri {marker.get('adapter_uri')!r} is not this run's "
-                                f"{store.uri(adapter_prefix + '/')}")
+                problems.append(
+                    f"adapter_uri {marker.get('adapter_uri')!r} is not this run's "
+                    f"{store.uri(adapter_prefix + '/')}"
+                )
             for name in ADAPTER_FILES:
                 if not store.exists(join_key(adapter_prefix, name)):
                     problems.append(f"{store.uri(join_key(adapter_prefix, name))} is missing")
@@ -93,8 +95,10 @@ def commit_problems(store: ObjectStore, run_prefix: str, stage: str) -> list[str
         if request is not None:
             for field in ("run_id", "golden_hash"):
                 if marker.get(field) != request.get(field):
-                    problems.append(f"{store.uri(key)}: {field} {marker.get(field)!r} is not the request's "
-                                    f"{request.get(field)!r}")
+                    problems.append(
+                        f"{store.uri(key)}: {field} {marker.get(field)!r} is not the request's "
+                        f"{request.get(field)!r}"
+                    )
         for role in ("candidate", "champion"):
             if not isinstance(marker.get(role), dict):
                 problems.append(f"{store.uri(key)} has no {role} metrics")

@@ -496,7 +496,11 @@ def llamafactory_cli() -> Path:
 
 
 def run_llamafactory(
-    config_path: str | Path, log_path: str | Path, *, cwd: str | Path, tail_lines: int = 40,
+    config_path: str | Path,
+    log_path: str | Path,
+    *,
+    cwd: str | Path,
+    tail_lines: int = 40,
     subcommand: str = "train",
 ) -> None:
     """Run ``llamafactory-cli train CONFIG``, streaming each output line into the log and into

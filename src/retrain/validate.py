@@ -91,7 +91,8 @@ def max_text_chars(settings: Settings) -> tuple[int, str]:
     budget = cutoff - instr_tokens - v.template_reserve_tokens
     limit = math.floor(budget / (1 + v.output_tokens_per_char))
     how = (
-        f"derived from profile {profile}: (cutoff_len {cutoff} - instruction ~{instr_tokens} tokens - template reserve "
+        f"derived from profile {profile}: (cutoff_len {cutoff} - instruction ~{instr_tokens} tokens "
+        "- template reserve "
         f"{v.template_reserve_tokens}) / (1 + {v.output_tokens_per_char} answer tokens per char) = {limit}"
     )
     if limit < 1:
@@ -441,7 +442,10 @@ def validate_batch(
                 values = ", ".join(f"{c}={_show(row[c])}" for c in cols)
                 if frame == "spans":
                     ent = int(row["entity_idx"])
-                    values = f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} {_show(row['entity_text'])}: {values}"
+                    values = (
+                        f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} "
+                        f"{_show(row['entity_text'])}: {values}"
+                    )
                     shown = [c for c in cols if c != "record_idx"]
                     fld = f"entities[{ent}].{shown[0]}" if len(shown) == 1 else f"entities[{ent}]"
                     if cfg.type == "expect_compound_columns_to_be_unique":
@@ -464,7 +468,8 @@ def validate_batch(
                 more = "" if len(affected) <= 3 else f", … ({len(affected)} records)"
                 if action == "warn":
                     warnings.append(
-                        f"{policy_key} (warn): {len(rows)} spans in {len(affected)} records, e.g. {where}{more}"
+                        f"{policy_key} (warn): {len(rows)} spans in {len(affected)} records, "
+                        f"e.g. {where}{more}"
                     )
 
     accepted: list[Record] = []
@@ -530,7 +535,8 @@ def validate_batch(
                 continue
             lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
             bound = f"> {hi}" if lo is None else f"< {lo}" if hi is None else f"outside [{lo}, {hi}]"
-            msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {(cfg.meta or {}).get('explain', cfg.type)}"
+            explain = (cfg.meta or {}).get("explain", cfg.type)
+            msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {explain}"
             if entry["severity"] == "critical":
                 batch_failures.append(msg)
             else:

@@ -25,17 +25,37 @@ def _cell(value: Any) -> str:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["# Bad-input corpus through intake (`retrain.ingest.process_batches` on moto S3)", "",
-             "| case | format | input | bytes | read | accepted | quarantined | reason codes | outcome |",
-             "|---|---|---|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "# Bad-input corpus through intake (`retrain.ingest.process_batches` on moto S3)",
+        "",
+        "| case | format | input | bytes | read | accepted | quarantined | reason codes | outcome |",
+        "|---|---|---|---:|---:|---:|---:|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["n"]):
         reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(r.get("reasons", {}).items())) or "—"
-        lines.append("| " + " | ".join(_cell(c) for c in (
-            f"`{r['case']}`", r["format"], r["what"], r["bytes"], r.get("read", "—"), r.get("accepted", "—"),
-            r.get("quarantined", "—"), reasons, r.get("outcome", "—"))) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    f"`{r['case']}`",
+                    r["format"],
+                    r["what"],
+                    r["bytes"],
+                    r.get("read", "—"),
+                    r.get("accepted", "—"),
+                    r.get("quarantined", "—"),
+                    reasons,
+                    r.get("outcome", "—"),
+                )
+            )
+            + " |"
+        )
     bugs = sorted({r["bug"] for r in rows if r.get("bug")})
     if bugs:
-        lines += ["", "Known product bugs (those cases are `xfail(strict=True)`):", ""] + [f"- {b}" for b in bugs]
+        lines += ["", "Known product bugs (those cases are `xfail(strict=True)`):", ""] + [
+            f"- {b}" for b in bugs
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -18,12 +18,30 @@ import pytest
 
 from tests.badinput.corpus import CASES
 
-FIELD_REASONS = {"missing_field", "unknown_label", "offsets_out_of_range", "span_text_mismatch", "empty_text",
-                 "no_annotation"}
-WHOLE_OBJECT_REASONS = {"empty_object", "binary", "object_too_large", "line_too_long", "truncated",
-                        "not_json", "bad_encoding", "wrong_type"}  # those that may be reported at line 0
-PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, raises=c.bug_raises, reason=c.bug)]
-                       if c.bug else []) for c in CASES]
+FIELD_REASONS = {
+    "missing_field",
+    "unknown_label",
+    "offsets_out_of_range",
+    "span_text_mismatch",
+    "empty_text",
+    "no_annotation",
+}
+WHOLE_OBJECT_REASONS = {
+    "empty_object",
+    "binary",
+    "object_too_large",
+    "line_too_long",
+    "truncated",
+    "not_json",
+    "bad_encoding",
+    "wrong_type",
+}  # those that may be reported at line 0
+PARAMS = [
+    pytest.param(
+        c, id=c.id, marks=[pytest.mark.xfail(strict=True, raises=c.bug_raises, reason=c.bug)] if c.bug else []
+    )
+    for c in CASES
+]
 
 
 def _jsonl(store, key: str) -> list[dict]:
@@ -57,8 +75,14 @@ def test_bad_input_is_accounted_for_and_explained(case, moto_server, badinput_ta
     plan = find_new_batches(store, settings)
     assert [o.key for o in plan.objects] == [case.object_key]  # listed exactly as uploaded
 
-    row = {"n": CASES.index(case), "case": case.id, "format": case.fmt, "what": case.what, "bytes": len(data),
-           "bug": case.bug}
+    row = {
+        "n": CASES.index(case),
+        "case": case.id,
+        "format": case.fmt,
+        "what": case.what,
+        "bytes": len(data),
+        "bug": case.bug,
+    }
     badinput_table.append(row)
     try:
         result = process_batches(store, settings, plan.objects, "manual__badinput")
@@ -69,7 +93,9 @@ def test_bad_input_is_accounted_for_and_explained(case, moto_server, badinput_ta
     outcome = "whole batch quarantined" if o.batch_quarantined and o.accepted == 0 and o.read > 1 else "ok"
     if case.bug:
         outcome = "hostile record accepted (known gap, xfail)"
-    row.update(read=o.read, accepted=o.accepted, quarantined=o.quarantined, reasons=o.reasons, outcome=outcome)
+    row.update(
+        read=o.read, accepted=o.accepted, quarantined=o.quarantined, reasons=o.reasons, outcome=outcome
+    )
 
     # The run finished: the object is committed and will not be read again.
     assert read_ledger(store, settings)[case.object_key]["etag"] == plan.objects[0].etag
@@ -84,7 +110,9 @@ def test_bad_input_is_accounted_for_and_explained(case, moto_server, badinput_ta
     is_array = data.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"[")
     for q in quarantined:
         assert q["source_key"] == case.object_key
-        assert q["reason"] in REASONS or q["reason"].startswith("gx:") or q["reason"] == "batch_quarantined", q
+        assert (
+            q["reason"] in REASONS or q["reason"].startswith("gx:") or q["reason"] == "batch_quarantined"
+        ), q
         assert q["detail"].strip(), q
         assert isinstance(q["line"], int) and q["line"] >= 0, q
         assert q["line"] > 0 or q["reason"] in WHOLE_OBJECT_REASONS | {"empty_object"}, q
@@ -94,16 +122,30 @@ def test_bad_input_is_accounted_for_and_explained(case, moto_server, badinput_ta
             assert q["field"], q
         if q["reason"] in REASONS and q["line"] > 0 and not is_array and q["raw"]:
             head = q["raw"].removesuffix("…")[:60]
-            assert head in _line_text(data, q["line"]), (q["line"], head)  # the line named is the offending one
+            assert head in _line_text(data, q["line"]), (
+                q["line"],
+                head,
+            )  # the line named is the offending one
     if o.batch_quarantined:
         assert o.accepted == 0
     report = store.get_bytes(result.report_uri.split("/", 3)[3]).decode("utf-8")
     assert case.object_key in report and all(reason in report for reason in o.reasons)
     # Nothing lands outside the configured prefixes, whatever the key holds.
-    prefixes = tuple(getattr(settings.s3, f) for f in ("incoming_prefix", "accepted_prefix", "quarantine_prefix",
-                                                        "reports_prefix", "runs_prefix", "state_prefix"))
+    prefixes = tuple(
+        getattr(settings.s3, f)
+        for f in (
+            "incoming_prefix",
+            "accepted_prefix",
+            "quarantine_prefix",
+            "reports_prefix",
+            "runs_prefix",
+            "state_prefix",
+        )
+    )
     for obj in store.iter_objects(""):
-        assert obj.key == case.object_key or (obj.key.startswith(prefixes[1:]) and ".." not in obj.key.split("/")), obj.key
+        assert obj.key == case.object_key or (
+            obj.key.startswith(prefixes[1:]) and ".." not in obj.key.split("/")
+        ), obj.key
 
     # The case's own expectations.
     if case.reasons is not None:

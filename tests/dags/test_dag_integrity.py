@@ -29,7 +29,8 @@ PROBE = textwrap.dedent("""
     dt = time.perf_counter() - t0
     heavy = sorted(m for m in ("great_expectations", "mlflow", "torch", "transformers", "pandas")
                    if m in sys.modules)
-    print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": {{k: str(e) for k, e in bag.import_errors.items()}},
+    errors = {{k: str(e) for k, e in bag.import_errors.items()}}
+    print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": errors,
                       "seconds": dt, "calls": calls, "heavy": heavy}}))
 """)
 
@@ -37,9 +38,13 @@ PROBE = textwrap.dedent("""
 def _probe(path: Path, tmp_path: Path) -> dict:
     import json
 
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins")}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    }
     code = PROBE.format(plugins=str(REPO / "plugins"), path=str(path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -69,12 +74,28 @@ def test_retrain_dag_structure():
     dag = bag.dags["ner_retrain"]
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.timetable.expression == "0 2 * * *"  # conf schedule.cron
-    order = ["find_new_batches", "validate_batches", "build_dataset", "prepare_training", "train",
-             "prepare_evaluation", "evaluate", "promote"]
+    order = [
+        "find_new_batches",
+        "validate_batches",
+        "build_dataset",
+        "prepare_training",
+        "train",
+        "prepare_evaluation",
+        "evaluate",
+        "promote",
+    ]
     for up, down in itertools.pairwise(order):
         assert down in dag.get_task(up).downstream_task_ids, (up, down)
     assert [o.name for o in dag.get_task("build_dataset").outlets] == ["clue-ner.dataset"]
     assert [o.name for o in dag.get_task("promote").outlets] == ["clue-ner.champion-moves"]
     assert dag.default_args["on_failure_callback"] is not None
-    assert set(dag.params.keys()) >= {"force", "dry_run", "epochs", "learning_rate", "lora_rank", "max_samples",
-                                      "base_model", "golden_set"}
+    assert set(dag.params.keys()) >= {
+        "force",
+        "dry_run",
+        "epochs",
+        "learning_rate",
+        "lora_rank",
+        "max_samples",
+        "base_model",
+        "golden_set",
+    }

@@ -107,5 +107,3 @@ def tiny_model_host_dir(trainer_image: str, tmp_path_factory: pytest.TempPathFac
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "tiny" / "config.json").is_file()
     return out / "tiny"
-
-

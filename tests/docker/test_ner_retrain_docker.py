@@ -31,7 +31,9 @@ DATES = ("2026-11-27T02:00:00+00:00", "2026-11-28T02:00:00+00:00")
 
 
 @pytest.fixture(scope="module")
-def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def nights(
+    trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     from retrain.devtools.demo import BUCKET, _night, _registry_state, _upload_batch, dev_retrain_env
     from retrain.devtools.stack import AirflowEnv, MotoServer, drop_database
     from retrain.devtools.synth import make_batch
@@ -51,7 +53,8 @@ def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pyte
         "RETRAIN__DOCKER__MODEL_CACHE_HOST_PATH": str(writable_dir(workdir / "model-cache")),
         "RETRAIN__DOCKER__SCRATCH_HOST_PATH": str(writable_dir(workdir / "scratch")),
         "RETRAIN__DOCKER__MOUNTS": json.dumps(
-            [{"source": str(tiny_model_host_dir), "target": "/models/tiny", "read_only": True}]),
+            [{"source": str(tiny_model_host_dir), "target": "/models/tiny", "read_only": True}]
+        ),
         "RETRAIN__DOCKER__ENVIRONMENT": json.dumps({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}),
         "RETRAIN__DOCKER__RETRY__RETRIES": "0",
     }
@@ -65,29 +68,61 @@ def nights(trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pyte
             t0 = time.monotonic()
             first = _night(af, moto, "docker-first-batch", DATES[0], {"epochs": 40}, workdir)
             print(f"\nnight 1 with the docker launcher: {time.monotonic() - t0:.0f} s")
-            second = _night(af, moto, "docker-missing-base-model", DATES[1],
-                            {"force": True, "base_model": "/models/missing"}, workdir)
+            second = _night(
+                af,
+                moto,
+                "docker-missing-base-model",
+                DATES[1],
+                {"force": True, "base_model": "/models/missing"},
+                workdir,
+            )
             from retrain.ingest import safe_run_id
 
-            keys = {o["Key"] for page in moto.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-                    for o in page.get("Contents", [])}
+            keys = {
+                o["Key"]
+                for page in moto.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+                for o in page.get("Contents", [])
+            }
             first_prefix = f"runs/{safe_run_id(first.run_id)}"
             second_prefix = f"runs/{safe_run_id(second.run_id)}"
-            report = json.loads(moto.client().get_object(Bucket=BUCKET, Key=f"{first_prefix}/eval/report.json")["Body"].read())
-            rendered = {n.run_id: dict(af.query("SELECT task_id, rendered_fields FROM rendered_task_instance_fields "
-                                                "WHERE dag_id = 'ner_retrain' AND run_id = :'run'", run=n.run_id))
-                        for n in (first, second)}
+            report = json.loads(
+                moto.client().get_object(Bucket=BUCKET, Key=f"{first_prefix}/eval/report.json")["Body"].read()
+            )
+            rendered = {
+                n.run_id: dict(
+                    af.query(
+                        "SELECT task_id, rendered_fields FROM rendered_task_instance_fields "
+                        "WHERE dag_id = 'ner_retrain' AND run_id = :'run'",
+                        run=n.run_id,
+                    )
+                )
+                for n in (first, second)
+            }
             logs = {n.run_id: Path(n.log_file).read_text(encoding="utf-8") for n in (first, second)}
             secrets = (moto.secret_key, moto.access_key)
-            image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE],
-                                      capture_output=True, text=True, check=True).stdout.strip()
+            image_id = subprocess.run(
+                ["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
         finally:
             drop_database(database)
 
     registry, _ = _registry_state(workdir, Path("/models/tiny"))  # the registry the tasks wrote
-    return {"first": first, "second": second, "keys": keys, "first_prefix": first_prefix,
-            "second_prefix": second_prefix, "report": report,
-            "rendered": rendered, "logs": logs, "image_ref": f"{IMAGE}@{image_id}", "secrets": secrets, "registry": registry}
+    return {
+        "first": first,
+        "second": second,
+        "keys": keys,
+        "first_prefix": first_prefix,
+        "second_prefix": second_prefix,
+        "report": report,
+        "rendered": rendered,
+        "logs": logs,
+        "image_ref": f"{IMAGE}@{image_id}",
+        "secrets": secrets,
+        "registry": registry,
+    }
 
 
 @pytest.mark.timeout(2400)
@@ -101,8 +136,15 @@ def test_first_night_trains_and_evaluates_in_containers_and_promotes(nights) -> 
     assert log.count(f"Starting docker container from image {IMAGE}") == 2
     assert "local launcher:" not in log
     prefix = nights["first_prefix"]
-    for name in ("train_result.json", "adapter/adapter_model.safetensors", "train/trainer_log.jsonl",
-                 "train/train_config.yaml", "eval/report.json", "eval/per_label_f1.png", "summary.json"):
+    for name in (
+        "train_result.json",
+        "adapter/adapter_model.safetensors",
+        "train/trainer_log.jsonl",
+        "train/train_config.yaml",
+        "eval/report.json",
+        "eval/per_label_f1.png",
+        "summary.json",
+    ):
         assert f"{prefix}/{name}" in nights["keys"], name
     report = nights["report"]
     assert report["base_model"] == "/models/tiny" and report["base_model_path"] == "/models/tiny"
@@ -130,8 +172,13 @@ def test_a_failing_container_fails_the_run_and_promotes_nothing(nights) -> None:
     assert registry["champion"]["version"] == "1" and len(registry["versions"]) == 1
     second_prefix = nights["second_prefix"]
     assert f"{second_prefix}/train_request.json" in nights["keys"]
-    assert not [k for k in nights["keys"] if k.startswith(f"{second_prefix}/") and "/adapter/" in k or
-                k in (f"{second_prefix}/train_result.json", f"{second_prefix}/summary.json")]
+    assert not [
+        k
+        for k in nights["keys"]
+        if k.startswith(f"{second_prefix}/")
+        and "/adapter/" in k
+        or k in (f"{second_prefix}/train_result.json", f"{second_prefix}/summary.json")
+    ]
 
 
 @pytest.mark.timeout(2400)

@@ -151,7 +151,9 @@ def test_a_failing_container_fails_the_task(trainer_image: str, s3_connection: M
     assert SECRET_KEY not in caplog.text and SECRET_KEY not in "\n".join(failed.value.logs)
 
 
-def test_a_container_that_exits_0_without_an_adapter_fails_the_task(trainer_image: str, s3_connection: MotoS3) -> None:
+def test_a_container_that_exits_0_without_an_adapter_fails_the_task(
+    trainer_image: str, s3_connection: MotoS3
+) -> None:
     """Exit status 0 is not success: the task reads the stage's commit from S3. A train_result.json an
     earlier attempt left is removed before the container starts, so it cannot pass for this one's."""
     from retrain_airflow.container_launchers import docker_stage_operator
@@ -190,7 +192,9 @@ from retrain.config import load_settings
 from retrain_airflow.container_launchers import docker_stage_operator
 
 with DAG("docker_launcher_probe", schedule=None, catchup=False):
-    docker_stage_operator("train", "s3://{bucket}/runs/{{{{ ds_nodash }}}}-missing", load_settings(), retries=0)
+    docker_stage_operator(
+        "train", "s3://{bucket}/runs/{{{{ ds_nodash }}}}-missing", load_settings(), retries=0
+    )
 """
 
 
@@ -244,7 +248,8 @@ def test_a_failing_stage_is_a_failed_task_under_airflow(
         rendered = [
             r[0]
             for r in db.execute(
-                "SELECT rendered_fields FROM rendered_task_instance_fields WHERE dag_id = 'docker_launcher_probe'"
+                "SELECT rendered_fields FROM rendered_task_instance_fields "
+                "WHERE dag_id = 'docker_launcher_probe'"
             )
         ]
     assert states == [("train", "failed")], output[-3000:]

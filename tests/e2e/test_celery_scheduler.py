@@ -77,7 +77,9 @@ def two_runs(stack):
     unique = {json.loads(line)["text"]: line for line in make_batch(3 * GOLDEN_SENTENCES, seed=99)}
     golden.write_text("\n".join(list(unique.values())[:GOLDEN_SENTENCES]) + "\n", encoding="utf-8")
     t0 = time.monotonic()
-    a = client.trigger(DAG, {"epochs": EPOCHS, "golden_set": str(golden)}, run_id=f"rest-a-{uuid.uuid4().hex[:6]}")
+    a = client.trigger(
+        DAG, {"epochs": EPOCHS, "golden_set": str(golden)}, run_id=f"rest-a-{uuid.uuid4().hex[:6]}"
+    )
     b = client.trigger(DAG, {}, run_id=f"rest-b-{uuid.uuid4().hex[:6]}")
     timeline: list[tuple[float, str, str]] = []
     sockets: list[dict] = []
@@ -92,8 +94,13 @@ def two_runs(stack):
         if all(states.get(r["dag_run_id"]) in ("success", "failed") for r in (a, b)):
             break
         time.sleep(1.0)
-    return {"a": client.run(DAG, a["dag_run_id"]), "b": client.run(DAG, b["dag_run_id"]), "timeline": timeline,
-            "wall_s": time.monotonic() - t0, "sockets": sockets + af.listening_sockets()}
+    return {
+        "a": client.run(DAG, a["dag_run_id"]),
+        "b": client.run(DAG, b["dag_run_id"]),
+        "timeline": timeline,
+        "wall_s": time.monotonic() - t0,
+        "sockets": sockets + af.listening_sockets(),
+    }
 
 
 # -- (a) ----------------------------------------------------------------------------------------------
@@ -103,7 +110,11 @@ def test_rest_triggered_run_trains_and_promotes_v1(stack, two_runs, monkeypatch)
     assert a["state"] == "success", (states, stack["af"].home / "logs")
     assert a["run_type"] == "manual" and a["conf"]["epochs"] == EPOCHS
     assert {t: states[t] for t in ("validate_batches", "train", "evaluate", "promote")} == {
-        "validate_batches": "success", "train": "success", "evaluate": "success", "promote": "success"}
+        "validate_batches": "success",
+        "train": "success",
+        "evaluate": "success",
+        "promote": "success",
+    }
 
     # the REST params reached LLaMA-Factory
     from retrain.ingest import safe_run_id

@@ -33,9 +33,16 @@ def ui(demo, moto_server, tmp_path_factory):
     from retrain.devtools.airflow_ui import ApiServer, artifacts_dir
     from retrain.devtools.stack import AirflowEnv
 
-    env = AirflowEnv(demo.airflow_home, demo.database, moto_server,
-                     {**demo.retrain_env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-                      "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
+    env = AirflowEnv(
+        demo.airflow_home,
+        demo.database,
+        moto_server,
+        {
+            **demo.retrain_env,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        },
+    )
     t0 = time.monotonic()
     # `dags test` stored ner_retrain; the rollback form needs ner_rollback in the DB as well.
     env.run("dags", "reserialize", timeout=300)
@@ -104,7 +111,11 @@ def test_browser_shows_the_real_runs(demo, ui):
     trained = {n.summary["registered_version"]: n for n in (a, b)}
     champion_f1 = trained[champion].summary["evaluation"]["candidate"]["micro_f1"]
     out = artifacts_dir()
-    page_png, tab_png, loss_png = out / "retraining_page.png", out / "retrain_report_tab.png", out / "loss_png_tab.png"
+    page_png, tab_png, loss_png = (
+        out / "retraining_page.png",
+        out / "retrain_report_tab.png",
+        out / "loss_png_tab.png",
+    )
 
     browser = chrome()
     wait = WebDriverWait(browser, 60)
@@ -121,26 +132,35 @@ def test_browser_shows_the_real_runs(demo, ui):
         oldest = history[-1].text
         assert "promote" in oldest and "v1" in oldest and demo.history[0]["reason"] in oldest, oldest
         # the runs table, newest first: one row per night that read data (night c left no report)
-        rows = {r.find_element(By.CSS_SELECTOR, "td").text.split("\n")[0]: r
-                for r in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")}
+        rows = {
+            r.find_element(By.CSS_SELECTOR, "td").text.split("\n")[0]: r
+            for r in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+        }
         assert set(rows) == {a.run_id, b.run_id}, list(rows)
         for night in (a, b):
             cells = [td.text for td in rows[night.run_id].find_elements(By.CSS_SELECTOR, "td")]
             ev = night.summary["evaluation"]
             assert cells[1:3] == [str(night.intake["read"]), str(night.intake["accepted"])], cells
             assert cells[3].startswith(f"{night.intake['quarantined']} · report"), cells
-            assert cells[5:8] == [_f(ev["candidate"]["micro_f1"]), _f(ev["champion"]["micro_f1"]),
-                                  f"v{night.summary['registered_version']}"], cells
+            assert cells[5:8] == [
+                _f(ev["candidate"]["micro_f1"]),
+                _f(ev["champion"]["micro_f1"]),
+                f"v{night.summary['registered_version']}",
+            ], cells
             assert night.summary["decision"]["reason"] in cells[8], cells
         assert a.intake["read"] == 165 and a.intake["quarantined"] >= 5
         # the F1 trend: a line per label + micro F1 + the champion's, the real figures as tooltips
         trend = browser.find_element(By.CSS_SELECTOR, "svg.chart[aria-label^='Candidate F1']")
         labels = set(a.summary["evaluation"]["candidate"]["per_label_f1"]) | set(
-            b.summary["evaluation"]["candidate"]["per_label_f1"])
+            b.summary["evaluation"]["candidate"]["per_label_f1"]
+        )
         assert len(trend.find_elements(By.TAG_NAME, "polyline")) == len(labels) + 2
         tips = {t.get_attribute("textContent") for t in trend.find_elements(By.TAG_NAME, "title")}
         assert f"micro F1 @ {_tick(a.run_id)}: {_f(a.summary['evaluation']['candidate']['micro_f1'])}" in tips
-        assert f"champion micro F1 @ {_tick(b.run_id)}: {_f(b.summary['evaluation']['champion']['micro_f1'])}" in tips
+        assert (
+            f"champion micro F1 @ {_tick(b.run_id)}: {_f(b.summary['evaluation']['champion']['micro_f1'])}"
+            in tips
+        )
         browser.switch_to.default_content()
         time.sleep(0.5)
         browser.save_screenshot(str(page_png))
@@ -148,7 +168,9 @@ def test_browser_shows_the_real_runs(demo, ui):
         # the GX Data Docs of night a's batch: out of Airflow's sandboxed iframe into a new tab
         browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, RETRAINING_FRAME))
         docs_key = a.intake["objects"][0]["docs_uri"].split("/", 3)[3]
-        docs = rows[a.run_id].find_element(By.CSS_SELECTOR, f"a[data-nav=tab][href$='/retrain/s3/{docs_key}']")
+        docs = rows[a.run_id].find_element(
+            By.CSS_SELECTOR, f"a[data-nav=tab][href$='/retrain/s3/{docs_key}']"
+        )
 
         def data_docs():
             wait.until(lambda br: br.execute_script("return document.readyState") == "complete")
@@ -197,7 +219,9 @@ def test_browser_shows_the_real_runs(demo, ui):
         _enter_view(browser, f"{ui.url}{run_path}/plugin/retrain-report", REPORT_FRAME)
         note = wait.until(ec.presence_of_element_located((By.ID, "run-note")))
         assert note.text == a.note, "the tab and the DAG-run note say the same"
-        assert a.note.startswith(f"promoted v1: micro F1 {_f(a.summary['evaluation']['candidate']['micro_f1'])}")
+        assert a.note.startswith(
+            f"promoted v1: micro F1 {_f(a.summary['evaluation']['candidate']['micro_f1'])}"
+        )
         assert browser.find_element(By.ID, "accepted").text == str(a.intake["accepted"])
         assert browser.find_element(By.ID, "quarantined").text == str(a.intake["quarantined"])
         reasons = browser.find_element(By.CSS_SELECTOR, "#intake tbody").text
@@ -210,15 +234,21 @@ def test_browser_shows_the_real_runs(demo, ui):
         for shown, rule in zip(rules, decision["rules"], strict=True):
             assert shown.startswith(rule["rule"]) and ("pass" if rule["passed"] else "FAIL") in shown, shown
         metrics = browser.find_element(By.ID, "metrics").text
-        assert f"micro F1 {_f(a.summary['evaluation']['champion']['micro_f1'])} " \
-               f"{_f(a.summary['evaluation']['candidate']['micro_f1'])}" in metrics, metrics
+        assert (
+            f"micro F1 {_f(a.summary['evaluation']['champion']['micro_f1'])} "
+            f"{_f(a.summary['evaluation']['candidate']['micro_f1'])}" in metrics
+        ), metrics
         # the loss curve: every point the trainer logged, drawn as SVG, and the final loss
         train = a.summary["train"]
         loss = browser.find_element(By.CSS_SELECTOR, "svg.chart[aria-label='Training loss']")
         lines = loss.find_elements(By.TAG_NAME, "polyline")
-        assert len(lines) == 1 and len(lines[0].get_attribute("points").split()) == len(train["loss_curve"]) > 10
+        assert (
+            len(lines) == 1 and len(lines[0].get_attribute("points").split()) == len(train["loss_curve"]) > 10
+        )
         figures = browser.find_element(By.XPATH, "//h2[.='Training']/following-sibling::p[1]").text
-        assert figures.startswith(f"Final loss {_f(train['train_loss'])} · steps {train['steps']} · "), figures
+        assert figures.startswith(f"Final loss {_f(train['train_loss'])} · steps {train['steps']} · "), (
+            figures
+        )
         browser.switch_to.default_content()
         time.sleep(0.5)
         browser.save_screenshot(str(tab_png))
@@ -232,7 +262,9 @@ def test_browser_shows_the_real_runs(demo, ui):
             img = wait.until(ec.presence_of_element_located((By.TAG_NAME, "img")))
             wait.until(lambda br: br.execute_script("return arguments[0].complete", img))
             browser.save_screenshot(str(loss_png))
-            return browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
+            return browser.execute_script(
+                "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img
+            )
 
         width, height = _in_new_tab(browser, png, loss_image)
         assert width > 0 and height > 0, "training_loss.png did not load"

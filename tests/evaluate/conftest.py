@@ -25,7 +25,9 @@ def make_random_adapter(base_dir: Path, out_dir: Path, seed: int) -> Path:
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir))
     torch.manual_seed(seed)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    )
     model.save_pretrained(str(out_dir))
     return out_dir
 

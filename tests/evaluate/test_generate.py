@@ -61,25 +61,47 @@ def test_prompt_tokens_match_llamafactory_training_tokenization(tiny_model_dir, 
     from retrain.prompt import user_message
 
     examples = [
-        {"instruction": instruction, "input": "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联",
-         "output": '[{"label": "name", "text": "温格"}, {"label": "organization", "text": "曼联"}]'},
-        {"instruction": instruction, "input": "彭小军认为，国内银行现在走的是台湾的发卡模式",
-         "output": '[{"label": "name", "text": "彭小军"}]', "system": "你是命名实体识别专家。"},
+        {
+            "instruction": instruction,
+            "input": "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联",
+            "output": '[{"label": "name", "text": "温格"}, {"label": "organization", "text": "曼联"}]',
+        },
+        {
+            "instruction": instruction,
+            "input": "彭小军认为，国内银行现在走的是台湾的发卡模式",
+            "output": '[{"label": "name", "text": "彭小军"}]',
+            "system": "你是命名实体识别专家。",
+        },
     ]
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "golden.json").write_text(json.dumps(examples, ensure_ascii=False), encoding="utf-8")
     columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
-    (data_dir / "dataset_info.json").write_text(json.dumps({"g": {"file_name": "golden.json", "columns": columns}}))
-    model_args, data_args, training_args, _, _ = get_train_args({
-        "model_name_or_path": str(tiny_model_dir), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "dataset_dir": str(data_dir), "dataset": "g", "template": "qwen", "cutoff_len": 1024,
-        "output_dir": str(tmp_path / "out"), "overwrite_cache": True, "report_to": "none",
-        "preprocessing_num_workers": 1, "bf16": False,
-    })
+    (data_dir / "dataset_info.json").write_text(
+        json.dumps({"g": {"file_name": "golden.json", "columns": columns}})
+    )
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "dataset_dir": str(data_dir),
+            "dataset": "g",
+            "template": "qwen",
+            "cutoff_len": 1024,
+            "output_dir": str(tmp_path / "out"),
+            "overwrite_cache": True,
+            "report_to": "none",
+            "preprocessing_num_workers": 1,
+            "bf16": False,
+        }
+    )
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    dataset = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)["train_dataset"]
+    dataset = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)[
+        "train_dataset"
+    ]
 
     enc = prompt_encoder(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
     assert len(dataset) == len(examples)
@@ -88,8 +110,10 @@ def test_prompt_tokens_match_llamafactory_training_tokenization(tiny_model_dir, 
         ours = enc.encode(user_message(ex["instruction"], ex["input"]), ex.get("system"))
         assert row["input_ids"][:n_prompt] == ours
         assert row["labels"][n_prompt] != IGNORE_INDEX  # the answer starts right after our prompt
-    rendered = [enc.tokenizer.decode(enc.encode(user_message(e["instruction"], e["input"]), e.get("system")))
-                for e in examples]
+    rendered = [
+        enc.tokenizer.decode(enc.encode(user_message(e["instruction"], e["input"]), e.get("system")))
+        for e in examples
+    ]
     assert rendered[0].startswith("<|im_start|>system\nYou are Qwen")  # default system, as in training
     assert rendered[1].startswith("<|im_start|>system\n你是命名实体识别专家。<|im_end|>")
     assert rendered[0].endswith("<|im_end|>\n<|im_start|>assistant\n")
@@ -109,7 +133,9 @@ def test_batched_equals_one_at_a_time_with_left_padding(adapted, prompts):
     model.generate = spy
     try:
         progress = []
-        batched = generate(model, tokenizer, prompts, MAX_NEW, batch_size=3, progress=lambda d, t: progress.append((d, t)))
+        batched = generate(
+            model, tokenizer, prompts, MAX_NEW, batch_size=3, progress=lambda d, t: progress.append((d, t))
+        )
         first_batches = len(seen)
         single = [generate(model, tokenizer, [p], MAX_NEW, batch_size=1)[0] for p in prompts]
     finally:
@@ -146,8 +172,9 @@ def test_adapter_changes_the_output(base, adapted, prompts):
     assert sum(a.text != b.text for a, b in zip(out_base, out_adapted, strict=True)) >= N_PROMPTS // 2
 
 
-def test_hf_backend_switches_adapters_like_separate_models(tiny_model_dir, random_adapter_dir, other_adapter_dir,
-                                                          base, adapted, prompts):
+def test_hf_backend_switches_adapters_like_separate_models(
+    tiny_model_dir, random_adapter_dir, other_adapter_dir, base, adapted, prompts
+):
     from retrain.evaluate.generate import HFBackend, generate, load_model
 
     some = prompts[:4]

@@ -11,8 +11,18 @@ import pytest
 from retrain.evaluate.metrics import prf, score
 
 LABELS = ["name", "company", "game"]
-CLUENER_LABELS = ["address", "book", "company", "game", "government", "movie", "name", "organization",
-                  "position", "scene"]
+CLUENER_LABELS = [
+    "address",
+    "book",
+    "company",
+    "game",
+    "government",
+    "movie",
+    "name",
+    "organization",
+    "position",
+    "scene",
+]
 
 
 def approx(x):
@@ -33,9 +43,9 @@ def test_hand_computed_fixture():
         [("game", "王者荣耀"), ("name", "王五")],
     ]
     pred = [
-        [("name", "张三"), ("company", "阿里")],    # tp name; fp company; fn company
-        [("name", "李四"), ("name", "李四")],         # duplicate prediction counts once: tp
-        [("game", "王者"), ("movie", "英雄")],         # fp game, fp movie (unknown label); fn game, fn name
+        [("name", "张三"), ("company", "阿里")],  # tp name; fp company; fn company
+        [("name", "李四"), ("name", "李四")],  # duplicate prediction counts once: tp
+        [("game", "王者"), ("movie", "英雄")],  # fp game, fp movie (unknown label); fn game, fn name
     ]
     s = score(gold, pred, LABELS)
     # micro: tp 2, fp 3 (阿里, 王者, 英雄), fn 3 (腾讯, 王者荣耀, 王五)
@@ -62,8 +72,8 @@ def test_label_absent_from_gold_and_predictions_is_excluded_from_macro_not_cluen
     s = score(gold, pred, LABELS)
     game = s["per_label"]["game"]
     assert game == {"precision": None, "recall": None, "f1": None, "support": 0, "tp": 0, "fp": 0, "fn": 0}
-    assert s["macro_f1"] == approx(1.0)          # mean over name, company
-    assert s["cluener_score"] == approx(2 / 3)   # score.py divides by all labels
+    assert s["macro_f1"] == approx(1.0)  # mean over name, company
+    assert s["cluener_score"] == approx(2 / 3)  # score.py divides by all labels
     assert s["micro"]["f1"] == approx(1.0)
 
 
@@ -72,7 +82,7 @@ def test_label_absent_from_gold_but_predicted_scores_zero():
     pred = [[("name", "张三"), ("game", "张三")]]
     s = score(gold, pred, LABELS)
     assert s["per_label"]["game"]["f1"] == 0.0 and s["per_label"]["game"]["support"] == 0
-    assert s["macro_f1"] == approx(0.5)          # name 1.0, game 0.0; company excluded
+    assert s["macro_f1"] == approx(0.5)  # name 1.0, game 0.0; company excluded
     assert s["cluener_score"] == approx(1 / 3)
     assert s["micro"]["precision"] == approx(0.5) and s["micro"]["recall"] == approx(1.0)
 

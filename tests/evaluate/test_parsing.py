@@ -86,8 +86,10 @@ def test_json_lines_objects():
 
 
 def test_duplicates_removed_first_occurrence_kept():
-    raw = ('[{"label": "company", "text": "腾讯"}, {"label": "name", "text": "张三"},'
-           ' {"label": "company", "text": "腾讯"}]')
+    raw = (
+        '[{"label": "company", "text": "腾讯"}, {"label": "name", "text": "张三"},'
+        ' {"label": "company", "text": "腾讯"}]'
+    )
     assert ok(raw) == [COMPANY, NAME]
 
 
@@ -96,20 +98,41 @@ def test_same_text_two_labels_are_two_entities():
     assert ok(raw) == [("address", "卢浮宫"), ("scene", "卢浮宫")]
 
 
-@pytest.mark.parametrize("raw", ["无", "无。", "没有实体", "没有实体。", "未识别到实体", "句子中没有需要识别的实体。",
-                                 "none", "None", "NONE.", "no entities", "No entities found.",
-                                 "There are no named entities in this sentence.", "null"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "无",
+        "无。",
+        "没有实体",
+        "没有实体。",
+        "未识别到实体",
+        "句子中没有需要识别的实体。",
+        "none",
+        "None",
+        "NONE.",
+        "no entities",
+        "No entities found.",
+        "There are no named entities in this sentence.",
+        "null",
+    ],
+)
 def test_no_entities_phrasings(raw):
     assert ok(raw) == []
 
 
 def test_other_key_spellings():
-    raw = '[{"type": "name", "entity": "张三"}, {"Type": "company", "Text": "腾讯"}, {"实体类别": "game", "实体": "王者荣耀"}]'
+    raw = (
+        '[{"type": "name", "entity": "张三"}, {"Type": "company", "Text": "腾讯"}, '
+        '{"实体类别": "game", "实体": "王者荣耀"}]'
+    )
     assert ok(raw) == [NAME, COMPANY, ("game", "王者荣耀")]
 
 
 def test_non_string_values():
-    raw = '[{"label": "game", "text": 2048}, {"label": "name", "text": null}, {"label": "book", "text": ["三体", "球状闪电"]}]'
+    raw = (
+        '[{"label": "game", "text": 2048}, {"label": "name", "text": null}, '
+        '{"label": "book", "text": ["三体", "球状闪电"]}]'
+    )
     result = parse_entities(raw)
     assert result.ok
     assert result.entities == [("game", "2048"), ("book", "三体"), ("book", "球状闪电")]
@@ -146,8 +169,10 @@ def test_truncated_output_is_a_failure_not_partial_credit():
     assert "truncated" in error
 
 
-@pytest.mark.parametrize("raw", ["张三是人名", "实体：张三（name）", '["张三", "李四"]', '{"text": "张三"}', "42",
-                                 '"[{]"', "[1, 2]"])
+@pytest.mark.parametrize(
+    "raw",
+    ["张三是人名", "实体：张三（name）", '["张三", "李四"]', '{"text": "张三"}', "42", '"[{]"', "[1, 2]"],
+)
 def test_unparseable(raw):
     failed(raw)
 
@@ -166,6 +191,13 @@ def test_never_raises_on_garbage():
 def test_parse_gold_strict():
     assert parse_gold('[{"label": "name", "text": "张三"}, {"label": "name", "text": "张三"}]') == [NAME]
     assert parse_gold("[]") == []
-    for bad in ["", "{}", '[{"label": "name"}]', '[{"label": "name", "text": 3}]', "[1]", '[{"label": "", "text": "a"}]']:
+    for bad in [
+        "",
+        "{}",
+        '[{"label": "name"}]',
+        '[{"label": "name", "text": 3}]',
+        "[1]",
+        '[{"label": "", "text": "a"}]',
+    ]:
         with pytest.raises(GoldFormatError):
             parse_gold(bad)

@@ -37,8 +37,12 @@ def golden(cluener_dir, bucket):
     examples = []
     for line in (cluener_dir / "dev.json").read_text(encoding="utf-8").splitlines()[:N_GOLDEN]:
         d = json.loads(line)
-        ents = [Entity(s, e + 1, lab, text) for lab, texts in d["label"].items()
-                for text, spans in texts.items() for s, e in spans]
+        ents = [
+            Entity(s, e + 1, lab, text)
+            for lab, texts in d["label"].items()
+            for text, spans in texts.items()
+            for s, e in spans
+        ]
         examples.append(alpaca_example(instruction, d["text"], ents))
     data = json.dumps(examples, ensure_ascii=False, indent=2).encode("utf-8")
     key = "datasets/v1/golden.json"
@@ -56,10 +60,16 @@ def upload_adapter(store, adapter_dir, run_id):
 
 def request(run_id, golden, tiny_model_dir, candidate_uri, champion, labels):
     return {
-        "run_id": run_id, "golden_uri": golden["uri"], "golden_hash": golden["hash"],
+        "run_id": run_id,
+        "golden_uri": golden["uri"],
+        "golden_hash": golden["hash"],
         "base_model": str(tiny_model_dir),
         "candidate": {"name": "candidate", "adapter_uri": candidate_uri},
-        "champion": champion, "max_new_tokens": 12, "batch_size": 4, "backend": "hf", "labels": labels,
+        "champion": champion,
+        "max_new_tokens": 12,
+        "batch_size": 4,
+        "backend": "hf",
+        "labels": labels,
         "model_cache_dir": "/nonexistent/models",  # as the Airflow task writes it; unused for a local dir
     }
 
@@ -68,8 +78,9 @@ def read_jsonl(store, key):
     return [json.loads(line) for line in store.get_bytes(key).decode("utf-8").splitlines()]
 
 
-def test_evaluate_candidate_against_base_then_cached_champion(bucket, golden, tiny_model_dir, random_adapter_dir,
-                                                               other_adapter_dir, tmp_path):
+def test_evaluate_candidate_against_base_then_cached_champion(
+    bucket, golden, tiny_model_dir, random_adapter_dir, other_adapter_dir, tmp_path
+):
     from retrain.config import load_settings
     from retrain.evaluate import run_evaluation_from_uri
     from retrain.evaluate.metrics import score
@@ -78,20 +89,36 @@ def test_evaluate_candidate_against_base_then_cached_champion(bucket, golden, ti
 
     # Run 1: candidate (random adapter) against the base model (no champion yet).
     cand1 = upload_adapter(bucket, random_adapter_dir, "r1")
-    bucket.put_json("runs/r1/eval_request.json", request(
-        "r1", golden, tiny_model_dir, cand1, {"name": "base model", "adapter_uri": None, "version": None}, labels))
+    bucket.put_json(
+        "runs/r1/eval_request.json",
+        request(
+            "r1",
+            golden,
+            tiny_model_dir,
+            cand1,
+            {"name": "base model", "adapter_uri": None, "version": None},
+            labels,
+        ),
+    )
     summary = run_evaluation_from_uri(bucket.uri("runs/r1"), workdir=tmp_path / "w1")
 
     assert summary["run_id"] == "r1" and summary["n"] == N_GOLDEN and not summary["champion_cached"]
     assert summary["report_uri"] == bucket.uri("runs/r1/eval/report.json")
     report = bucket.get_json("runs/r1/eval/report.json")
     assert report["golden_hash"] == golden["hash"] and report["n"] == N_GOLDEN
-    assert report["decoding"] == {"backend": "hf", "max_new_tokens": 12, "batch_size": 4, "template": "qwen",
-                                  "strategy": "greedy"}
+    assert report["decoding"] == {
+        "backend": "hf",
+        "max_new_tokens": 12,
+        "batch_size": 4,
+        "template": "qwen",
+        "strategy": "greedy",
+    }
     cand, champ = report["candidate"], report["champion"]
     assert cand["name"] == "candidate" and champ["name"] == "base model"
-    assert cand["adapter_hash"] == hashlib.sha256(
-        (random_adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert (
+        cand["adapter_hash"]
+        == hashlib.sha256((random_adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    )
     assert champ["adapter_hash"] is None and champ["cached"] is False
     assert not (tmp_path / "w1" / "adapters" / "candidate" / "checkpoint-5").exists()
 
@@ -108,7 +135,8 @@ def test_evaluate_candidate_against_base_then_cached_champion(bucket, golden, ti
         assert [f["raw"] for f in result["parse_failures"]] == [r["raw"] for r in failures]
         assert result["new_tokens"] == sum(r["new_tokens"] for r in rows) > 0
         assert result["latency_s"] > 0 and result["tokens_per_s"] == pytest.approx(
-            result["new_tokens"] / result["latency_s"])
+            result["new_tokens"] / result["latency_s"]
+        )
     cand_rows = read_jsonl(bucket, "runs/r1/eval/predictions_candidate.jsonl")
     base_rows = read_jsonl(bucket, "runs/r1/eval/predictions_champion.jsonl")
     assert [r["raw"] for r in cand_rows] != [r["raw"] for r in base_rows]
@@ -119,15 +147,26 @@ def test_evaluate_candidate_against_base_then_cached_champion(bucket, golden, ti
 
     # Run 2: the run-1 candidate is now the champion: its result comes from the cache.
     cand2 = upload_adapter(bucket, other_adapter_dir, "r2")
-    bucket.put_json("runs/r2/eval_request.json", request(
-        "r2", golden, tiny_model_dir, cand2, {"name": "champion v1", "adapter_uri": cand1, "version": "1"}, labels))
+    bucket.put_json(
+        "runs/r2/eval_request.json",
+        request(
+            "r2",
+            golden,
+            tiny_model_dir,
+            cand2,
+            {"name": "champion v1", "adapter_uri": cand1, "version": "1"},
+            labels,
+        ),
+    )
     summary2 = run_evaluation_from_uri(bucket.uri("runs/r2"))
     assert summary2["champion_cached"] is True
     report2 = bucket.get_json("runs/r2/eval/report.json")
     champ2 = report2["champion"]
     assert champ2["cached"] is True and champ2["name"] == "champion v1" and champ2["version"] == "1"
     volatile = {"name", "version", "adapter_uri", "cached"}
-    assert {k: v for k, v in champ2.items() if k not in volatile} == {k: v for k, v in cand.items() if k not in volatile}
+    assert {k: v for k, v in champ2.items() if k not in volatile} == {
+        k: v for k, v in cand.items() if k not in volatile
+    }
     assert read_jsonl(bucket, "runs/r2/eval/predictions_champion.jsonl") == cand_rows
     assert report2["candidate"]["adapter_hash"] != cand["adapter_hash"]
     assert summary2["champion_micro_f1"] == summary["candidate_micro_f1"]
@@ -147,7 +186,9 @@ def test_golden_set_changed_after_request_is_refused(bucket, golden, tiny_model_
 def test_bad_request_names_the_field(bucket, golden, tiny_model_dir):
     from retrain.evaluate import EvalRequestError, run_evaluation_from_uri
 
-    req = request("r4", golden, tiny_model_dir, "s3://x/a/", {"name": "base model", "adapter_uri": None}, ["name"])
+    req = request(
+        "r4", golden, tiny_model_dir, "s3://x/a/", {"name": "base model", "adapter_uri": None}, ["name"]
+    )
     req["backend"] = "tgi"
     bucket.put_json("runs/r4/eval_request.json", req)
     with pytest.raises(EvalRequestError, match="backend"):

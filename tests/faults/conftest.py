@@ -20,5 +20,6 @@ def pipeline(moto_server, registry_store, tmp_path: Path, monkeypatch):
     from tests.faults.harness import Pipeline
 
     uri, artifacts = registry_store
-    return Pipeline(moto=moto_server, workdir=tmp_path, monkeypatch=monkeypatch, registry_uri=uri,
-                    artifact_uri=artifacts)
+    return Pipeline(
+        moto=moto_server, workdir=tmp_path, monkeypatch=monkeypatch, registry_uri=uri, artifact_uri=artifacts
+    )

@@ -31,9 +31,11 @@ from typing import Any
 
 BUCKET = "ner-retrain-faults"
 BATCH_KEY = "incoming/2026-11-27/batch-001.json"
-DATES = {"A-trainer-exit-137": "2026-11-27T02:00:00+00:00",
-         "B-worker-sigkill": "2026-11-28T02:00:00+00:00",
-         "C-rerun": "2026-11-29T02:00:00+00:00"}
+DATES = {
+    "A-trainer-exit-137": "2026-11-27T02:00:00+00:00",
+    "B-worker-sigkill": "2026-11-28T02:00:00+00:00",
+    "C-rerun": "2026-11-29T02:00:00+00:00",
+}
 
 
 @dataclass
@@ -88,7 +90,7 @@ def _stand_in(path: Path) -> Path:
     import sys
 
     here = Path(__file__).resolve().parent
-    path.write_text(f"#!/bin/sh\nexec {sys.executable} {here / 'stand_in.py'} \"$@\"\n")
+    path.write_text(f'#!/bin/sh\nexec {sys.executable} {here / "stand_in.py"} "$@"\n')
     path.chmod(0o755)
     return path
 
@@ -131,14 +133,18 @@ def _cmdline(p: Any) -> str:
         return ""
 
 
-def _dags_test_killed_in_train(af: Any, date: str, log_file: Path, timeout: float = 600) -> tuple[int, list[str]]:
+def _dags_test_killed_in_train(
+    af: Any, date: str, log_file: Path, timeout: float = 600
+) -> tuple[int, list[str]]:
     """Start ``airflow dags test`` in its own process group, SIGKILL the group once the trainer
     runs; return (exit code, command lines of processes that outlived it)."""
     import psutil
 
     cmd = [str(af.af_bin / "airflow"), "dags", "test", "ner_retrain", date]
     with log_file.open("w", encoding="utf-8") as out:
-        proc = subprocess.Popen(cmd, env=af.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=af.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         tree: list[Any] = []
         try:
@@ -175,9 +181,14 @@ def _snapshot(store: Any, registry: Any) -> Snapshot:
     for key in (k for k in keys if k.startswith("accepted/")):
         rows += [json.loads(line) for line in store.get_bytes(key).decode().splitlines() if line.strip()]
     champ = registry.champion()
-    return Snapshot(keys=keys, pending_marker="state/dataset_pending.json" in keys,
-                    ledger=read_ledger(store, registry_settings(store)), accepted_rows=rows,
-                    registry_versions=registry.versions(), champion=champ["version"] if champ else None)
+    return Snapshot(
+        keys=keys,
+        pending_marker="state/dataset_pending.json" in keys,
+        ledger=read_ledger(store, registry_settings(store)),
+        accepted_rows=rows,
+        registry_versions=registry.versions(),
+        champion=champ["version"] if champ else None,
+    )
 
 
 def registry_settings(store: Any) -> Any:
@@ -232,7 +243,11 @@ def run_scenario(workdir: Path) -> ScenarioResult:
                 else:
                     code = af.dags_test("ner_retrain", date, log_file=log_file).returncode
                 wall = time.monotonic() - t0
-                runs = [r for r in af.run_states("ner_retrain") if str(r.get("logical_date", "")).startswith(date[:10])]
+                runs = [
+                    r
+                    for r in af.run_states("ner_retrain")
+                    if str(r.get("logical_date", "")).startswith(date[:10])
+                ]
                 run_id = runs[0]["run_id"] if runs else ""
                 states = af.task_states("ner_retrain", run_id) if run_id else {}
                 result.attempts[name] = Attempt(name, run_id, code, round(wall, 1), states, killed)

@@ -64,8 +64,17 @@ def main() -> int:
         for step in range(start + 1, TOTAL_STEPS + 1):
             if mode == "slow" and step == 1:
                 time.sleep(60)
-            fh.write(json.dumps({"current_steps": step, "total_steps": TOTAL_STEPS, "loss": 2.0 / step,
-                                 "epoch": step / TOTAL_STEPS}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "current_steps": step,
+                        "total_steps": TOTAL_STEPS,
+                        "loss": 2.0 / step,
+                        "epoch": step / TOTAL_STEPS,
+                    }
+                )
+                + "\n"
+            )
             fh.flush()
             if step == 2 and mode != "no_adapter":
                 _checkpoint(out, step, weights)
@@ -80,7 +89,9 @@ def main() -> int:
         print("[fake llamafactory] done (but nothing saved)", flush=True)
         return 0
     (out / "adapter_model.safetensors").write_bytes(weights)
-    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "task_type": "CAUSAL_LM"}))
+    (out / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "task_type": "CAUSAL_LM"})
+    )
     (out / "all_results.json").write_text(json.dumps({"epoch": 1.0, "train_loss": 0.5, "train_runtime": 0.1}))
     (out / "training_loss.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     return 0

@@ -40,8 +40,18 @@ _ACTIVE = threading.local()
 
 def _active() -> Pipeline:
     return _ACTIVE.pipeline
-STAGES = ("find_new_batches", "validate_batches", "build_dataset", "prepare_training", "train",
-          "prepare_evaluation", "evaluate", "promote")
+
+
+STAGES = (
+    "find_new_batches",
+    "validate_batches",
+    "build_dataset",
+    "prepare_training",
+    "train",
+    "prepare_evaluation",
+    "evaluate",
+    "promote",
+)
 
 
 class ScriptedModel:
@@ -49,7 +59,8 @@ class ScriptedModel:
 
     The adapter's quality tag decides: "good" answers every golden sentence's gold, "fair" every
     other one (``[]`` for the rest), "bad" always ``[]``; the base model answers nothing (a parse
-    failure). ``crash(tag)`` (tag: "good", "fair", "bad" or "base") may raise to inject a fault mid-evaluation.
+    failure). ``crash(tag)`` (tag: "good", "fair", "bad" or "base") may raise to inject a fault
+    mid-evaluation.
     ``calls`` lists the tag of every generate call."""
 
     def __init__(self) -> None:
@@ -57,8 +68,9 @@ class ScriptedModel:
         self.calls: list[str] = []
         self.crash: Callable[[str], None] | None = None
 
-    def factory(self, backend: str, base_model_dir: str, *, template: str = "qwen",
-                adapter_dirs: Any = ()) -> ScriptedModel:
+    def factory(
+        self, backend: str, base_model_dir: str, *, template: str = "qwen", adapter_dirs: Any = ()
+    ) -> ScriptedModel:
         return self
 
     def prepare(self, adapter_dir: Any) -> None:
@@ -71,8 +83,15 @@ class ScriptedModel:
         text = (Path(adapter_dir) / "adapter_model.safetensors").read_text()
         return text.split("quality=", 1)[1].split()[0]
 
-    def generate(self, prompts: list[str], systems: Any, adapter_dir: Any, max_new_tokens: int, batch_size: int,
-                 progress: Any = None) -> list[Any]:
+    def generate(
+        self,
+        prompts: list[str],
+        systems: Any,
+        adapter_dir: Any,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: Any = None,
+    ) -> list[Any]:
         from retrain.evaluate.generate import GenerationOutput
 
         tag = self.tag(adapter_dir)
@@ -133,8 +152,16 @@ class Night:
 class Pipeline:
     """One bucket + one registered model, and the DAG's tasks run against them."""
 
-    def __init__(self, *, moto: Any, workdir: Path, monkeypatch: Any, registry_uri: str,
-                 artifact_uri: str, model: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        moto: Any,
+        workdir: Path,
+        monkeypatch: Any,
+        registry_uri: str,
+        artifact_uri: str,
+        model: str | None = None,
+    ) -> None:
         from retrain.config import load_settings
         from retrain.storage import ObjectStore
 
@@ -185,7 +212,7 @@ class Pipeline:
         mp.setattr(airflow.sdk, "get_current_context", lambda: _active()._ctx)  # asset events, alerts
         cli = self.workdir / "bin" / "llamafactory-cli"
         cli.parent.mkdir(parents=True, exist_ok=True)
-        cli.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_trainer.py'} \"$@\"\n")
+        cli.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE / "fake_trainer.py"} "$@"\n')
         cli.chmod(0o755)
         mp.setattr(retrain.train, "llamafactory_cli", lambda: cli)
         mp.setattr(retrain.train, "verify_adapter_loads", lambda *a, **k: None)  # needs torch
@@ -212,8 +239,16 @@ class Pipeline:
 
     # -- the DAG -------------------------------------------------------------------------------
     def night(self, run_id: str | None = None, **params: Any) -> Night:
-        defaults = {"force": False, "dry_run": False, "epochs": None, "learning_rate": None, "lora_rank": None,
-                    "max_samples": None, "base_model": None, "golden_set": None}
+        defaults = {
+            "force": False,
+            "dry_run": False,
+            "epochs": None,
+            "learning_rate": None,
+            "lora_rank": None,
+            "max_samples": None,
+            "base_model": None,
+            "golden_set": None,
+        }
         return Night(run_id or f"manual__{uuid.uuid4().hex[:8]}", {**defaults, **params})
 
     def run(self, night: Night | None = None, *, until: str | None = None) -> Night:
@@ -227,11 +262,15 @@ class Pipeline:
         from retrain_airflow import tasks
 
         _ACTIVE.pipeline = self
-        self._ctx = {"params": night.params, "run_id": night.run_id, "dag": SimpleNamespace(dag_id="ner_retrain"),
-                     "outlet_events": night.outlet_events}
+        self._ctx = {
+            "params": night.params,
+            "run_id": night.run_id,
+            "dag": SimpleNamespace(dag_id="ner_retrain"),
+            "outlet_events": night.outlet_events,
+        }
         night.failed_at, night.error = None, None
         if start is not None:
-            for stage in STAGES[STAGES.index(start):]:
+            for stage in STAGES[STAGES.index(start) :]:
                 night.xcom.pop(stage, None)
         x = night.xcom
         calls: dict[str, Callable[[], Any]] = {
@@ -242,7 +281,9 @@ class Pipeline:
             "train": lambda: self._train(x["prepare_training"]),
             "prepare_evaluation": lambda: tasks.prepare_evaluation(x["build_dataset"], x["prepare_training"]),
             "evaluate": lambda: self._evaluate(x["prepare_evaluation"]),
-            "promote": lambda: tasks.promote(x["build_dataset"], x["validate_batches"], x["prepare_training"]),
+            "promote": lambda: tasks.promote(
+                x["build_dataset"], x["validate_batches"], x["prepare_training"]
+            ),
         }
         for stage in STAGES:
             if stage in x:
@@ -280,8 +321,13 @@ class Pipeline:
         request = self.clean.get_json(f"{prefix}/eval_request.json")
         golden = json.loads(self.clean.get_bytes(parse_s3_uri(request["golden_uri"])[1]))
         self.model.answers = {user_message(ex["instruction"], ex["input"]): ex["output"] for ex in golden}
-        run_evaluation(self.client, self.bucket, prefix, workdir=self.workdir / "eval" / prefix.replace("/", "_"),
-                       backend_factory=self.model.factory)
+        run_evaluation(
+            self.client,
+            self.bucket,
+            prefix,
+            workdir=self.workdir / "eval" / prefix.replace("/", "_"),
+            backend_factory=self.model.factory,
+        )
         return run_uri
 
     # -- reading state -------------------------------------------------------------------------
@@ -331,7 +377,9 @@ def check_invariants(p: Pipeline) -> None:
     champion = reg.champion()
     # 1
     by_version = {v["version"]: v for v in versions}
-    promoted = {e["to_version"] for e in reg.history() if e.get("kind") == "promote" and e["status"] == "FINISHED"}
+    promoted = {
+        e["to_version"] for e in reg.history() if e.get("kind") == "promote" and e["status"] == "FINISHED"
+    }
     for version in promoted | ({champion["version"]} if champion else set()):
         tags = by_version[version]["tags"]
         assert tags.get("decision") == "promoted", ("a version that did not pass the gate was promoted", tags)
@@ -339,7 +387,10 @@ def check_invariants(p: Pipeline) -> None:
         runs = ObjectStore(store.client, bucket)
         assert runs.get_json(f"{run_prefix}/decision.json")["promote"] is True
         report = runs.get_json(f"{run_prefix}/eval/report.json")  # the gate, re-applied independently
-        assert decide(report["candidate"], report["champion"], s.gate).promote, (version, report["champion"]["name"])
+        assert decide(report["candidate"], report["champion"], s.gate).promote, (
+            version,
+            report["champion"]["name"],
+        )
     # 2
     keys = [(v["airflow_run_id"], v["tags"].get("adapter_hash")) for v in versions]
     assert len(keys) == len(set(keys)), f"duplicate registry versions: {keys}"
@@ -357,7 +408,9 @@ def check_invariants(p: Pipeline) -> None:
         (outcome,) = [o for o in intake["objects"] if o["key"] == obj.key]
         assert outcome["accepted"] + outcome["quarantined"] == outcome["read"] > 0, outcome
         slug = object_slug(obj.key)
-        rows = [r for r in jsonl(store, f"{s.s3.accepted_prefix}{slug}.jsonl") if r["source_etag"] == obj.etag]
+        rows = [
+            r for r in jsonl(store, f"{s.s3.accepted_prefix}{slug}.jsonl") if r["source_etag"] == obj.etag
+        ]
         assert len(rows) == outcome["accepted"], (obj.key, len(rows), outcome)
         quarantined = jsonl(store, f"{s.s3.quarantine_prefix}{rid}/{slug}.jsonl")
         assert len(quarantined) == outcome["quarantined"], (obj.key, len(quarantined), outcome)
@@ -380,7 +433,9 @@ def check_invariants(p: Pipeline) -> None:
     for v in versions:
         bucket, run_prefix = parse_s3_uri(v["tags"]["run_uri"])
         runs = ObjectStore(store.client, bucket)
-        assert runs.exists(f"{run_prefix}/train_result.json") and runs.exists(f"{run_prefix}/eval/report.json"), v
+        assert runs.exists(f"{run_prefix}/train_result.json") and runs.exists(
+            f"{run_prefix}/eval/report.json"
+        ), v
     all_keys = p.keys()
     for key in all_keys:
         if key.endswith("/eval_request.json"):
@@ -389,5 +444,7 @@ def check_invariants(p: Pipeline) -> None:
             manifest = store.get_json(key)
             folder = key.rsplit("/", 1)[0]
             for name, digest in manifest["files"].items():
-                assert hashlib.sha256(store.get_bytes(f"{folder}/{name}")).hexdigest() == digest, (folder, name)
-
+                assert hashlib.sha256(store.get_bytes(f"{folder}/{name}")).hexdigest() == digest, (
+                    folder,
+                    name,
+                )

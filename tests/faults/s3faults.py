@@ -59,8 +59,14 @@ class S3Faults:
         self._lock = threading.Lock()
         self.client.meta.events.register("before-send.s3.*", self._before_send)
 
-    def fail(self, operation: str, key_prefix: str = "", kind: str = "503", times: int | None = None,
-             key_suffix: str = "") -> Rule:
+    def fail(
+        self,
+        operation: str,
+        key_prefix: str = "",
+        kind: str = "503",
+        times: int | None = None,
+        key_suffix: str = "",
+    ) -> Rule:
         rule = Rule(operation, key_prefix, kind, times, key_suffix)
         with self._lock:
             self.rules.append(rule)
@@ -98,12 +104,18 @@ class S3Faults:
         if rule.kind == "timeout":
             raise ConnectTimeoutError(endpoint_url=request.url)
         status, code, message = ERRORS[rule.kind]
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
-                f"<RequestId>fault-injected</RequestId></Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>fault-injected</RequestId></Error>"
+        ).encode()
         if request.method == "HEAD":
             body = b""
-        return AWSResponse(request.url, status, {"Content-Type": "application/xml",
-                                                 "x-amz-request-id": "fault-injected"}, _Raw(body))
+        return AWSResponse(
+            request.url,
+            status,
+            {"Content-Type": "application/xml", "x-amz-request-id": "fault-injected"},
+            _Raw(body),
+        )
 
 
 def retrying_client(endpoint: str, access_key: str, secret_key: str, max_attempts: int = 3) -> Any:
@@ -112,8 +124,14 @@ def retrying_client(endpoint: str, access_key: str, secret_key: str, max_attempt
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access_key,
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        config=Config(retries={"mode": "standard", "total_max_attempts": max_attempts}, connect_timeout=2,
-                      read_timeout=20),
+        config=Config(
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=2,
+            read_timeout=20,
+        ),
     )

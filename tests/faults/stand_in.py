@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     from tests.faults.harness import ScriptedModel
 
     shim = Path(tempfile.mkdtemp(prefix="stand-in-")) / "llamafactory-cli"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_trainer.py'} \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE / "fake_trainer.py"} "$@"\n')
     shim.chmod(0o755)
     retrain.train.llamafactory_cli = lambda: shim
     retrain.train.verify_adapter_loads = lambda *a, **k: None

@@ -46,7 +46,9 @@ def test_trainer_exit_137_fails_the_run_and_keeps_the_batch_pending(scenario):
     assert after.pending_marker  # accepted data nobody trained on: the next run must train
     assert after.registry_versions == [] and after.champion is None
     run_prefix = f"runs/{safe_run_id(a.run_id)}/"
-    assert f"{run_prefix}train_request.json" in after.keys and f"{run_prefix}train_result.json" not in after.keys
+    assert (
+        f"{run_prefix}train_request.json" in after.keys and f"{run_prefix}train_result.json" not in after.keys
+    )
 
 
 def test_worker_killed_mid_training_registers_nothing_and_leaves_no_process(scenario):
@@ -67,8 +69,9 @@ def test_rerun_after_the_faults_trains_the_pending_batch_and_promotes_v1(scenari
     assert scenario.intake[C]["objects"] == []  # found by the pending marker, not as new data
     assert scenario.datasets[C] == scenario.datasets[A]  # same accepted records, same dataset version
     rows = after.accepted_rows
-    assert sorted((r["source_key"], r["line"]) for r in rows) == \
-        sorted((r["source_key"], r["line"]) for r in scenario.after[A].accepted_rows)  # none ingested twice
+    assert sorted((r["source_key"], r["line"]) for r in rows) == sorted(
+        (r["source_key"], r["line"]) for r in scenario.after[A].accepted_rows
+    )  # none ingested twice
     summary = scenario.summary
     assert summary["decision"]["promote"] and summary["registered_version"] == "1", summary["decision"]
     assert after.champion == "1" and [v["version"] for v in after.registry_versions] == ["1"]

@@ -74,8 +74,10 @@ def test_crash_between_register_and_alias_move(pipeline, monkeypatch, where):
 
     with monkeypatch.context() as m:
         if where == "before_the_aliases":
+
             def move_champion(self, version, **kwargs):
                 raise ConnectionError("worker lost (injected) after registering")
+
             m.setattr(Registry, "move_champion", move_champion)
         else:
             real = MlflowClient.set_registered_model_alias
@@ -84,6 +86,7 @@ def test_crash_between_register_and_alias_move(pipeline, monkeypatch, where):
                 if alias == "champion":
                     raise ConnectionError("registry connection reset (injected)")
                 return real(self, name, alias, version)
+
             m.setattr(MlflowClient, "set_registered_model_alias", set_alias)
         p.resume(night)
 
@@ -108,17 +111,30 @@ def test_crash_between_register_and_alias_move(pipeline, monkeypatch, where):
 
 
 def test_two_promotions_at_once_never_leave_the_registry_without_a_champion(
-        moto_server, registry_store, tmp_path, monkeypatch):
+    moto_server, registry_store, tmp_path, monkeypatch
+):
     """Two DAG runs (two buckets, one registered model) reach promote together, in threads,
     while a third thread keeps reading the champion alias."""
     uri, artifacts = registry_store
     model = "tiny-shared-model"
-    a = Pipeline(moto=moto_server, workdir=tmp_path, monkeypatch=monkeypatch, registry_uri=uri,
-                 artifact_uri=artifacts, model=model)
+    a = Pipeline(
+        moto=moto_server,
+        workdir=tmp_path,
+        monkeypatch=monkeypatch,
+        registry_uri=uri,
+        artifact_uri=artifacts,
+        model=model,
+    )
     _first_champion(a, monkeypatch)
     night_a = _night_until_evaluated(a, monkeypatch, "good", "incoming/b.json", 2)
-    b = Pipeline(moto=moto_server, workdir=tmp_path, monkeypatch=monkeypatch, registry_uri=uri,
-                 artifact_uri=artifacts, model=model)
+    b = Pipeline(
+        moto=moto_server,
+        workdir=tmp_path,
+        monkeypatch=monkeypatch,
+        registry_uri=uri,
+        artifact_uri=artifacts,
+        model=model,
+    )
     night_b = _night_until_evaluated(b, monkeypatch, "good", "incoming/c.json", 3)
     assert a.registry().name == b.registry().name
 
@@ -222,6 +238,7 @@ def test_reprocessing_a_batch_does_not_count_its_labels_twice(pipeline):
         for row in jsonl(p.clean, key):
             for e in row["entities"]:
                 expected[e["label"]] = expected.get(e["label"], 0) + 1
+
     def totals():
         out: dict[str, int] = {}
         for counts in p.clean.get_json("state/label_counts.json")["by_object"].values():

@@ -21,10 +21,16 @@ def test_transient_faults_everywhere_are_retried_and_the_night_completes(pipelin
     p = pipeline
     p.upload_batch("incoming/2026-11-27/a.json", 60, seed=1, bad=3)
     p.upload_batch("incoming/2026-11-27/b.json", 60, seed=2, bad=2)
-    once = [("ListObjectsV2", "incoming/", "503"), ("GetObject", "incoming/2026-11-27/b", "500"),
-            ("PutObject", "accepted/", "timeout"), ("PutObject", "quarantine/", "503"),
-            ("GetObject", "accepted/", "500"), ("PutObject", "datasets/", "timeout"),
-            ("PutObject", "state/ledger.json", "503"), ("GetObject", "runs/", "503")]
+    once = [
+        ("ListObjectsV2", "incoming/", "503"),
+        ("GetObject", "incoming/2026-11-27/b", "500"),
+        ("PutObject", "accepted/", "timeout"),
+        ("PutObject", "quarantine/", "503"),
+        ("GetObject", "accepted/", "500"),
+        ("PutObject", "datasets/", "timeout"),
+        ("PutObject", "state/ledger.json", "503"),
+        ("GetObject", "runs/", "503"),
+    ]
     for op, prefix, kind in once:
         p.faults.fail(op, prefix, kind, times=1)
 
@@ -32,7 +38,9 @@ def test_transient_faults_everywhere_are_retried_and_the_night_completes(pipelin
 
     assert night.done, (night.failed_at, night.error)
     assert night.xcom["promote"]["promoted"] and night.xcom["promote"]["version"] == "1"
-    assert all(r.failed == 1 for r in p.faults.rules), [(r.operation, r.key_prefix, r.failed) for r in p.faults.rules]
+    assert all(r.failed == 1 for r in p.faults.rules), [
+        (r.operation, r.key_prefix, r.failed) for r in p.faults.rules
+    ]
     assert night.xcom["validate_batches"]["read"] == 125
     check_invariants(p)
 
@@ -57,15 +65,19 @@ def test_listing_that_keeps_failing_fails_the_intake_check_then_a_rerun_complete
     check_invariants(p)
 
 
-@pytest.mark.parametrize(("operation", "prefix", "kind"), [
-    ("GetObject", "incoming/b", "500"),       # download of the second batch
-    ("PutObject", "quarantine/", "timeout"),  # upload of a batch's quarantined records
-    ("PutObject", "reports/", "503"),         # GX Data Docs upload
-    ("PutObject", "state/dataset_pending.json", "500"),
-    ("PutObject", "state/ledger.json", "timeout"),  # everything written but the ledger
-])
+@pytest.mark.parametrize(
+    ("operation", "prefix", "kind"),
+    [
+        ("GetObject", "incoming/b", "500"),  # download of the second batch
+        ("PutObject", "quarantine/", "timeout"),  # upload of a batch's quarantined records
+        ("PutObject", "reports/", "503"),  # GX Data Docs upload
+        ("PutObject", "state/dataset_pending.json", "500"),
+        ("PutObject", "state/ledger.json", "timeout"),  # everything written but the ledger
+    ],
+)
 def test_intake_fault_leaves_every_object_pending_and_a_retry_ingests_each_record_once(
-        pipeline, operation, prefix, kind):
+    pipeline, operation, prefix, kind
+):
     p = pipeline
     p.upload_batch("incoming/a.json", 40, seed=1, bad=2)
     p.upload_batch("incoming/b.json", 40, seed=2, bad=3)

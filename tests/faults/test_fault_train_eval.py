@@ -31,12 +31,15 @@ def _first_champion(p, monkeypatch, quality: str = "fair", **params):
     return night
 
 
-@pytest.mark.parametrize(("mode", "says"), [
-    ("exit137", "llamafactory-cli train exited with 137"),
-    ("sigkill", "llamafactory-cli train exited with -9 (killed by SIGKILL)"),
-    ("crash", "illegal memory access was encountered (injected)"),
-    ("no_adapter", "exited 0 but its output is not a usable adapter: adapter_config.json is missing"),
-])
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("exit137", "llamafactory-cli train exited with 137"),
+        ("sigkill", "llamafactory-cli train exited with -9 (killed by SIGKILL)"),
+        ("crash", "illegal memory access was encountered (injected)"),
+        ("no_adapter", "exited 0 but its output is not a usable adapter: adapter_config.json is missing"),
+    ],
+)
 def test_trainer_death_promotes_nothing_and_the_retry_resumes(pipeline, monkeypatch, mode, says):
     from retrain_airflow import tasks
 
@@ -50,7 +53,10 @@ def test_trainer_death_promotes_nothing_and_the_retry_resumes(pipeline, monkeypa
 
     night = p.run()
 
-    assert night.failed_at == "train" and isinstance(night.error, TrainingFailed), (night.failed_at, night.error)
+    assert night.failed_at == "train" and isinstance(night.error, TrainingFailed), (
+        night.failed_at,
+        night.error,
+    )
     assert says in str(night.error)
     assert not p.clean.exists(f"{night.prefix}/train_result.json")
     with pytest.raises(RuntimeError, match="train_result.json is missing: training did not commit"):
@@ -83,10 +89,12 @@ def test_local_launcher_fails_the_task_on_exit_137(pipeline, moto_server, tmp_pa
 
     p = pipeline
     trainer = tmp_path / "oom-python"
-    trainer.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                       "print('loading checkpoint shards', flush=True)\n"
-                       "print('S3 credentials given:', bool(os.environ.get('AWS_SECRET_ACCESS_KEY')), flush=True)\n"
-                       "print('Killed', flush=True)\nsys.exit(137)\n")
+    trainer.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        "print('loading checkpoint shards', flush=True)\n"
+        "print('S3 credentials given:', bool(os.environ.get('AWS_SECRET_ACCESS_KEY')), flush=True)\n"
+        "print('Killed', flush=True)\nsys.exit(137)\n"
+    )
     trainer.chmod(0o755)
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.airflow_connection())
     p.use_settings(RETRAIN__TRAIN__TRAINER_PYTHON=str(trainer))
@@ -99,7 +107,9 @@ def test_local_launcher_fails_the_task_on_exit_137(pipeline, moto_server, tmp_pa
     assert moto_server.secret_key not in message
 
 
-def test_local_launcher_fails_a_stage_that_exits_0_without_committing(pipeline, moto_server, tmp_path, monkeypatch):
+def test_local_launcher_fails_a_stage_that_exits_0_without_committing(
+    pipeline, moto_server, tmp_path, monkeypatch
+):
     """A trainer that exits 0 but commits nothing fails the task: the launcher removed the marker an
     earlier attempt left, so that one cannot pass for this attempt's output."""
     from retrain_airflow.launchers import run_local_stage
@@ -115,8 +125,10 @@ def test_local_launcher_fails_a_stage_that_exits_0_without_committing(pipeline, 
     stale = "runs/manual__y/train_result.json"
     moto_server.client().put_object(Bucket=p.bucket, Key=stale, Body=b'{"status": "succeeded"}')
 
-    with pytest.raises(StageNotCommitted, match="`retrain train` exited 0 but did not commit its output: "
-                                                 f"s3://{p.bucket}/{stale} is missing"):
+    with pytest.raises(
+        StageNotCommitted,
+        match=f"`retrain train` exited 0 but did not commit its output: s3://{p.bucket}/{stale} is missing",
+    ):
         run_local_stage("train", f"s3://{p.bucket}/runs/manual__y")
 
 
@@ -140,7 +152,9 @@ def test_evaluation_crash_before_the_champion_is_scored(pipeline):
     (cached,) = p.keys("eval_cache/")  # the candidate's result is in the cache already
     # promote refuses to decide without report.json, before touching the registry
     with pytest.raises(ClientError, match="NoSuchKey"):
-        tasks.promote(night.xcom["build_dataset"], night.xcom["validate_batches"], night.xcom["prepare_training"])
+        tasks.promote(
+            night.xcom["build_dataset"], night.xcom["validate_batches"], night.xcom["prepare_training"]
+        )
     assert p.registry().versions() == [] and p.registry().champion() is None
     assert p.pending_marker()
     check_invariants(p)
@@ -187,4 +201,3 @@ def test_evaluation_retry_never_regenerates_a_cached_champion(pipeline, monkeypa
     assert report["champion"]["cached"] is True and report["champion"]["name"] == "champion v1"
     assert night.xcom["promote"]["promoted"] and night.xcom["promote"]["version"] == "2"
     check_invariants(p)
-

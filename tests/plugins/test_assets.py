@@ -43,13 +43,26 @@ def test_asset_names_come_from_conf():
 def test_champion_extra_only_for_a_real_promotion():
     from retrain_airflow.assets import champion_event_extra
 
-    summary = {"run_id": "r1", "registered_version": "2", "champion_name": "champion v1",
-               "decision": {"promote": True, "dry_run": False},
-               "evaluation": {"candidate": {"micro_f1": 0.5}, "champion": {"micro_f1": 0.4}},
-               "dataset": {"version": "ds-1"}, "registry": {"model": "m"}}
+    summary = {
+        "run_id": "r1",
+        "registered_version": "2",
+        "champion_name": "champion v1",
+        "decision": {"promote": True, "dry_run": False},
+        "evaluation": {"candidate": {"micro_f1": 0.5}, "champion": {"micro_f1": 0.4}},
+        "dataset": {"version": "ds-1"},
+        "registry": {"model": "m"},
+    }
     assert champion_event_extra(summary, "base") == {
-        "model": "m", "version": "2", "micro_f1": 0.5, "previous": "champion v1", "previous_micro_f1": 0.4,
-        "dataset_version": "ds-1", "base_model": "base", "run_id": "r1", "kind": "promote"}
+        "model": "m",
+        "version": "2",
+        "micro_f1": 0.5,
+        "previous": "champion v1",
+        "previous_micro_f1": 0.4,
+        "dataset_version": "ds-1",
+        "base_model": "base",
+        "run_id": "r1",
+        "kind": "promote",
+    }
     assert champion_event_extra({**summary, "decision": {"promote": False}}) is None
     assert champion_event_extra({**summary, "decision": {"promote": True, "dry_run": True}}) is None
 
@@ -69,7 +82,7 @@ def test_deploy_dag_is_scheduled_on_the_champion_asset(tmp_path, monkeypatch):
     assert [t.task_id for t in dag.tasks] == ["validate_champion"]
 
 
-PRODUCER = textwrap.dedent('''
+PRODUCER = textwrap.dedent("""
     from airflow.sdk import DAG, task
     from retrain.config import load_settings
     from retrain_airflow import assets
@@ -96,9 +109,9 @@ PRODUCER = textwrap.dedent('''
         p = task(task_id="promote", outlets=assets.promote_outlets(settings))(promote)()
         k = task(task_id="promote_kept", outlets=assets.promote_outlets(settings))(promote_kept)()
         d >> p >> k
-''')
+""")
 
-QUERY = textwrap.dedent('''
+QUERY = textwrap.dedent("""
     import json
     from sqlalchemy import select
     from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
@@ -110,7 +123,7 @@ QUERY = textwrap.dedent('''
                       AssetModel, AssetModel.id == AssetEvent.asset_id).order_by(AssetEvent.id))]
         queued = [q.target_dag_id for q in session.scalars(select(AssetDagRunQueue))]
     print(json.dumps({"events": events, "queued": queued}))
-''')
+""")
 
 
 def test_outlets_emit_events_with_extra_under_airflow(tmp_path):
@@ -120,16 +133,25 @@ def test_outlets_emit_events_with_extra_under_airflow(tmp_path):
     shutil.copy(REPO / "dags" / "deploy_champion.py", dags / "deploy_champion.py")
     home = tmp_path / "airflow"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__"))}
-    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/db.sqlite",
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "PYTHONPATH": str(REPO / "plugins"),
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",  # paused consumers get no queue entry
-                "RETRAIN__S3__BUCKET": "assets-test", "RETRAIN__TRAIN__BASE_MODEL": "/m/tiny"})
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/db.sqlite",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "PYTHONPATH": str(REPO / "plugins"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",  # paused consumers get no queue entry
+            "RETRAIN__S3__BUCKET": "assets-test",
+            "RETRAIN__TRAIN__BASE_MODEL": "/m/tiny",
+        }
+    )
     bindir = Path(sys.executable).parent
 
     def airflow(*args: str) -> str:
-        proc = subprocess.run([str(bindir / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(bindir / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
         return proc.stdout
 
@@ -147,7 +169,10 @@ def test_outlets_emit_events_with_extra_under_airflow(tmp_path):
     assert (dataset["name"], dataset["uri"]) == ("clue-ner.dataset", "s3://assets-test/datasets")
     assert dataset["extra"]["version"] == "ds-abc" and dataset["extra"]["created"] is True
     [champion] = by_task["promote"]
-    assert (champion["name"], champion["uri"]) == ("clue-ner.champion", "mlflow://clue-ner-tiny-lora/champion")
+    assert (champion["name"], champion["uri"]) == (
+        "clue-ner.champion",
+        "mlflow://clue-ner-tiny-lora/champion",
+    )
     assert champion["extra"]["version"] == "3" and champion["extra"]["micro_f1"] == 0.81
     assert champion["extra"]["model"] == "clue-ner-tiny-lora" and champion["extra"]["base_model"] == "/m/tiny"
     assert "promote_kept" not in by_task, by_task  # a kept candidate moves no alias: no event
@@ -173,10 +198,22 @@ def _registry_with_champion(tmp_path, monkeypatch, versions: int):
     s = tasks.settings()
     reg = Registry.from_settings(s, "/m/tiny")
     for n in range(1, versions + 1):
-        run = reg.log_training_run(airflow_run_id=f"r{n}", dag_id="ner_retrain", params={}, metrics={},
-                                   loss_curve=[], tags={}, artifacts={})
-        v = reg.register(adapter_uri=f"s3://assets-test/runs/r{n}/adapter/", adapter_hash=f"h{n}",
-                         mlflow_run_id=run, airflow_run_id=f"r{n}", tags={})
+        run = reg.log_training_run(
+            airflow_run_id=f"r{n}",
+            dag_id="ner_retrain",
+            params={},
+            metrics={},
+            loss_curve=[],
+            tags={},
+            artifacts={},
+        )
+        v = reg.register(
+            adapter_uri=f"s3://assets-test/runs/r{n}/adapter/",
+            adapter_hash=f"h{n}",
+            mlflow_run_id=run,
+            airflow_run_id=f"r{n}",
+            tags={},
+        )
         reg.move_champion(v, reason="test", actor="test")
     return s, reg
 
@@ -187,7 +224,9 @@ def _run_validate(monkeypatch, s, events):
     import airflow.sdk
     from retrain_airflow import assets
 
-    context = {"triggering_asset_events": {assets.champion_asset(s): [SimpleNamespace(extra=e) for e in events]}}
+    context = {
+        "triggering_asset_events": {assets.champion_asset(s): [SimpleNamespace(extra=e) for e in events]}
+    }
     monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: context)
     return assets.validate_new_champion()
 
@@ -204,8 +243,13 @@ def test_validate_new_champion_against_the_registry(tmp_path, monkeypatch):
     logging.getLogger("retrain_airflow.assets").addHandler(handler)
     try:
         out = _run_validate(monkeypatch, s, [{"version": "2", "micro_f1": 0.8, "base_model": "/m/tiny"}])
-        assert out == {"model": reg.name, "version": "2", "adapter_uri": "s3://assets-test/runs/r2/adapter/",
-                       "event_version": "2", "micro_f1": 0.8}
+        assert out == {
+            "model": reg.name,
+            "version": "2",
+            "adapter_uri": "s3://assets-test/runs/r2/adapter/",
+            "event_version": "2",
+            "micro_f1": 0.8,
+        }
         # the alias moved again since the event: the registry's champion is validated, with a warning
         reg.rollback("1", reason="bad", actor="test")
         out = _run_validate(monkeypatch, s, [{"version": "2", "base_model": "/m/tiny"}])

@@ -235,7 +235,9 @@ def test_pod_spec_multi_gpu_node_selector_and_cpu_only() -> None:
     s = settings(
         RETRAIN__KUBERNETES__GPUS="8",
         RETRAIN__KUBERNETES__NODE_SELECTOR='{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}',
-        RETRAIN__KUBERNETES__TOLERATIONS="[{key: dedicated, operator: Equal, value: training, effect: NoExecute}]",
+        RETRAIN__KUBERNETES__TOLERATIONS=(
+            "[{key: dedicated, operator: Equal, value: training, effect: NoExecute}]"
+        ),
         RETRAIN__KUBERNETES__S3_SECRET_NAME="minio-trainer",
         RETRAIN__KUBERNETES__IMAGE="registry.example/retrain/trainer:cu122-1",
         RETRAIN__KUBERNETES__MODEL_CACHE_PVC="null",
@@ -260,7 +262,9 @@ def test_pod_spec_multi_gpu_node_selector_and_cpu_only() -> None:
     assert "nvidia.com/gpu" not in (cpu_pod.spec.containers[0].resources.limits or {})
 
 
-def test_both_container_launchers_check_the_commit_around_the_stage(moto_server, bucket_name, monkeypatch) -> None:
+def test_both_container_launchers_check_the_commit_around_the_stage(
+    moto_server, bucket_name, monkeypatch
+) -> None:
     """Docker and Kubernetes tasks remove the stage's commit marker before the container and require it
     after an exit 0 (the pod's run URI read from its rendered command). The real engine exercises the
     Docker side in tests/docker; here the Kubernetes hooks run against a real S3 API."""

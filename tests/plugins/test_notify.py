@@ -97,9 +97,18 @@ class SmtpSink:
         out = []
         for m in self.messages:
             msg = email.message_from_bytes(m["raw"], policy=email.policy.default)
-            body = "".join(part.get_content() for part in msg.walk() if part.get_content_type() == "text/html")
-            out.append({"subject": str(msg["Subject"]), "to": str(msg["To"]), "from": str(msg["From"]),
-                        "html": body, "raw": m["raw"].decode("utf-8", "replace")})
+            body = "".join(
+                part.get_content() for part in msg.walk() if part.get_content_type() == "text/html"
+            )
+            out.append(
+                {
+                    "subject": str(msg["Subject"]),
+                    "to": str(msg["To"]),
+                    "from": str(msg["From"]),
+                    "html": body,
+                    "raw": m["raw"].decode("utf-8", "replace"),
+                }
+            )
         return out
 
     def close(self) -> None:
@@ -115,7 +124,9 @@ class HttpSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                sink.requests.append({"path": self.path, "headers": dict(self.headers), "body": body.decode()})
+                sink.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body.decode()}
+                )
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -151,14 +162,30 @@ def http_sink():
 
 def _connections(smtp_port: int, http_port: int) -> dict[str, str]:
     return {
-        "AIRFLOW_CONN_ALERTS_SMTP": json.dumps({
-            "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port, "login": "alerts",
-            "password": SMTP_PASSWORD,
-            "extra": {"from_email": "airflow@example.com", "disable_ssl": True, "disable_tls": True,
-                      "timeout": 10, "retry_limit": 0}}),
-        "AIRFLOW_CONN_ALERTS_WEBHOOK": json.dumps({
-            "conn_type": "http", "host": f"http://127.0.0.1:{http_port}/hooks/{WEBHOOK_PATH_SECRET}",
-            "password": WEBHOOK_TOKEN, "extra": {"headers": {"X-Team": "ml-platform"}}}),
+        "AIRFLOW_CONN_ALERTS_SMTP": json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "login": "alerts",
+                "password": SMTP_PASSWORD,
+                "extra": {
+                    "from_email": "airflow@example.com",
+                    "disable_ssl": True,
+                    "disable_tls": True,
+                    "timeout": 10,
+                    "retry_limit": 0,
+                },
+            }
+        ),
+        "AIRFLOW_CONN_ALERTS_WEBHOOK": json.dumps(
+            {
+                "conn_type": "http",
+                "host": f"http://127.0.0.1:{http_port}/hooks/{WEBHOOK_PATH_SECRET}",
+                "password": WEBHOOK_TOKEN,
+                "extra": {"headers": {"X-Team": "ml-platform"}},
+            }
+        ),
     }
 
 
@@ -169,8 +196,11 @@ CHANNELS = [
 
 
 def _retrain_env(channels: list[dict], threshold: float | None = 0.1) -> dict[str, str]:
-    return {"RETRAIN__S3__BUCKET": "alerts-test", "RETRAIN__ALERTS__CHANNELS": json.dumps(channels),
-            "RETRAIN__ALERTS__QUARANTINE_THRESHOLD": "null" if threshold is None else str(threshold)}
+    return {
+        "RETRAIN__S3__BUCKET": "alerts-test",
+        "RETRAIN__ALERTS__CHANNELS": json.dumps(channels),
+        "RETRAIN__ALERTS__QUARANTINE_THRESHOLD": "null" if threshold is None else str(threshold),
+    }
 
 
 @pytest.fixture
@@ -195,13 +225,18 @@ def _assert_no_secrets(*texts: str) -> None:
 
 
 SUMMARY = {
-    "run_id": "scheduled__2026-11-28T02:00:00+00:00", "run_uri": "s3://alerts-test/runs/x",
+    "run_id": "scheduled__2026-11-28T02:00:00+00:00",
+    "run_uri": "s3://alerts-test/runs/x",
     "dataset": {"version": "ds-9f00aa", "train": 200},
     "evaluation": {"candidate": {"micro_f1": 0.8123}, "champion": {"micro_f1": 0.7001}},
-    "champion_name": "champion v2", "registered_version": "3",
+    "champion_name": "champion v2",
+    "registered_version": "3",
     "decision": {"promote": True, "dry_run": False, "reason": "candidate beats champion v2 by +0.1122"},
-    "registry": {"model": "clue-ner-Qwen2.5-7B-Instruct-lora", "tracking_uri": "http://mlflow:5000",
-                 "champion_version": "3"},
+    "registry": {
+        "model": "clue-ner-Qwen2.5-7B-Instruct-lora",
+        "tracking_uri": "http://mlflow:5000",
+        "champion_version": "3",
+    },
 }
 
 
@@ -244,8 +279,13 @@ def test_secrets_in_content_are_scrubbed(wired, smtp_sink, http_sink):
     """A reason that quotes a credential (e.g. an error message) goes out with *** in its place."""
     from retrain_airflow.notify import notify_promotion
 
-    leaky = {**SUMMARY, "decision": {**SUMMARY["decision"],
-                                     "reason": f"ok; token {WEBHOOK_TOKEN} pw {SMTP_PASSWORD} url {WEBHOOK_PATH_SECRET}"}}
+    leaky = {
+        **SUMMARY,
+        "decision": {
+            **SUMMARY["decision"],
+            "reason": f"ok; token {WEBHOOK_TOKEN} pw {SMTP_PASSWORD} url {WEBHOOK_PATH_SECRET}",
+        },
+    }
     assert len(notify_promotion(wired(), leaky)) == 2
     [mail] = smtp_sink.parsed()
     [req] = http_sink.requests
@@ -277,14 +317,18 @@ def test_quarantine_above_threshold_only(wired, smtp_sink, http_sink):
     assert len(http_sink.requests) == 1
 
 
-def test_channels_filter_events_and_a_dead_channel_does_not_block_the_others(wired, smtp_sink, http_sink, monkeypatch):
+def test_channels_filter_events_and_a_dead_channel_does_not_block_the_others(
+    wired, smtp_sink, http_sink, monkeypatch
+):
     from retrain_airflow.notify import failure_callbacks, notify_promotion
 
     only_failures = [CHANNELS[0], {**CHANNELS[1], "events": ["failure"]}]
     assert notify_promotion(wired(only_failures), SUMMARY) == ["smtp:alerts_smtp"]
     assert http_sink.requests == [] and len(smtp_sink.messages) == 1
     assert [type(n).__name__ for n in failure_callbacks(wired(only_failures))] == [
-        "ScrubbedSmtpNotifier", "WebhookNotifier"]
+        "ScrubbedSmtpNotifier",
+        "WebhookNotifier",
+    ]
     assert failure_callbacks(wired([])) == []
 
     # the webhook endpoint is down: the mail still goes out, the task does not fail
@@ -296,7 +340,7 @@ def test_channels_filter_events_and_a_dead_channel_does_not_block_the_others(wir
 
 
 # -- failure callbacks under Airflow ------------------------------------------------------------------
-ALERT_DAG = textwrap.dedent('''
+ALERT_DAG = textwrap.dedent("""
     from airflow.sdk import DAG, BaseHook, task
     from retrain.config import load_settings
     from retrain_airflow.notify import failure_callbacks, notify_quarantine
@@ -320,7 +364,7 @@ ALERT_DAG = textwrap.dedent('''
         task(task_id="boom")(boom)()
         task(task_id="boom_again")(boom_again)()
         task(task_id="quarantine")(quarantine)()
-''')
+""")
 
 
 def test_failure_callbacks_fire_from_a_real_dag_run(tmp_path, smtp_sink, http_sink):
@@ -331,30 +375,46 @@ def test_failure_callbacks_fire_from_a_real_dag_run(tmp_path, smtp_sink, http_si
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__"))}
     env.update(_connections(smtp_sink.port, http_sink.port))
     env.update(_retrain_env(CHANNELS, 0.1))
-    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/db.sqlite",
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "PYTHONPATH": str(REPO / "plugins"),
-                "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080/"})
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/db.sqlite",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "PYTHONPATH": str(REPO / "plugins"),
+            "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080/",
+        }
+    )
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    proc = subprocess.run([airflow, "dags", "test", "alerts_probe", "2026-11-28T02:00:00+00:00"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [airflow, "dags", "test", "alerts_probe", "2026-11-28T02:00:00+00:00"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = proc.stdout + proc.stderr
     assert "boom" in log, log[-3000:]
 
     mails = smtp_sink.parsed()
     hooks = http_sink.payloads()
     hook_failures = sorted((h for h in hooks if h["event"] == "failure"), key=lambda h: h["task_id"])
-    assert [(h["dag_id"], h["task_id"]) for h in hook_failures] == [("alerts_probe", "boom"),
-                                                                    ("alerts_probe", "boom_again")], log[-3000:]
+    assert [(h["dag_id"], h["task_id"]) for h in hook_failures] == [
+        ("alerts_probe", "boom"),
+        ("alerts_probe", "boom_again"),
+    ], log[-3000:]
     run_id = hook_failures[0]["run_id"]
     assert run_id.startswith("manual__") and hook_failures[1]["run_id"] == run_id
     assert hook_failures[0]["error"] == "trainer crashed talking to the endpoint with token ***"
     assert hook_failures[1]["error"] == "second failure: disk full"
 
     failures = sorted((m for m in mails if "failed" in m["subject"]), key=lambda m: m["subject"])
-    assert [m["subject"] for m in failures] == [f"[retrain] alerts_probe.boom failed (run {run_id})",
-                                                f"[retrain] alerts_probe.boom_again failed (run {run_id})"]
+    assert [m["subject"] for m in failures] == [
+        f"[retrain] alerts_probe.boom failed (run {run_id})",
+        f"[retrain] alerts_probe.boom_again failed (run {run_id})",
+    ]
     assert "trainer crashed talking to the endpoint with token ***" in failures[0]["html"]
     assert "second failure: disk full" in failures[1]["html"]
     assert "http://127.0.0.1:8080/dags/alerts_probe/runs/" in failures[0]["html"]  # the task log link
@@ -363,5 +423,6 @@ def test_failure_callbacks_fire_from_a_real_dag_run(tmp_path, smtp_sink, http_si
     [q] = [h for h in hooks if h["event"] == "quarantine"]
     assert q["run_id"] == run_id and q["quarantined"] == 20
     assert [m["subject"] for m in mails if "quarantined" in m["subject"]] == [
-        f"[retrain] ner_retrain quarantined 20/50 records (40.0% > 10%) in run {run_id}"]
+        f"[retrain] ner_retrain quarantined 20/50 records (40.0% > 10%) in run {run_id}"
+    ]
     _assert_no_secrets(*(m["raw"] for m in mails), *(json.dumps(h) for h in hooks))

@@ -31,7 +31,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "Qwen/Qwen2.5-7B-Instruct"  # conf train.base_model
 MODEL = "clue-ner-Qwen2.5-7B-Instruct-lora"
-LABELS = ["address", "book", "company", "game", "government", "movie", "name", "organization", "position", "scene"]
+LABELS = [
+    "address",
+    "book",
+    "company",
+    "game",
+    "government",
+    "movie",
+    "name",
+    "organization",
+    "position",
+    "scene",
+]
 RUN_A = "scheduled__2026-11-27T02:00:00+00:00"
 RUN_B = "manual__2026-11-28T10:00:00+00:00"
 RUN_FAILED = "scheduled__2026-11-29T02:00:00+00:00"  # stopped after validation: intake only
@@ -46,10 +57,19 @@ def _safe(run_id: str) -> str:
 
 
 def _metrics(name: str, micro: float, shift: float) -> dict:
-    per_label = {lab: round(min(1.0, max(0.0, micro + shift * (i - 4.5) / 10)), 4) for i, lab in enumerate(LABELS)}
-    return {"name": name, "micro_f1": micro, "precision": round(micro + 0.02, 4), "recall": round(micro - 0.02, 4),
-            "macro_f1": round(sum(per_label.values()) / len(per_label), 4), "cluener_score": round(micro * 100, 2),
-            "parse_failure_rate": 0.05, "per_label_f1": per_label}
+    per_label = {
+        lab: round(min(1.0, max(0.0, micro + shift * (i - 4.5) / 10)), 4) for i, lab in enumerate(LABELS)
+    }
+    return {
+        "name": name,
+        "micro_f1": micro,
+        "precision": round(micro + 0.02, 4),
+        "recall": round(micro - 0.02, 4),
+        "macro_f1": round(sum(per_label.values()) / len(per_label), 4),
+        "cluener_score": round(micro * 100, 2),
+        "parse_failure_rate": 0.05,
+        "per_label_f1": per_label,
+    }
 
 
 def _intake(bucket: str, run_id: str, objects: list[tuple[str, int, int, dict]]) -> dict:
@@ -57,40 +77,85 @@ def _intake(bucket: str, run_id: str, objects: list[tuple[str, int, int, dict]])
     out = []
     for key, accepted, quarantined, reasons in objects:
         slug = key.rsplit("/", 1)[-1].split(".")[0] + "-0123456789ab"
-        out.append({"key": key, "etag": uuid.uuid4().hex, "change": "new", "read": accepted + quarantined,
-                    "accepted": accepted, "quarantined": quarantined, "reasons": reasons, "batch_quarantined": False,
-                    "warnings": ["label drift not judged: 120 spans < validation.drift_min_spans 200"],
-                    "accepted_uri": f"s3://{bucket}/accepted/{slug}.jsonl",
-                    "quarantine_uri": f"s3://{bucket}/quarantine/{rid}/{slug}.jsonl",
-                    "docs_uri": f"s3://{bucket}/reports/{rid}/{slug}/index.html"})
-    return {"run_id": run_id, "objects": out, "report_uri": f"s3://{bucket}/quarantine/{rid}/report.md",
-            "read": sum(o["read"] for o in out), "accepted": sum(o["accepted"] for o in out),
-            "quarantined": sum(o["quarantined"] for o in out)}
+        out.append(
+            {
+                "key": key,
+                "etag": uuid.uuid4().hex,
+                "change": "new",
+                "read": accepted + quarantined,
+                "accepted": accepted,
+                "quarantined": quarantined,
+                "reasons": reasons,
+                "batch_quarantined": False,
+                "warnings": ["label drift not judged: 120 spans < validation.drift_min_spans 200"],
+                "accepted_uri": f"s3://{bucket}/accepted/{slug}.jsonl",
+                "quarantine_uri": f"s3://{bucket}/quarantine/{rid}/{slug}.jsonl",
+                "docs_uri": f"s3://{bucket}/reports/{rid}/{slug}/index.html",
+            }
+        )
+    return {
+        "run_id": run_id,
+        "objects": out,
+        "report_uri": f"s3://{bucket}/quarantine/{rid}/report.md",
+        "read": sum(o["read"] for o in out),
+        "accepted": sum(o["accepted"] for o in out),
+        "quarantined": sum(o["quarantined"] for o in out),
+    }
 
 
-def _summary(bucket: str, run_id: str, intake: dict, cand: dict, champ: dict, champion_name: str,
-             version: str, champion_after: str, loss: list) -> dict:
+def _summary(
+    bucket: str,
+    run_id: str,
+    intake: dict,
+    cand: dict,
+    champ: dict,
+    champion_name: str,
+    version: str,
+    champion_after: str,
+    loss: list,
+) -> dict:
     from retrain.config import GateConfig
     from retrain.promote import decide
 
     def full(m):  # the evaluation report's shape, for the real gate
-        return {"micro": {"f1": m["micro_f1"]}, "parse_failure_rate": m["parse_failure_rate"],
-                "per_label": {k: {"f1": v, "support": 20} for k, v in m["per_label_f1"].items()}}
+        return {
+            "micro": {"f1": m["micro_f1"]},
+            "parse_failure_rate": m["parse_failure_rate"],
+            "per_label": {k: {"f1": v, "support": 20} for k, v in m["per_label_f1"].items()},
+        }
 
     decision = decide(full(cand), full(champ), GateConfig(), champion_name=champion_name).to_json()
     rid = _safe(run_id)
-    return {"run_id": run_id, "run_uri": f"s3://{bucket}/runs/{rid}",
-            "intake": {k: intake[k] for k in ("read", "accepted", "quarantined", "report_uri")} | {"objects": 1},
-            "dataset": {"version": f"ds-{rid[:8]}", "uri": f"s3://{bucket}/datasets/ds-{rid[:8]}/", "train": 900,
-                        "validation": 100, "golden": 100, "golden_hash": "9f2c" * 8, "label_counts": {"name": 300}},
-            "train": {"train_loss": loss[-1][1], "steps": loss[-1][0], "epochs": 3.0, "runtime_s": 812.4,
-                      "loss_curve": loss},
-            "evaluation": {"candidate": cand, "champion": champ}, "champion_name": champion_name,
-            "decision": decision, "registered_version": version,
-            "registry": {"model": MODEL, "tracking_uri": "sqlite:///x", "champion_version": champion_after}}
+    return {
+        "run_id": run_id,
+        "run_uri": f"s3://{bucket}/runs/{rid}",
+        "intake": {k: intake[k] for k in ("read", "accepted", "quarantined", "report_uri")} | {"objects": 1},
+        "dataset": {
+            "version": f"ds-{rid[:8]}",
+            "uri": f"s3://{bucket}/datasets/ds-{rid[:8]}/",
+            "train": 900,
+            "validation": 100,
+            "golden": 100,
+            "golden_hash": "9f2c" * 8,
+            "label_counts": {"name": 300},
+        },
+        "train": {
+            "train_loss": loss[-1][1],
+            "steps": loss[-1][0],
+            "epochs": 3.0,
+            "runtime_s": 812.4,
+            "loss_curve": loss,
+        },
+        "evaluation": {"candidate": cand, "champion": champ},
+        "champion_name": champion_name,
+        "decision": decision,
+        "registered_version": version,
+        "registry": {"model": MODEL, "tracking_uri": "sqlite:///x", "champion_version": champion_after},
+    }
 
 
-GX_INDEX = """<!doctype html><html><head><link rel="stylesheet" href="static/styles/data_docs_default_styles.css">
+GX_INDEX = """<!doctype html><html><head>
+<link rel="stylesheet" href="static/styles/data_docs_default_styles.css">
 <script>document.title = "ran"</script></head><body><h1>Data Docs</h1><p>batch {slug}</p></body></html>"""
 
 
@@ -107,31 +172,65 @@ def seed(store, settings, *, with_failed_run: bool = True) -> dict:
     v1_as_champ = {**v1, "name": "champion v1"}
     v2 = _metrics("candidate", 0.5371, 0.4)
     runs = {
-        RUN_A: (_intake(bucket, RUN_A, [("incoming/batch-a.jsonl", 120, 5, {"span_text_mismatch": 3,
-                                                                             "unknown_label": 2})]),
-                v1, base, "base model", "1", "1", [[5, 2.3104], [10, 1.8702], [15, 1.4233], [20, 1.1021]]),
-        RUN_B: (_intake(bucket, RUN_B, [("incoming/batch-b.jsonl", 118, 7, {"duplicate_span": 7}),
-                                        ("incoming/标注/batch-c.jsonl", 40, 0, {})]),
-                v2, v1_as_champ, "champion v1", "2", "2", [[5, 1.9001], [10, 1.2502], [15, 0.8803], [20, 0.6604]]),
+        RUN_A: (
+            _intake(
+                bucket,
+                RUN_A,
+                [("incoming/batch-a.jsonl", 120, 5, {"span_text_mismatch": 3, "unknown_label": 2})],
+            ),
+            v1,
+            base,
+            "base model",
+            "1",
+            "1",
+            [[5, 2.3104], [10, 1.8702], [15, 1.4233], [20, 1.1021]],
+        ),
+        RUN_B: (
+            _intake(
+                bucket,
+                RUN_B,
+                [
+                    ("incoming/batch-b.jsonl", 118, 7, {"duplicate_span": 7}),
+                    ("incoming/标注/batch-c.jsonl", 40, 0, {}),
+                ],
+            ),
+            v2,
+            v1_as_champ,
+            "champion v1",
+            "2",
+            "2",
+            [[5, 1.9001], [10, 1.2502], [15, 0.8803], [20, 0.6604]],
+        ),
     }
     for run_id, (intake, cand, champ, cname, version, after, loss) in runs.items():
         rid = _safe(run_id)
         store.put_json(f"runs/{rid}/intake.json", intake)
-        store.put_json(f"runs/{rid}/summary.json", _summary(bucket, run_id, intake, cand, champ, cname, version,
-                                                            after, loss))
+        store.put_json(
+            f"runs/{rid}/summary.json",
+            _summary(bucket, run_id, intake, cand, champ, cname, version, after, loss),
+        )
         store.put_json(f"runs/{rid}/train_request.json", {"run_id": run_id})
-        store.put_bytes(f"quarantine/{rid}/report.md", f"# Intake report — run {run_id}\n".encode(), "text/markdown")
+        store.put_bytes(
+            f"quarantine/{rid}/report.md", f"# Intake report — run {run_id}\n".encode(), "text/markdown"
+        )
         for o in intake["objects"]:
-            prefix = o["docs_uri"][len(f"s3://{bucket}/"):].rsplit("/", 1)[0]
+            prefix = o["docs_uri"][len(f"s3://{bucket}/") :].rsplit("/", 1)[0]
             slug = prefix.rsplit("/", 1)[-1]
             store.put_bytes(f"{prefix}/index.html", GX_INDEX.format(slug=slug).encode(), "text/html")
-            store.put_bytes(f"{prefix}/static/styles/data_docs_default_styles.css", b"body{color:#333}", "text/css")
-            store.put_bytes(f"{prefix}/validations/ner_spans/{slug}/20261127T020101Z/{slug}-spans.html",
-                            b"<html><body>spans</body></html>", "text/html")
+            store.put_bytes(
+                f"{prefix}/static/styles/data_docs_default_styles.css", b"body{color:#333}", "text/css"
+            )
+            store.put_bytes(
+                f"{prefix}/validations/ner_spans/{slug}/20261127T020101Z/{slug}-spans.html",
+                b"<html><body>spans</body></html>",
+                "text/html",
+            )
         store.put_bytes(f"runs/{rid}/eval/report.html", b"<html><body>eval</body></html>", "text/html")
     if with_failed_run:
-        store.put_json(f"runs/{_safe(RUN_FAILED)}/intake.json",
-                       _intake(bucket, RUN_FAILED, [("incoming/batch-d.jsonl", 3, 31, {"gx:label_drift": 31})]))
+        store.put_json(
+            f"runs/{_safe(RUN_FAILED)}/intake.json",
+            _intake(bucket, RUN_FAILED, [("incoming/batch-d.jsonl", 3, 31, {"gx:label_drift": 31})]),
+        )
     store.put_json(f"runs/{_safe('manual__2026-11-26T00:00:00+00:00')}/train_request.json", {"run_id": "x"})
     store.put_json("state/ledger.json", {"objects": {"secret": 1}})
 
@@ -139,16 +238,34 @@ def seed(store, settings, *, with_failed_run: bool = True) -> dict:
     assert reg.name == MODEL
     for run_id, version in ((RUN_A, "1"), (RUN_B, "2")):
         cand = runs[run_id][1]
-        mlflow_run = reg.log_training_run(airflow_run_id=run_id, dag_id="ner_retrain", params={"lora_rank": 8},
-                                          metrics={"eval_micro_f1": cand["micro_f1"]}, loss_curve=[],
-                                          tags={"dataset_version": f"ds-{_safe(run_id)[:8]}"}, artifacts={})
-        got = reg.register(adapter_uri=f"s3://{bucket}/runs/{_safe(run_id)}/adapter/", adapter_hash=f"h{version}",
-                           mlflow_run_id=mlflow_run, airflow_run_id=run_id,
-                           tags={"micro_f1": f"{cand['micro_f1']:.6f}", "dataset_version": f"ds-{_safe(run_id)[:8]}",
-                                 "base_model": BASE_MODEL, "airflow_dag_id": "ner_retrain"})
+        mlflow_run = reg.log_training_run(
+            airflow_run_id=run_id,
+            dag_id="ner_retrain",
+            params={"lora_rank": 8},
+            metrics={"eval_micro_f1": cand["micro_f1"]},
+            loss_curve=[],
+            tags={"dataset_version": f"ds-{_safe(run_id)[:8]}"},
+            artifacts={},
+        )
+        got = reg.register(
+            adapter_uri=f"s3://{bucket}/runs/{_safe(run_id)}/adapter/",
+            adapter_hash=f"h{version}",
+            mlflow_run_id=mlflow_run,
+            airflow_run_id=run_id,
+            tags={
+                "micro_f1": f"{cand['micro_f1']:.6f}",
+                "dataset_version": f"ds-{_safe(run_id)[:8]}",
+                "base_model": BASE_MODEL,
+                "airflow_dag_id": "ner_retrain",
+            },
+        )
         assert got == version
-        reg.set_version_tags(version, {"decision": "promoted", "decision_reason": f"promoted: v{version} won"})
-        reg.move_champion(version, reason=f"promoted: micro F1 {cand['micro_f1']:.4f}", actor=f"ner_retrain/{run_id}")
+        reg.set_version_tags(
+            version, {"decision": "promoted", "decision_reason": f"promoted: v{version} won"}
+        )
+        reg.move_champion(
+            version, reason=f"promoted: micro F1 {cand['micro_f1']:.4f}", actor=f"ner_retrain/{run_id}"
+        )
         _time.sleep(0.02)  # history is ordered by start time (ms)
     reg.rollback("1", reason=ROLLBACK_REASON, actor=f"ner_rollback/{ROLLBACK_RUN}")
     return {"champion": "1", "v2_f1": "0.5371", "v1_f1": "0.4125", "accepted_b": 158, "quarantined_b": 7}
@@ -163,8 +280,11 @@ def world(moto_server, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ui")
     bucket = f"ui-{uuid.uuid4().hex[:10]}"
-    environ = {"RETRAIN__S3__BUCKET": bucket, "RETRAIN__REGISTRY__TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-               "RETRAIN__REGISTRY__ARTIFACT_LOCATION": (tmp / "mlartifacts").as_uri()}
+    environ = {
+        "RETRAIN__S3__BUCKET": bucket,
+        "RETRAIN__REGISTRY__TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        "RETRAIN__REGISTRY__ARTIFACT_LOCATION": (tmp / "mlartifacts").as_uri(),
+    }
     settings = load_settings(environ=environ)
     store = ObjectStore(moto_server.client(), bucket)
     store.ensure_bucket()
@@ -183,10 +303,16 @@ def _app(world, *, authorized: bool):
     if authorized:
         from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
-        for dep in (app.state.auth.user, app.state.auth.read, app.state.auth.read_path_dag,
-                    app.state.auth.trigger_rollback):
+        for dep in (
+            app.state.auth.user,
+            app.state.auth.read,
+            app.state.auth.read_path_dag,
+            app.state.auth.trigger_rollback,
+        ):
             app.dependency_overrides[dep] = lambda: None
-        app.dependency_overrides[app.state.get_user] = lambda: SimpleAuthManagerUser(username="ops", role="admin")
+        app.dependency_overrides[app.state.get_user] = lambda: SimpleAuthManagerUser(
+            username="ops", role="admin"
+        )
     return app
 
 
@@ -241,9 +367,14 @@ def test_every_route_requires_an_airflow_login_and_the_right_permission(world):
 
     app = _app(world, authorized=False)
     auth = app.state.auth
-    expected = {"/": auth.read, "/api/overview": auth.read, "/s3/{key:path}": auth.read,
-                "/report/{dag_id}/{run_id:path}": auth.read_path_dag, "/static/{name}": auth.user,
-                "/rollback": auth.trigger_rollback}
+    expected = {
+        "/": auth.read,
+        "/api/overview": auth.read,
+        "/s3/{key:path}": auth.read,
+        "/report/{dag_id}/{run_id:path}": auth.read_path_dag,
+        "/static/{name}": auth.user,
+        "/rollback": auth.trigger_rollback,
+    }
     routes = {r.path: r for r in app.routes if isinstance(r, APIRoute)}
     assert set(routes) == set(expected), "a route was added or removed: give it a guard and list it here"
     assert len(routes) == len(app.routes), "only API routes (no mounts, no StaticFiles, no /docs)"
@@ -253,7 +384,8 @@ def test_every_route_requires_an_airflow_login_and_the_right_permission(world):
         assert get_user in calls, f"{path} does not authenticate through Airflow's get_user"
     # the guards are Airflow's: the read/trigger ones check DAG permissions on the right DAGs
     assert auth.trigger_rollback.__closure__ and "ner_rollback" in repr(
-        [c.cell_contents for c in auth.trigger_rollback.__closure__])
+        [c.cell_contents for c in auth.trigger_rollback.__closure__]
+    )
     assert "POST" in repr([c.cell_contents for c in auth.trigger_rollback.__closure__])
     assert "ner_retrain" in repr([c.cell_contents for c in auth.read.__closure__])
 
@@ -263,8 +395,12 @@ def test_unauthenticated_requests_are_refused_on_every_route(anonymous, world):
     paths = _concrete_paths(app, world)
     assert len(paths) == 6
     for method, url in paths:
-        r = client.request(method, url, data={"target": "2", "reason": "because"} if method == "POST" else None,
-                           follow_redirects=False)
+        r = client.request(
+            method,
+            url,
+            data={"target": "2", "reason": "because"} if method == "POST" else None,
+            follow_redirects=False,
+        )
         assert r.status_code == 401, (method, url, r.status_code, r.text[:200])
         assert "Data Docs" not in r.text and "0.5371" not in r.text
     for url in ("/retrain/docs", "/retrain/openapi.json", "/retrain/redoc"):
@@ -315,8 +451,9 @@ def test_overview_survives_an_unreachable_bucket(world):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    missing = world["settings"].model_copy(update={"s3": world["settings"].s3.model_copy(
-        update={"bucket": f"missing-{uuid.uuid4().hex[:8]}"})})
+    missing = world["settings"].model_copy(
+        update={"s3": world["settings"].s3.model_copy(update={"bucket": f"missing-{uuid.uuid4().hex[:8]}"})}
+    )
     root = FastAPI()
     app = _app({"settings": missing}, authorized=True)
     root.mount("/retrain", app)
@@ -374,7 +511,9 @@ def test_s3_proxy_serves_reports_with_a_no_script_policy(client):
     assert r.status_code == 200 and "<h1>Data Docs</h1>" in r.text
     assert r.headers["content-type"].startswith("text/html")
     assert "script-src 'none'" in r.headers["content-security-policy"]
-    css = client.get(f"/retrain/s3/reports/{rid}/batch-b-0123456789ab/static/styles/data_docs_default_styles.css")
+    css = client.get(
+        f"/retrain/s3/reports/{rid}/batch-b-0123456789ab/static/styles/data_docs_default_styles.css"
+    )
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     md = client.get(f"/retrain/s3/quarantine/{rid}/report.md")
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/plain")
@@ -383,20 +522,25 @@ def test_s3_proxy_serves_reports_with_a_no_script_policy(client):
     assert client.get(f"/retrain/s3/runs/{rid}/nothing.json").status_code == 404
 
 
-@pytest.mark.parametrize("path", [
-    "/retrain/s3/runs/%2E%2E/state/ledger.json",
-    "/retrain/s3/reports/x/%2e%2e/%2e%2e/state/ledger.json",
-    "/retrain/s3/runs/%2E/x/summary.json",
-    "/retrain/s3/runs//summary.json",
-    "/retrain/s3/runs/x%5C..%5Csummary.json",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/retrain/s3/runs/%2E%2E/state/ledger.json",
+        "/retrain/s3/reports/x/%2e%2e/%2e%2e/state/ledger.json",
+        "/retrain/s3/runs/%2E/x/summary.json",
+        "/retrain/s3/runs//summary.json",
+        "/retrain/s3/runs/x%5C..%5Csummary.json",
+    ],
+)
 def test_s3_proxy_refuses_dot_dot_keys(client, path):
     r = client.get(path)
     assert r.status_code == 400, (path, r.status_code)
     assert "secret" not in r.text
 
 
-@pytest.mark.parametrize("key", ["state/ledger.json", "incoming/batch-a.jsonl", "accepted/x.jsonl", "runsX/y"])
+@pytest.mark.parametrize(
+    "key", ["state/ledger.json", "incoming/batch-a.jsonl", "accepted/x.jsonl", "runsX/y"]
+)
 def test_s3_proxy_refuses_keys_outside_the_report_prefixes(client, key):
     r = client.get(f"/retrain/s3/{key}")
     assert r.status_code == 403, (key, r.status_code)
@@ -405,18 +549,23 @@ def test_s3_proxy_refuses_keys_outside_the_report_prefixes(client, key):
 
 def test_static_assets(client):
     css = client.get("/retrain/static/retrain.css")
-    assert css.status_code == 200 and ".chart" in css.text and css.headers["content-type"].startswith("text/css")
+    assert (
+        css.status_code == 200 and ".chart" in css.text and css.headers["content-type"].startswith("text/css")
+    )
     assert client.get("/retrain/static/icon.svg").headers["content-type"] == "image/svg+xml"
     assert client.get("/retrain/static/..%2Fui.py").status_code == 404
     assert client.get("/retrain/static/ui.py").status_code == 404
 
 
-@pytest.mark.parametrize("form, status, message", [
-    ({"target": "1", "reason": "because"}, 400, "already the champion"),
-    ({"target": "7", "reason": "because"}, 400, "is not a version"),
-    ({"target": "2", "reason": "no"}, 400, "reason: 3 to 500 characters"),
-    ({"target": "2", "reason": "x" * 501}, 400, "reason: 3 to 500 characters"),
-])
+@pytest.mark.parametrize(
+    "form, status, message",
+    [
+        ({"target": "1", "reason": "because"}, 400, "already the champion"),
+        ({"target": "7", "reason": "because"}, 400, "is not a version"),
+        ({"target": "2", "reason": "no"}, 400, "reason: 3 to 500 characters"),
+        ({"target": "2", "reason": "x" * 501}, 400, "reason: 3 to 500 characters"),
+    ],
+)
 def test_rollback_form_is_validated_before_anything_is_triggered(client, form, status, message):
     r = client.post("/retrain/rollback", data=form, follow_redirects=False)
     assert r.status_code == status and message in r.text, (r.status_code, r.text[:300])
@@ -427,15 +576,22 @@ def test_another_registered_model_can_be_shown_and_names_are_checked(client):
     assert "Model <b>clue-ner-other-base-lora</b>" in page and 'id="champion-version"' not in page
     assert client.get("/retrain/?model=x'%20OR%20name%20LIKE%20'%25").status_code == 400
     assert client.get("/retrain/api/overview?model=a/b").status_code == 400
-    r = client.post("/retrain/rollback", data={"target": "2", "reason": "because", "model": "clue-ner-other-base-lora"})
+    r = client.post(
+        "/retrain/rollback", data={"target": "2", "reason": "because", "model": "clue-ner-other-base-lora"}
+    )
     assert r.status_code == 400 and "is not a version of clue-ner-other-base-lora" in r.text
 
 
-@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                                     {"Origin": "null"}])
+@pytest.mark.parametrize(
+    "headers", [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}]
+)
 def test_rollback_refuses_cross_site_posts(client, headers):
-    r = client.post("/retrain/rollback", data={"target": "2", "reason": "because"}, headers=headers,
-                    follow_redirects=False)
+    r = client.post(
+        "/retrain/rollback",
+        data={"target": "2", "reason": "because"},
+        headers=headers,
+        follow_redirects=False,
+    )
     assert r.status_code == 403 and "refused" in r.text
 
 
@@ -443,16 +599,43 @@ def test_run_note():
     from retrain_airflow.ui import run_note
 
     assert run_note(None) == "skipped: no new data"
-    promoted = {"registered_version": "7", "champion_name": "champion v6",
-                "decision": {"promote": True, "candidate_f1": 0.812, "champion_f1": 0.798, "champion_name": "champion v6",
-                             "rules": [{"rule": "beats_champion", "passed": True}]}}
+    promoted = {
+        "registered_version": "7",
+        "champion_name": "champion v6",
+        "decision": {
+            "promote": True,
+            "candidate_f1": 0.812,
+            "champion_f1": 0.798,
+            "champion_name": "champion v6",
+            "rules": [{"rule": "beats_champion", "passed": True}],
+        },
+    }
     assert run_note(promoted) == "promoted v7: micro F1 0.8120 (+0.0140 vs champion v6)"
-    kept = {"registered_version": "8", "decision": {
-        "promote": False, "candidate_f1": 0.79, "champion_f1": 0.798, "champion_name": "champion v3",
-        "rules": [{"rule": "beats_champion", "passed": False}, {"rule": "min_f1", "passed": True}]}}
-    assert run_note(kept) == "kept champion v3: candidate v8 micro F1 0.7900 (-0.0080 vs champion v3); failed beats_champion"
-    dry = {"registered_version": None, "decision": {"promote": False, "dry_run": True, "candidate_f1": 0.5,
-                                                    "champion_f1": 0.1, "champion_name": "base model", "rules": []}}
+    kept = {
+        "registered_version": "8",
+        "decision": {
+            "promote": False,
+            "candidate_f1": 0.79,
+            "champion_f1": 0.798,
+            "champion_name": "champion v3",
+            "rules": [{"rule": "beats_champion", "passed": False}, {"rule": "min_f1", "passed": True}],
+        },
+    }
+    assert (
+        run_note(kept)
+        == "kept champion v3: candidate v8 micro F1 0.7900 (-0.0080 vs champion v3); failed beats_champion"
+    )
+    dry = {
+        "registered_version": None,
+        "decision": {
+            "promote": False,
+            "dry_run": True,
+            "candidate_f1": 0.5,
+            "champion_f1": 0.1,
+            "champion_name": "base model",
+            "rules": [],
+        },
+    }
     assert run_note(dry) == "dry run: would promote: candidate micro F1 0.5000 (+0.4000 vs base model)"
     assert "\n" not in run_note({"decision": {"promote": False, "rules": [], "champion_name": "a\nb"}})
 
@@ -469,8 +652,13 @@ def test_plugin_declares_the_app_and_views_lazily():
         print(json.dumps({{"heavy": heavy, "views": views, "prefix": apps[0]["url_prefix"],
                           "app": type(apps[0]["app"]).__name__}}))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["heavy"] == [], f"importing the plugin file pulled in {r['heavy']}"
@@ -492,7 +680,8 @@ def airflow_ui(moto_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ui_e2e")
     bucket = f"ui-e2e-{uuid.uuid4().hex[:8]}"
     retrain_env = {
-        "RETRAIN__S3__BUCKET": bucket, "RETRAIN_HOME": str(tmp / "retrain_home"),
+        "RETRAIN__S3__BUCKET": bucket,
+        "RETRAIN_HOME": str(tmp / "retrain_home"),
         "RETRAIN__REGISTRY__TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
         "RETRAIN__REGISTRY__ARTIFACT_LOCATION": (tmp / "mlartifacts").as_uri(),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
@@ -524,9 +713,15 @@ def test_e2e_auth_is_airflows(airflow_ui):
 
     url = airflow_ui["url"]
     key = quote(f"runs/{_safe(RUN_B)}/summary.json")
-    routes = [("GET", "/retrain/"), ("GET", "/retrain/api/overview"), ("GET", f"/retrain/s3/{key}"),
-              ("GET", f"/retrain/report/ner_retrain/{quote(RUN_B, safe='')}"), ("GET", "/retrain/static/retrain.css"),
-              ("GET", "/retrain/static/icon.svg"), ("POST", "/retrain/rollback")]
+    routes = [
+        ("GET", "/retrain/"),
+        ("GET", "/retrain/api/overview"),
+        ("GET", f"/retrain/s3/{key}"),
+        ("GET", f"/retrain/report/ner_retrain/{quote(RUN_B, safe='')}"),
+        ("GET", "/retrain/static/retrain.css"),
+        ("GET", "/retrain/static/icon.svg"),
+        ("POST", "/retrain/rollback"),
+    ]
     with httpx.Client(base_url=url, timeout=60) as c:
         admin = {"Authorization": f"Bearer {airflow_ui['server'].token('admin')}"}
         plugins = c.get("/api/v2/plugins", headers=admin).json()
@@ -534,10 +729,16 @@ def test_e2e_auth_is_airflows(airflow_ui):
         assert mine and mine[0]["fastapi_apps"][0]["url_prefix"] == "/retrain"
         assert {v["name"] for v in mine[0]["external_views"]} == {"Retraining", "Retrain report"}
         for method, path in routes:
-            r = c.request(method, path, data={"target": "2", "reason": "because"} if method == "POST" else None)
+            r = c.request(
+                method, path, data={"target": "2", "reason": "because"} if method == "POST" else None
+            )
             assert r.status_code == 401, (path, r.status_code)
-            r = c.request(method, path, headers={"Authorization": "Bearer not.a.jwt"},
-                          data={"target": "2", "reason": "because"} if method == "POST" else None)
+            r = c.request(
+                method,
+                path,
+                headers={"Authorization": "Bearer not.a.jwt"},
+                data={"target": "2", "reason": "because"} if method == "POST" else None,
+            )
             assert r.status_code == 403, (path, r.status_code)
         viewer = {"Authorization": f"Bearer {airflow_ui['server'].token('viewer')}"}
         r = c.get("/retrain/", headers=viewer)
@@ -554,7 +755,9 @@ def test_e2e_rollback_form_triggers_ner_rollback(airflow_ui):
 
     admin = {"Authorization": f"Bearer {airflow_ui['server'].token('admin')}"}
     with httpx.Client(base_url=airflow_ui["url"], timeout=60, headers=admin) as c:
-        r = c.post("/retrain/rollback", data={"target": "2", "reason": "v1 drifted on 地址"}, follow_redirects=False)
+        r = c.post(
+            "/retrain/rollback", data={"target": "2", "reason": "v1 drifted on 地址"}, follow_redirects=False
+        )
         assert r.status_code == 303, r.text[:500]
         assert r.headers["location"].startswith("/retrain/?triggered=")
         runs = c.get("/api/v2/dags/ner_rollback/dagRuns").json()["dag_runs"]
@@ -564,7 +767,7 @@ def test_e2e_rollback_form_triggers_ner_rollback(airflow_ui):
         assert run["triggering_user_name"] == "admin" and run["state"] == "queued"
         assert run["note"].startswith("rollback to v2 requested by admin")
         page = c.get(r.headers["location"]).text
-        assert f"Triggered <a href=\"/dags/ner_rollback/runs/{quote(run['dag_run_id'], safe='')}\"" in page
+        assert f'Triggered <a href="/dags/ner_rollback/runs/{quote(run["dag_run_id"], safe="")}"' in page
         assert "ner_rollback is paused" in page  # new DAGs start paused here
         r = c.post("/retrain/rollback", data={"target": "9", "reason": "nope nope"})
         assert r.status_code == 400

@@ -14,8 +14,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT_USERS = {"0", "root", "0:0", "root:root"}
-DANGEROUS_SOURCES = ("/", "/etc", "/root", "/home", "/proc", "/sys", "/dev", "/var/run/docker.sock",
-                     "/run/docker.sock", "/var/lib/docker")
+DANGEROUS_SOURCES = (
+    "/",
+    "/etc",
+    "/root",
+    "/home",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/lib/docker",
+)
 
 
 def _settings(**env: str):
@@ -60,15 +70,20 @@ def test_docker_trainer_gets_only_the_mounts_it_needs():
     s = _settings()
     op = docker_stage_operator("train", "s3://ner-retrain/runs/x", s)
     assert [_mount_tuple(m) for m in op.mounts] == [
-        (s.docker.model_cache_host_path, s.train.model_cache_dir, "bind", False)]
+        (s.docker.model_cache_host_path, s.train.model_cache_dir, "bind", False)
+    ]
 
-    s = _settings(RETRAIN__DOCKER__SCRATCH_HOST_PATH="/srv/retrain/scratch",
-                  RETRAIN__DOCKER__MOUNTS="[{source: /srv/golden, target: /golden, read_only: true}]")
+    s = _settings(
+        RETRAIN__DOCKER__SCRATCH_HOST_PATH="/srv/retrain/scratch",
+        RETRAIN__DOCKER__MOUNTS="[{source: /srv/golden, target: /golden, read_only: true}]",
+    )
     op = docker_stage_operator("train", "s3://ner-retrain/runs/x", s)
     mounts = [_mount_tuple(m) for m in op.mounts]
-    assert mounts == [(s.docker.model_cache_host_path, "/models", "bind", False),
-                      ("/srv/retrain/scratch", "/work", "bind", False),
-                      ("/srv/golden", "/golden", "bind", True)]
+    assert mounts == [
+        (s.docker.model_cache_host_path, "/models", "bind", False),
+        ("/srv/retrain/scratch", "/work", "bind", False),
+        ("/srv/golden", "/golden", "bind", True),
+    ]
     for source, target, _, _ in mounts:
         assert source.rstrip("/") not in DANGEROUS_SOURCES and target.rstrip("/") not in ("", "/etc", "/usr")
 

@@ -29,7 +29,9 @@ def test_join_key_refuses_parts_that_leave_the_prefix(part):
         join_key("runs/r1", part)
 
 
-@pytest.mark.parametrize("key", ["../../etc/passwd", "/etc/passwd", "a/../../b", "a\x00", "..", ".", "a/../.."])
+@pytest.mark.parametrize(
+    "key", ["../../etc/passwd", "/etc/passwd", "a/../../b", "a\x00", "..", ".", "a/../.."]
+)
 def test_safe_local_path_refuses_keys_outside_the_work_dir(tmp_path, key):
     from retrain.storage import UnsafeKeyError, safe_local_path
 
@@ -55,11 +57,19 @@ def _tree(path: Path) -> set[str]:
 @pytest.fixture
 def hostile_run(store):
     """A run prefix holding legitimate files and objects whose keys climb out of it."""
-    for key in ("runs/r1/adapter/adapter_model.safetensors", "runs/r1/adapter/adapter_config.json",
-                "datasets/v1/dataset_info.json", "datasets/v1/train.json"):
+    for key in (
+        "runs/r1/adapter/adapter_model.safetensors",
+        "runs/r1/adapter/adapter_config.json",
+        "datasets/v1/dataset_info.json",
+        "datasets/v1/train.json",
+    ):
         store.put_bytes(key, b"{}")
-    for key in ("runs/r1/adapter/../../../../escape.txt", "runs/r1/adapter/..",
-                "datasets/v1/../../../../escape.txt", "datasets/v1//etc/cron.d/x"):
+    for key in (
+        "runs/r1/adapter/../../../../escape.txt",
+        "runs/r1/adapter/..",
+        "datasets/v1/../../../../escape.txt",
+        "datasets/v1//etc/cron.d/x",
+    ):
         store.put_bytes(key, b"pwned")
     return store
 
@@ -85,8 +95,11 @@ def test_downloads_never_write_outside_their_directory(hostile_run, tmp_path):
 
     created = _tree(tmp_path) - before
     assert all(c.startswith(str(box.relative_to(tmp_path))) for c in created), created
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == b"pwned"
-                and not str(p).startswith(str(box))]
+    assert not [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.read_bytes() == b"pwned" and not str(p).startswith(str(box))
+    ]
     assert not Path("/etc/cron.d/x").exists()
 
 
@@ -95,9 +108,16 @@ def test_intake_with_hostile_keys_and_run_id_writes_only_under_its_prefixes(stor
     from retrain.ingest import find_new_batches, process_batches
 
     body = ("\n".join(make_batch(4, seed=3, bad=1)) + "\n").encode()
-    hostile = ["incoming/../../state/ledger.json", "incoming/../accepted/x.jsonl", "incoming//etc/passwd",
-               "incoming/a/../../../runs/r/train_result.json", "incoming/" + "../" * 300 + "z.json",
-               "incoming/\u202egnp.json", "incoming/%2e%2e/%2e%2e/x.json", "incoming/..\\..\\win.json"]
+    hostile = [
+        "incoming/../../state/ledger.json",
+        "incoming/../accepted/x.jsonl",
+        "incoming//etc/passwd",
+        "incoming/a/../../../runs/r/train_result.json",
+        "incoming/" + "../" * 300 + "z.json",
+        "incoming/\u202egnp.json",
+        "incoming/%2e%2e/%2e%2e/x.json",
+        "incoming/..\\..\\win.json",
+    ]
     for key in hostile:
         store.put_bytes(key, body)
     work = tmp_path / "box" / "work"
@@ -108,13 +128,26 @@ def test_intake_with_hostile_keys_and_run_id_writes_only_under_its_prefixes(stor
     result = process_batches(store, settings, plan.objects, "../../../state/x/../..", workdir=work)
 
     assert len(result.objects) == len(hostile) and result.accepted + result.quarantined == result.read
-    prefixes = (settings.s3.accepted_prefix, settings.s3.quarantine_prefix, settings.s3.reports_prefix,
-                settings.s3.runs_prefix, settings.s3.state_prefix)
+    prefixes = (
+        settings.s3.accepted_prefix,
+        settings.s3.quarantine_prefix,
+        settings.s3.reports_prefix,
+        settings.s3.runs_prefix,
+        settings.s3.state_prefix,
+    )
     written = [o.key for o in store.iter_objects("") if o.key not in hostile]
     assert written
     for key in written:
         assert key.startswith(prefixes) and ".." not in key.split("/") and "//" not in key, key
-    run_folders = {k.split("/")[1] for k in written if k.startswith((settings.s3.quarantine_prefix, settings.s3.runs_prefix))}
+    run_folders = {
+        k.split("/")[1]
+        for k in written
+        if k.startswith((settings.s3.quarantine_prefix, settings.s3.runs_prefix))
+    }
     assert len(run_folders) == 1, run_folders  # the hostile run id became one safe key segment
-    assert sorted(store.get_json("state/ledger.json")["objects"]) == sorted(hostile)  # the real ledger, intact
-    assert os.listdir(tmp_path / "box") == ["work"] and os.listdir(work) == []  # nothing left, nothing outside
+    assert sorted(store.get_json("state/ledger.json")["objects"]) == sorted(
+        hostile
+    )  # the real ledger, intact
+    assert (
+        os.listdir(tmp_path / "box") == ["work"] and os.listdir(work) == []
+    )  # nothing left, nothing outside

@@ -21,8 +21,11 @@ LOOPBACK = {"127.0.0.1", "::1"}
 def _listening(pid: int) -> list[tuple[str, int]]:
     import psutil
 
-    return [(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN]
+    return [
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
 
 
 def test_moto_server_process_listens_on_loopback_only():
@@ -30,7 +33,7 @@ def test_moto_server_process_listens_on_loopback_only():
 
     with MotoServer() as moto:
         sockets = _listening(moto.proc.pid)
-        assert (("127.0.0.1", moto.port) in sockets), sockets
+        assert ("127.0.0.1", moto.port) in sockets, sockets
         assert {ip for ip, _ in sockets} <= LOOPBACK, sockets
         ss = subprocess.run(["ss", "-ltnH", f"sport = :{moto.port}"], capture_output=True, text=True)
         if ss.returncode == 0:  # the same, as the kernel reports it
@@ -58,10 +61,27 @@ ALL_INTERFACES = re.compile(r"0\.0\.0\.0|(?<![\w:])\[?::\]?(?=[:\s\"'])|INADDR_A
 
 
 def _project_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    keep = (".py", ".sh", ".yml", ".yaml", ".toml", ".cfg", ".ini", ".env", ".example", "Makefile", "Dockerfile",
-            "run")
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    keep = (
+        ".py",
+        ".sh",
+        ".yml",
+        ".yaml",
+        ".toml",
+        ".cfg",
+        ".ini",
+        ".env",
+        ".example",
+        "Makefile",
+        "Dockerfile",
+        "run",
+    )
     return [REPO / p for p in out if p.endswith(keep) and not p.startswith("tests/") and (REPO / p).is_file()]
 
 
@@ -81,7 +101,9 @@ def test_no_script_or_config_binds_every_interface():
         services = yaml.safe_load(compose.read_text())["services"]
         for name, svc in services.items():
             for port in svc.get("ports", []):
-                assert str(port).startswith("127.0.0.1:"), f"docker-compose.yml {name}: port {port} is not loopback-only"
+                assert str(port).startswith("127.0.0.1:"), (
+                    f"docker-compose.yml {name}: port {port} is not loopback-only"
+                )
             if svc.get("ports"):  # inside its container, reached from the host only through 127.0.0.1
                 explained += len(ALL_INTERFACES.findall(str(svc.get("command", ""))))
     in_compose = [o for o in offenders if o[0] == "docker-compose.yml"]

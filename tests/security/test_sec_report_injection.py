@@ -23,22 +23,31 @@ def intake_with_markup(store, settings):
     from retrain.ingest import find_new_batches, process_batches
 
     long_text = PAYLOAD + "的" * 1000  # too long: GX lists it as an unexpected value
-    lines = make_batch(5, seed=11) + [json.dumps({"text": long_text, "label": {"name": {"<script>": [[0, 7]]}}},
-                                                 ensure_ascii=False)]
+    lines = make_batch(5, seed=11) + [
+        json.dumps({"text": long_text, "label": {"name": {"<script>": [[0, 7]]}}}, ensure_ascii=False)
+    ]
     store.put_bytes("incoming/markup.json", ("\n".join(lines) + "\n").encode())
     result = process_batches(store, settings, find_new_batches(store, settings).objects, "manual__markup")
     (outcome,) = result.objects
     assert outcome.reasons == {"gx:expect_column_value_lengths_to_be_between": 1}
-    pages = {o.key: store.get_bytes(o.key).decode("utf-8", "replace")
-             for o in store.iter_objects(settings.s3.reports_prefix) if o.key.endswith(".html")}
+    pages = {
+        o.key: store.get_bytes(o.key).decode("utf-8", "replace")
+        for o in store.iter_objects(settings.s3.reports_prefix)
+        if o.key.endswith(".html")
+    }
     assert pages
     return result, pages
 
 
 def test_intake_report_and_quarantine_keep_markup_as_inert_data(intake_with_markup, store):
     result, _ = intake_with_markup
-    rows = [json.loads(line) for line in store.get_bytes(result.objects[0].quarantine_uri.split("/", 3)[3]).splitlines()]
-    assert any(PAYLOAD in row["raw"] or PAYLOAD in row["detail"] for row in rows)  # kept for the annotator, as JSON
+    rows = [
+        json.loads(line)
+        for line in store.get_bytes(result.objects[0].quarantine_uri.split("/", 3)[3]).splitlines()
+    ]
+    assert any(
+        PAYLOAD in row["raw"] or PAYLOAD in row["detail"] for row in rows
+    )  # kept for the annotator, as JSON
     report = store.get_bytes(result.report_uri.split("/", 3)[3]).decode()
     assert "<script>" not in report  # the Markdown report lists keys and counts, not record text
 

@@ -23,7 +23,9 @@ LEAK_MARKER = "debug: AWS_SECRET_ACCESS_KEY="  # what the deliberately leaky tra
 
 
 def test_conf_and_dags_hold_no_credentials():
-    pattern = re.compile(r"(?i)(aws_secret_access_key|secret_key|password|passwd|token)\s*[:=]\s*['\"]?[^\s'\"{}$]{6,}")
+    pattern = re.compile(
+        r"(?i)(aws_secret_access_key|secret_key|password|passwd|token)\s*[:=]\s*['\"]?[^\s'\"{}$]{6,}"
+    )
     files = [p for p in (REPO / "conf").rglob("*") if p.is_file() and "local" not in p.parts]
     files += list((REPO / "dags").glob("*.py"))
     assert files
@@ -62,6 +64,8 @@ def test_s3_secret_appears_in_no_log_and_no_object(scenario):
 
 @pytest.mark.e2e
 def test_a_secret_printed_by_the_trainer_is_masked_in_the_task_output(scenario):
-    (name, text), = [(n, t) for n, t in scenario.logs.items() if n.endswith("A-trainer-exit-137.log")]
+    ((name, text),) = [(n, t) for n, t in scenario.logs.items() if n.endswith("A-trainer-exit-137.log")]
     assert LEAK_MARKER in text  # the trainer did print it
-    assert scenario.secret_key not in text, [line[:120] for line in text.splitlines() if scenario.secret_key in line]
+    assert scenario.secret_key not in text, [
+        line[:120] for line in text.splitlines() if scenario.secret_key in line
+    ]

@@ -44,13 +44,31 @@ class ApiServer:
     def start(self, timeout: float = 180.0) -> ApiServer:
         import httpx
 
-        env = {**self.env.env(), "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
-               "AIRFLOW__API__WORKERS": "1"}
+        env = {
+            **self.env.env(),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__WORKERS": "1",
+        }
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("wb") as out:
-            self.proc = subprocess.Popen([str(self.env.af_bin / "airflow"), "api-server", "--host", "127.0.0.1",
-                                          "--port", str(self.port), "--workers", "1"], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [
+                    str(self.env.af_bin / "airflow"),
+                    "api-server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,17 +87,24 @@ class ApiServer:
 
     def passwords(self) -> dict[str, str]:
         """The SimpleAuthManager's generated passwords, by user name."""
-        data: dict[str, str] = json.loads((self.env.home / "simple_auth_manager_passwords.json.generated").read_text())
+        data: dict[str, str] = json.loads(
+            (self.env.home / "simple_auth_manager_passwords.json.generated").read_text()
+        )
         return data
 
     def token(self, username: str) -> str:
         """A JWT for the REST API (``POST /auth/token``)."""
         import httpx
 
-        resp = httpx.post(f"{self.url}/auth/token", timeout=30,
-                          json={"username": username, "password": self.passwords()[username]})
+        resp = httpx.post(
+            f"{self.url}/auth/token",
+            timeout=30,
+            json={"username": username, "password": self.passwords()[username]},
+        )
         if resp.status_code not in (200, 201):
-            raise RuntimeError(f"POST /auth/token as {username} -> HTTP {resp.status_code}: {resp.text[:500]}")
+            raise RuntimeError(
+                f"POST /auth/token as {username} -> HTTP {resp.status_code}: {resp.text[:500]}"
+            )
         return str(resp.json()["access_token"])
 
     def stop(self) -> None:
@@ -103,9 +128,17 @@ def chrome(window_size: str = "1500,1100") -> Any:
         raise RuntimeError("chromium/chromedriver missing: run scripts/install_test_tools.sh")
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--window-size={window_size}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--window-size={window_size}",
+    ):
         opts.add_argument(arg)
     return webdriver.Chrome(options=opts, service=Service(executable_path=driver))
 
@@ -122,4 +155,3 @@ def login(browser: Any, server: ApiServer, username: str, timeout: float = 60.0)
     browser.find_element(By.NAME, "password").send_keys(server.passwords()[username])
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait.until(lambda b: "/auth/login" not in b.current_url)
-

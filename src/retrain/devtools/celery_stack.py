@@ -57,14 +57,26 @@ class CeleryStack(AirflowEnv):
     """An :class:`AirflowEnv` whose DAG runs go through the CeleryExecutor, with its four long-running
     components started as child processes on 127.0.0.1."""
 
-    def __init__(self, home: str | Path, database: str, moto: MotoServer, retrain_env: dict[str, str], *,
-                 broker_db: int = 7, concurrency: int = 2, username: str = "admin",
-                 af_bin: str | Path | None = None, extra_pythonpath: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        home: str | Path,
+        database: str,
+        moto: MotoServer,
+        retrain_env: dict[str, str],
+        *,
+        broker_db: int = 7,
+        concurrency: int = 2,
+        username: str = "admin",
+        af_bin: str | Path | None = None,
+        extra_pythonpath: list[str] | None = None,
+    ) -> None:
         super().__init__(home, database, moto, retrain_env, af_bin=af_bin)
         # Paths put before the environment's packages in every component (try a candidate pin without
         # rebuilding the environment); default: $RETRAIN_AIRFLOW_EXTRA_PYTHONPATH (os.pathsep-separated).
         if extra_pythonpath is None:
-            extra_pythonpath = [p for p in os.environ.get("RETRAIN_AIRFLOW_EXTRA_PYTHONPATH", "").split(os.pathsep) if p]
+            extra_pythonpath = [
+                p for p in os.environ.get("RETRAIN_AIRFLOW_EXTRA_PYTHONPATH", "").split(os.pathsep) if p
+            ]
         self.extra_pythonpath = extra_pythonpath
         self.broker_db = broker_db
         self.concurrency = concurrency
@@ -91,29 +103,32 @@ class CeleryStack(AirflowEnv):
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        env.update({
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": redis_url(self.broker_db),
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres_url(self.database).replace("+psycopg2", ""),
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
-            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__BASE_URL": f"{self.base_url}/",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
-            "AIRFLOW__API__SECRET_KEY": self._api_secret,
-            # Not served (--skip-serve-logs), but never the shared default 8793/8794 either.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_port),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        })
+        env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": redis_url(self.broker_db),
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+"
+                + postgres_url(self.database).replace("+psycopg2", ""),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queue,
+                "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__BASE_URL": f"{self.base_url}/",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
+                "AIRFLOW__API__SECRET_KEY": self._api_secret,
+                # Not served (--skip-serve-logs), but never the shared default 8793/8794 either.
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_port),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            }
+        )
         if self.extra_pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([*self.extra_pythonpath, env.get("PYTHONPATH", "")])
         return env
@@ -121,25 +136,52 @@ class CeleryStack(AirflowEnv):
     def preflight(self) -> None:
         """Fail fast, with the reason, when the CeleryExecutor cannot load in this environment (the
         components would otherwise die in their first second and leave only a log behind)."""
-        code = "import airflow.providers.celery.executors.celery_executor as m; import celery; print(celery.__version__)"
-        proc = subprocess.run([str(self.af_bin / "python"), "-c", code], env=self.env(), capture_output=True,
-                              text=True, timeout=120)
+        code = (
+            "import airflow.providers.celery.executors.celery_executor as m; "
+            "import celery; print(celery.__version__)"
+        )
+        proc = subprocess.run(
+            [str(self.af_bin / "python"), "-c", code],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["?"])[-1]
             raise RuntimeError(
                 f"the CeleryExecutor does not import in {self.af_bin.parent}: {last}\n"
                 "apache-airflow-providers-celery 3.26.0 imports celery.backends.database.retry, which celery "
-                "5.7 removed: pin celery<5.7 (5.6.3 works with the rest of requirements/airflow.lock.txt)")
+                "5.7 removed: pin celery<5.7 (5.6.3 works with the rest of requirements/airflow.lock.txt)"
+            )
 
     # -- processes --------------------------------------------------------------------------------
     def _component_specs(self) -> dict[str, list[str]]:
         return {
-            "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"],
+            "api-server": [
+                "api-server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--workers",
+                "1",
+            ],
             "scheduler": ["scheduler", "--skip-serve-logs"],
             "dag-processor": ["dag-processor"],
-            "celery-worker": ["celery", "worker", "--skip-serve-logs", "--queues", self.queue,
-                              "--concurrency", str(self.concurrency), "--celery-hostname", self.celery_hostname,
-                              "--without-gossip", "--without-mingle"],
+            "celery-worker": [
+                "celery",
+                "worker",
+                "--skip-serve-logs",
+                "--queues",
+                self.queue,
+                "--concurrency",
+                str(self.concurrency),
+                "--celery-hostname",
+                self.celery_hostname,
+                "--without-gossip",
+                "--without-mingle",
+            ],
         }
 
     def _spawn(self, comp: Component) -> None:
@@ -147,8 +189,13 @@ class CeleryStack(AirflowEnv):
         comp.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = {**self.env(), **comp.extra_env}
         with comp.log_file.open("ab") as out:
-            comp.proc = subprocess.Popen([str(self.af_bin / "airflow"), *comp.args], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            comp.proc = subprocess.Popen(
+                [str(self.af_bin / "airflow"), *comp.args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         log.info("started %s (pid %d), log %s", comp.name, comp.proc.pid, comp.log_file)
 
     def start(self, timeout: float = 180.0) -> CeleryStack:
@@ -173,8 +220,10 @@ class CeleryStack(AirflowEnv):
             self.check_alive()
             try:
                 last = client.health()
-                if all((last.get(k) or {}).get("status") == "healthy"
-                       for k in ("metadatabase", "scheduler", "dag_processor")):
+                if all(
+                    (last.get(k) or {}).get("status") == "healthy"
+                    for k in ("metadatabase", "scheduler", "dag_processor")
+                ):
                     break
             except Exception as exc:  # not listening yet
                 last = exc
@@ -198,7 +247,11 @@ class CeleryStack(AirflowEnv):
         """Raise, with the end of its log, when a component has exited."""
         for comp in self.components.values():
             if comp.proc is not None and comp.proc.poll() is not None:
-                tail = comp.log_file.read_text(encoding="utf-8", errors="replace")[-3000:] if comp.log_file else ""
+                tail = (
+                    comp.log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
+                    if comp.log_file
+                    else ""
+                )
                 raise RuntimeError(f"{comp.name} exited with {comp.proc.returncode}:\n{tail}")
 
     def _drop_queue(self) -> None:
@@ -297,7 +350,9 @@ class CeleryStack(AirflowEnv):
                     continue
                 for c in conns:
                     if c.status == psutil.CONN_LISTEN:
-                        out.append({"component": comp.name, "pid": p.pid, "ip": c.laddr.ip, "port": c.laddr.port})
+                        out.append(
+                            {"component": comp.name, "pid": p.pid, "ip": c.laddr.ip, "port": c.laddr.port}
+                        )
         return out
 
     def client(self) -> AirflowClient:
@@ -341,7 +396,9 @@ class AirflowClient:
         if self._token is None:
             self.login()
         for attempt in (0, 1):
-            resp = self._http.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+            resp = self._http.request(
+                method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs
+            )
             if resp.status_code == 401 and attempt == 0:
                 self.login()
                 continue
@@ -388,7 +445,9 @@ class AirflowClient:
             body["dag_run_id"] = run_id
         return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+    def trigger(
+        self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> dict[str, Any]:
         resp = self.post_dag_run(dag_id, conf, run_id)
         if resp.status_code >= 300:
             raise AirflowAPIError("POST", f"/api/v2/dags/{dag_id}/dagRuns", resp.status_code, resp.text)
@@ -401,10 +460,14 @@ class AirflowClient:
         return self._json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        data = self._json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        data = self._json(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
+        )
         return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
 
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0) -> dict[str, Any]:
+    def wait_for_run(
+        self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0
+    ) -> dict[str, Any]:
         """Until the run is success or failed; returns the run."""
         deadline = time.monotonic() + timeout
         while True:

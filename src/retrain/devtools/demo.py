@@ -63,7 +63,9 @@ def trainer_python() -> Path:
 
 def build_tiny_model(workdir: Path) -> Path:
     out = workdir / "models" / "tiny-qwen2"
-    subprocess.run([str(trainer_python()), "-m", "retrain.cli", "dev", "tiny-model", "--out", str(out)], check=True)
+    subprocess.run(
+        [str(trainer_python()), "-m", "retrain.cli", "dev", "tiny-model", "--out", str(out)], check=True
+    )
     return out
 
 
@@ -89,7 +91,9 @@ def _upload_batch(moto: MotoServer, key: str, lines: list[str]) -> None:
     moto.client().put_object(Bucket=BUCKET, Key=key, Body=("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def _night(af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[str, Any], workdir: Path) -> NightResult:
+def _night(
+    af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[str, Any], workdir: Path
+) -> NightResult:
     from retrain.ingest import safe_run_id
 
     t0 = time.monotonic()
@@ -116,9 +120,17 @@ def _night(af: AirflowEnv, moto: MotoServer, name: str, date: str, conf: dict[st
     return NightResult(name, run_id, proc.returncode, wall, states, note, summary, intake, str(log_file))
 
 
-def run_demo(workdir: Path, *, records_first: int = 200, records_second: int = 200, bad: int = 5,
-             epochs_first: float = 40.0, epochs_second: float = 45.0, keep_db: bool = False,
-             moto: MotoServer | None = None) -> DemoResult:
+def run_demo(
+    workdir: Path,
+    *,
+    records_first: int = 200,
+    records_second: int = 200,
+    bad: int = 5,
+    epochs_first: float = 40.0,
+    epochs_second: float = 45.0,
+    keep_db: bool = False,
+    moto: MotoServer | None = None,
+) -> DemoResult:
     """Run the three nights and return what happened (states, summaries, registry).
 
     ``keep_db``: leave the Airflow metadata database (``result.database``) for the caller to use and
@@ -134,8 +146,12 @@ def run_demo(workdir: Path, *, records_first: int = 200, records_second: int = 2
         # otherwise leave ~10 golden ones, too few for F1 to mean anything.
         "RETRAIN__DATASET__GOLDEN_FRACTION": "0.25",
     }
-    result = DemoResult(workdir=str(workdir), database=database, airflow_home=str(workdir / "airflow"),
-                        retrain_env=retrain_env)
+    result = DemoResult(
+        workdir=str(workdir),
+        database=database,
+        airflow_home=str(workdir / "airflow"),
+        retrain_env=retrain_env,
+    )
     with contextlib.ExitStack() as stack:
         if moto is None:
             moto = stack.enter_context(MotoServer())
@@ -144,18 +160,35 @@ def run_demo(workdir: Path, *, records_first: int = 200, records_second: int = 2
         af = AirflowEnv(result.airflow_home, database, moto, retrain_env)
         try:
             af.migrate()
-            _upload_batch(moto, "incoming/2026-11-27/batch-001.json", make_batch(records_first, seed=1, bad=bad))
-            result.nights.append(_night(af, moto, "a-first-batch", "2026-11-27T02:00:00+00:00",
-                                        {"epochs": epochs_first}, workdir))
-            _upload_batch(moto, "incoming/2026-11-28/batch-002.json", make_batch(records_second, seed=2, bad=bad))
-            result.nights.append(_night(af, moto, "b-second-batch", "2026-11-28T02:00:00+00:00",
-                                        {"epochs": epochs_second}, workdir))
+            _upload_batch(
+                moto, "incoming/2026-11-27/batch-001.json", make_batch(records_first, seed=1, bad=bad)
+            )
+            result.nights.append(
+                _night(
+                    af, moto, "a-first-batch", "2026-11-27T02:00:00+00:00", {"epochs": epochs_first}, workdir
+                )
+            )
+            _upload_batch(
+                moto, "incoming/2026-11-28/batch-002.json", make_batch(records_second, seed=2, bad=bad)
+            )
+            result.nights.append(
+                _night(
+                    af,
+                    moto,
+                    "b-second-batch",
+                    "2026-11-28T02:00:00+00:00",
+                    {"epochs": epochs_second},
+                    workdir,
+                )
+            )
             result.nights.append(_night(af, moto, "c-no-new-data", "2026-11-29T02:00:00+00:00", {}, workdir))
             result.registry, result.history = _registry_state(workdir, tiny)
             _mirror_bucket(moto, workdir / "bucket")
             for night in result.nights:
                 if night.intake and night.intake.get("report_uri"):
-                    result.reports.append(night.intake["report_uri"].replace(f"s3://{BUCKET}", str(workdir / "bucket")))
+                    result.reports.append(
+                        night.intake["report_uri"].replace(f"s3://{BUCKET}", str(workdir / "bucket"))
+                    )
         finally:
             if not keep_db:
                 drop_database(database)
@@ -183,7 +216,9 @@ def _registry_state(workdir: Path, tiny: Path) -> tuple[dict[str, Any], list[dic
 
 
 def format_table(result: DemoResult) -> str:
-    rows = [("night", "state", "read", "accepted", "quarantined", "candidate F1", "vs", "champion F1", "decision")]
+    rows = [
+        ("night", "state", "read", "accepted", "quarantined", "candidate F1", "vs", "champion F1", "decision")
+    ]
     for n in result.nights:
         s = n.summary or {}
         intake = n.intake or {}
@@ -191,12 +226,31 @@ def format_table(result: DemoResult) -> str:
         cand = ev.get("candidate", {}).get("micro_f1")
         champ = ev.get("champion", {}).get("micro_f1")
         failed = [t for t, st in n.states.items() if st == "failed"]
-        state = "failed: " + ",".join(failed) if failed else (
-            "skipped" if n.states.get("validate_batches") == "skipped" else ("ok" if n.returncode == 0 else f"exit {n.returncode}"))
-        decision = (s.get("decision") or {}).get("reason", "no training (no new data)" if state == "skipped" else "—")
-        rows.append((n.name, state, str(intake.get("read", "—")), str(intake.get("accepted", "—")),
-                     str(intake.get("quarantined", "—")), f"{cand:.3f}" if cand is not None else "—",
-                     s.get("champion_name", "—"), f"{champ:.3f}" if champ is not None else "—", decision))
+        state = (
+            "failed: " + ",".join(failed)
+            if failed
+            else (
+                "skipped"
+                if n.states.get("validate_batches") == "skipped"
+                else ("ok" if n.returncode == 0 else f"exit {n.returncode}")
+            )
+        )
+        decision = (s.get("decision") or {}).get(
+            "reason", "no training (no new data)" if state == "skipped" else "—"
+        )
+        rows.append(
+            (
+                n.name,
+                state,
+                str(intake.get("read", "—")),
+                str(intake.get("accepted", "—")),
+                str(intake.get("quarantined", "—")),
+                f"{cand:.3f}" if cand is not None else "—",
+                s.get("champion_name", "—"),
+                f"{champ:.3f}" if champ is not None else "—",
+                decision,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for r in rows:
@@ -219,7 +273,9 @@ def format_per_label(result: DemoResult) -> str:
         for label in sorted(set(cand) | set(champ)):
             lines.append(f"  {label:<13} {_fmt(cand.get(label))} / {_fmt(champ.get(label))}")
         for rule in n.summary["decision"]["rules"]:
-            lines.append(f"  gate {rule['rule']:<20} {'PASS' if rule['passed'] else 'FAIL'}  {rule['detail']}")
+            lines.append(
+                f"  gate {rule['rule']:<20} {'PASS' if rule['passed'] else 'FAIL'}  {rule['detail']}"
+            )
     return "\n".join(lines)
 
 
@@ -233,21 +289,27 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + format_table(result))
     print("\n" + format_per_label(result))
     champ = result.registry.get("champion") or {}
-    print(f"\nregistry: {result.registry.get('name')} at {result.registry.get('tracking_uri')}; "
-          f"champion v{champ.get('version')}, previous "
-          f"v{(result.registry.get('previous') or {}).get('version')}")
+    print(
+        f"\nregistry: {result.registry.get('name')} at {result.registry.get('tracking_uri')}; "
+        f"champion v{champ.get('version')}, previous "
+        f"v{(result.registry.get('previous') or {}).get('version')}"
+    )
     print("DAG-run notes:")
     for n in result.nights:
         print(f"  {n.name}: {n.note}")
     print("alias history:")
     for ev in result.history:
-        print(f"  {ev.get('at')} {ev.get('kind')} v{ev.get('from_version') or '-'} -> v{ev.get('to_version')}: {ev.get('reason')}")
+        print(
+            f"  {ev.get('at')} {ev.get('kind')} v{ev.get('from_version') or '-'} "
+            f"-> v{ev.get('to_version')}: {ev.get('reason')}"
+        )
     print("intake reports (the demo bucket, mirrored to disk):")
     for r in result.reports:
         print(f"  {r}")
     print(f"logs: {Path(args.workdir) / 'logs'}; total {time.monotonic() - t0:.0f}s")
     ok = all(n.returncode == 0 for n in result.nights) and not any(
-        st == "failed" for n in result.nights for st in n.states.values())
+        st == "failed" for n in result.nights for st in n.states.values()
+    )
     return 0 if ok else 1
 
 

@@ -69,8 +69,11 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         self.port = free_port()
-        self.proc = subprocess.Popen([str(self.bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(self.bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(self.port)
         log.info("moto S3 on %s (pid %d)", self.endpoint, self.proc.pid)
         return self
@@ -80,18 +83,33 @@ class MotoServer:
         self.proc = None
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def airflow_connection(self) -> str:
-        return json.dumps({"conn_type": "aws", "login": self.access_key, "password": self.secret_key,
-                           "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}})
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": self.access_key,
+                "password": self.secret_key,
+                "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+            }
+        )
 
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
 
     def __enter__(self) -> MotoServer:
         return self.start()
@@ -111,23 +129,44 @@ def recreate_database(database: str) -> None:
     host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
     user = os.environ.get("RETRAIN_PG_USER", "postgres")
     for sql in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
-        subprocess.run(["psql", "-h", host, "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["psql", "-h", host, "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+            check=True,
+            capture_output=True,
+        )
 
 
 def drop_database(database: str) -> None:
     host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
     user = os.environ.get("RETRAIN_PG_USER", "postgres")
-    subprocess.run(["psql", "-h", host, "-U", user, "-d", "postgres", "-qc",
-                    f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'], capture_output=True)
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            host,
+            "-U",
+            user,
+            "-d",
+            "postgres",
+            "-qc",
+            f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+        ],
+        capture_output=True,
+    )
 
 
 class AirflowEnv:
     """An isolated AIRFLOW_HOME + Postgres database; runs ``airflow …`` commands with the project's
     dags/ and plugins/ and the retrain settings given as RETRAIN__* variables."""
 
-    def __init__(self, home: str | Path, database: str, moto: MotoServer, retrain_env: dict[str, str],
-                 af_bin: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        home: str | Path,
+        database: str,
+        moto: MotoServer,
+        retrain_env: dict[str, str],
+        af_bin: str | Path | None = None,
+    ) -> None:
         self.home = Path(home)
         self.database = database
         self.moto = moto
@@ -136,23 +175,26 @@ class AirflowEnv:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__", "AWS_"))}
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url(self.database),
-            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "AIRFLOW_CONN_AWS_DEFAULT": self.moto.airflow_connection(),
-            "PATH": f"{self.af_bin}:{env.get('PATH', '')}",
-            "PYTHONPATH": str(REPO_ROOT / "plugins"),
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url(self.database),
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "AIRFLOW_CONN_AWS_DEFAULT": self.moto.airflow_connection(),
+                "PATH": f"{self.af_bin}:{env.get('PATH', '')}",
+                "PYTHONPATH": str(REPO_ROOT / "plugins"),
+            }
+        )
         env.update(self.retrain_env)
         return env
 
-    def run(self, *args: str, check: bool = True, log_file: Path | None = None,
-            timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, log_file: Path | None = None, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.af_bin / "airflow"), *args]
         log.info("$ %s", " ".join(cmd))
         proc = subprocess.run(cmd, env=self.env(), text=True, capture_output=True, timeout=timeout)
@@ -161,7 +203,9 @@ class AirflowEnv:
             with log_file.open("a", encoding="utf-8") as fh:
                 fh.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}\n")
         if check and proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(args)}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"`{' '.join(args)}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     def migrate(self) -> None:
@@ -169,8 +213,9 @@ class AirflowEnv:
         recreate_database(self.database)
         self.run("db", "migrate")
 
-    def dags_test(self, dag_id: str, logical_date: str, conf: dict[str, Any] | None = None,
-                  log_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def dags_test(
+        self, dag_id: str, logical_date: str, conf: dict[str, Any] | None = None, log_file: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         args = ["dags", "test", dag_id, logical_date]
         if conf:
             args += ["--conf", json.dumps(conf)]
@@ -185,16 +230,25 @@ class AirflowEnv:
         host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
         user = os.environ.get("RETRAIN_PG_USER", "postgres")
         args = [a for name, value in params.items() for a in ("-v", f"{name}={value}")]
-        proc = subprocess.run(["psql", "-h", host, "-U", user, "-d", self.database, "-tA", "-F", "\t", *args],
-                              input=sql + ";\n", text=True, capture_output=True, check=True)
+        proc = subprocess.run(
+            ["psql", "-h", host, "-U", user, "-d", self.database, "-tA", "-F", "\t", *args],
+            input=sql + ";\n",
+            text=True,
+            capture_output=True,
+            check=True,
+        )
         return [line.split("\t") for line in proc.stdout.splitlines() if line]
 
     def run_note(self, dag_id: str, run_id: str) -> str | None:
         """The DAG run's note, read from the metadata DB (the CLI does not show notes); None without one
         (or when the DB cannot be read)."""
         try:
-            rows = self.query("SELECT n.content FROM dag_run_note n JOIN dag_run r ON r.id = n.dag_run_id "
-                              "WHERE r.dag_id = :'dag' AND r.run_id = :'run'", dag=dag_id, run=run_id)
+            rows = self.query(
+                "SELECT n.content FROM dag_run_note n JOIN dag_run r ON r.id = n.dag_run_id "
+                "WHERE r.dag_id = :'dag' AND r.run_id = :'run'",
+                dag=dag_id,
+                run=run_id,
+            )
         except subprocess.CalledProcessError:
             return None
         return rows[0][0] if rows else None

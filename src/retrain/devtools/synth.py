@@ -13,8 +13,30 @@ import random
 from pathlib import Path
 
 ENTITIES: dict[str, list[str]] = {
-    "name": ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄强", "周杰", "吴琳", "叶老桂", "孙悦"],
-    "organization": ["中国足协", "红十字会", "北京大学", "国际奥委会", "作家协会", "曼联", "联合国", "中科院"],
+    "name": [
+        "张伟",
+        "王芳",
+        "李娜",
+        "刘洋",
+        "陈静",
+        "杨磊",
+        "赵敏",
+        "黄强",
+        "周杰",
+        "吴琳",
+        "叶老桂",
+        "孙悦",
+    ],
+    "organization": [
+        "中国足协",
+        "红十字会",
+        "北京大学",
+        "国际奥委会",
+        "作家协会",
+        "曼联",
+        "联合国",
+        "中科院",
+    ],
     "scene": ["故宫", "西湖", "长城", "黄山", "卢浮宫", "九寨沟", "颐和园", "泰山"],
     "company": ["浙商银行", "阿里巴巴", "腾讯公司", "华为", "中国移动", "万科集团", "小米科技", "招商银行"],
     "movie": ["《流浪地球》", "《霸王别姬》", "《让子弹飞》", "《英雄》", "《无间道》", "《功夫》"],
@@ -86,14 +108,17 @@ def make_batch(records: int, seed: int, bad: int = 0) -> list[str]:
     return lines
 
 
-def write_batches(out_dir: str | Path, batches: int = 1, records: int = 200, seed: int = 0,
-                  bad_per_batch: int = 0) -> list[Path]:
+def write_batches(
+    out_dir: str | Path, batches: int = 1, records: int = 200, seed: int = 0, bad_per_batch: int = 0
+) -> list[Path]:
     """Write ``batches`` files ``batch-XXX.json`` (CLUENER JSON lines) and return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for b in range(batches):
         path = out / f"batch-{seed:03d}-{b:03d}.json"
-        path.write_text("\n".join(make_batch(records, seed * 1000 + b, bad_per_batch)) + "\n", encoding="utf-8")
+        path.write_text(
+            "\n".join(make_batch(records, seed * 1000 + b, bad_per_batch)) + "\n", encoding="utf-8"
+        )
         paths.append(path)
     return paths

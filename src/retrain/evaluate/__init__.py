@@ -78,8 +78,20 @@ class EvalRequest:
         """Validate the request; unknown keys and wrong types are errors naming the field."""
         if not isinstance(data, dict):
             raise EvalRequestError(f"{where}: expected a JSON object")
-        allowed = {"run_id", "golden_uri", "golden_hash", "base_model", "candidate", "champion", "labels",
-                   "max_new_tokens", "batch_size", "backend", "template", "model_cache_dir"}
+        allowed = {
+            "run_id",
+            "golden_uri",
+            "golden_hash",
+            "base_model",
+            "candidate",
+            "champion",
+            "labels",
+            "max_new_tokens",
+            "batch_size",
+            "backend",
+            "template",
+            "model_cache_dir",
+        }
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise EvalRequestError(f"{where}: unknown field(s) {unknown}; expected {sorted(allowed)}")
@@ -114,10 +126,17 @@ class EvalRequest:
         if backend not in ("hf", "vllm"):
             raise EvalRequestError(f"{where}: field 'backend' must be 'hf' or 'vllm', got {backend!r}")
         req = cls(
-            run_id=need("run_id", str), golden_uri=need("golden_uri", str), golden_hash=need("golden_hash", str),
-            base_model=need("base_model", str), candidate=model("candidate"), champion=model("champion"),
-            labels=list(labels), max_new_tokens=need("max_new_tokens", int, 256),
-            batch_size=need("batch_size", int, 8), backend=backend, template=need("template", str, "qwen"),
+            run_id=need("run_id", str),
+            golden_uri=need("golden_uri", str),
+            golden_hash=need("golden_hash", str),
+            base_model=need("base_model", str),
+            candidate=model("candidate"),
+            champion=model("champion"),
+            labels=list(labels),
+            max_new_tokens=need("max_new_tokens", int, 256),
+            batch_size=need("batch_size", int, 8),
+            backend=backend,
+            template=need("template", str, "qwen"),
             model_cache_dir=need("model_cache_dir", (str, type(None)), None),
         )
         if req.candidate.adapter_uri is None:
@@ -128,8 +147,13 @@ class EvalRequest:
 
     def decoding(self) -> dict[str, Any]:
         """The decoding configuration (part of the cache key and of the report)."""
-        return {"backend": self.backend, "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
-                "template": self.template, "strategy": "greedy"}
+        return {
+            "backend": self.backend,
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "template": self.template,
+            "strategy": "greedy",
+        }
 
 
 @dataclass
@@ -157,7 +181,11 @@ def load_golden(data: bytes, where: str = "golden.json") -> GoldenSet:
         raise ValueError(f"{where}: expected a non-empty JSON list of alpaca examples")
     gs = GoldenSet([], [], [], [], hashlib.sha256(data).hexdigest())
     for i, ex in enumerate(examples):
-        if not isinstance(ex, dict) or not isinstance(ex.get("instruction"), str) or not isinstance(ex.get("output"), str):
+        if (
+            not isinstance(ex, dict)
+            or not isinstance(ex.get("instruction"), str)
+            or not isinstance(ex.get("output"), str)
+        ):
             raise ValueError(f"{where}: example {i}: needs string fields 'instruction' and 'output'")
         text = ex.get("input") or ""
         try:
@@ -179,9 +207,15 @@ class ModelResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def score_outputs(golden: GoldenSet, raws: Sequence[str], labels: Sequence[str], *,
-                  new_tokens: Sequence[int] | None = None, stopped: Sequence[bool] | None = None,
-                  latency_s: float | None = None) -> ModelResult:
+def score_outputs(
+    golden: GoldenSet,
+    raws: Sequence[str],
+    labels: Sequence[str],
+    *,
+    new_tokens: Sequence[int] | None = None,
+    stopped: Sequence[bool] | None = None,
+    latency_s: float | None = None,
+) -> ModelResult:
     """Parse every raw output, score against gold and collect the per-model report fields.
 
     Unparseable outputs count as predicting nothing. Adds to `metrics.score`'s dict:
@@ -199,8 +233,13 @@ def score_outputs(golden: GoldenSet, raws: Sequence[str], labels: Sequence[str],
         if not parsed.ok:
             failures.append({"index": i, "input": golden.inputs[i], "raw": raw, "error": parsed.error})
         row = {
-            "index": i, "input": golden.inputs[i], "gold": [list(p) for p in golden.gold[i]], "raw": raw,
-            "pred": [list(p) for p in parsed.entities], "parse_ok": parsed.ok, "parse_error": parsed.error,
+            "index": i,
+            "input": golden.inputs[i],
+            "gold": [list(p) for p in golden.gold[i]],
+            "raw": raw,
+            "pred": [list(p) for p in parsed.entities],
+            "parse_ok": parsed.ok,
+            "parse_error": parsed.error,
         }
         if new_tokens is not None:
             row["new_tokens"] = int(new_tokens[i])
@@ -209,15 +248,17 @@ def score_outputs(golden: GoldenSet, raws: Sequence[str], labels: Sequence[str],
         rows.append(row)
     metrics = score(golden.gold, preds, labels)
     total_tokens = int(sum(new_tokens)) if new_tokens is not None else None
-    metrics.update({
-        "parse_failure_rate": len(failures) / golden.n,
-        "n_parse_failures": len(failures),
-        "parse_failures": failures[:MAX_FAILURES_IN_REPORT],
-        "latency_s": latency_s,
-        "new_tokens": total_tokens,
-        "tokens_per_s": (total_tokens / latency_s) if total_tokens is not None and latency_s else None,
-        "n_truncated": (sum(1 for s in stopped if not s) if stopped is not None else None),
-    })
+    metrics.update(
+        {
+            "parse_failure_rate": len(failures) / golden.n,
+            "n_parse_failures": len(failures),
+            "parse_failures": failures[:MAX_FAILURES_IN_REPORT],
+            "latency_s": latency_s,
+            "new_tokens": total_tokens,
+            "tokens_per_s": (total_tokens / latency_s) if total_tokens is not None and latency_s else None,
+            "n_truncated": (sum(1 for s in stopped if not s) if stopped is not None else None),
+        }
+    )
     return ModelResult(metrics, rows)
 
 
@@ -233,7 +274,9 @@ def resolve_base_model(base_model: str, model_cache_dir: str | None) -> Path:
     if path.is_absolute() or base_model.startswith("."):
         raise FileNotFoundError(f"base_model {base_model}: not a local model directory (no config.json)")
     if not model_cache_dir:
-        raise FileNotFoundError(f"base_model {base_model!r} is not a local directory and the request has no model_cache_dir")
+        raise FileNotFoundError(
+            f"base_model {base_model!r} is not a local directory and the request has no model_cache_dir"
+        )
     from retrain.train import resolve_base_model as resolve
 
     return Path(resolve(base_model, model_cache_dir))
@@ -260,13 +303,22 @@ def base_model_fingerprint(base_model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(adapter_hash: str | None, golden_hash: str, decoding: dict[str, Any], base_fingerprint: str,
-              labels: Sequence[str]) -> str:
+def cache_key(
+    adapter_hash: str | None,
+    golden_hash: str,
+    decoding: dict[str, Any],
+    base_fingerprint: str,
+    labels: Sequence[str],
+) -> str:
     """SHA-256 naming a cached result: same adapter, golden set, decoding, base and scorer."""
     material = {
-        "adapter_hash": adapter_hash, "golden_hash": golden_hash, "decoding": decoding,
-        "base_model": base_fingerprint, "labels": list(labels),
-        "parser_version": PARSER_VERSION, "metrics_version": METRICS_VERSION,
+        "adapter_hash": adapter_hash,
+        "golden_hash": golden_hash,
+        "decoding": decoding,
+        "base_model": base_fingerprint,
+        "labels": list(labels),
+        "parser_version": PARSER_VERSION,
+        "metrics_version": METRICS_VERSION,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -285,7 +337,7 @@ def fetch_adapter(store_for: Any, uri: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     n = 0
     for obj in store.iter_objects(base):
-        rel = obj.key[len(base):]
+        rel = obj.key[len(base) :]
         if not rel or "/" in rel:
             continue
         store.download_file(obj.key, dest / rel)
@@ -310,8 +362,14 @@ def run_evaluation_from_uri(run_uri: str, workdir: str | Path | None = None) -> 
     return run_evaluation(client, bucket, run_prefix, workdir=workdir)
 
 
-def run_evaluation(client: Any, bucket: str, run_prefix: str, *, workdir: str | Path | None = None,
-                   backend_factory: Any = None) -> dict[str, Any]:
+def run_evaluation(
+    client: Any,
+    bucket: str,
+    run_prefix: str,
+    *,
+    workdir: str | Path | None = None,
+    backend_factory: Any = None,
+) -> dict[str, Any]:
     """Evaluate candidate and champion for the run under ``run_prefix`` in ``bucket``.
 
     Writes under ``<run_prefix>/eval/``: report.json =
@@ -341,15 +399,21 @@ def run_evaluation(client: Any, bucket: str, run_prefix: str, *, workdir: str | 
         if not golden.sha256.startswith(request.golden_hash.lower()):
             raise ValueError(
                 f"{request.golden_uri}: sha256 {golden.sha256[:16]}… does not match golden_hash "
-                f"{request.golden_hash!r} in {store.uri(request_key)}: the golden set changed after the request was made"
+                f"{request.golden_hash!r} in {store.uri(request_key)}: "
+                "the golden set changed after the request was made"
             )
         base_dir = resolve_base_model(request.base_model, request.model_cache_dir)
         fingerprint = base_model_fingerprint(base_dir)
         decoding = request.decoding()
 
-        cand_dir = fetch_adapter(store_for, request.candidate.adapter_uri or "", Path(wd) / "adapters" / "candidate")
-        champ_dir = (fetch_adapter(store_for, request.champion.adapter_uri, Path(wd) / "adapters" / "champion")
-                     if request.champion.adapter_uri else None)
+        cand_dir = fetch_adapter(
+            store_for, request.candidate.adapter_uri or "", Path(wd) / "adapters" / "candidate"
+        )
+        champ_dir = (
+            fetch_adapter(store_for, request.champion.adapter_uri, Path(wd) / "adapters" / "champion")
+            if request.champion.adapter_uri
+            else None
+        )
         cand_hash = sha256_file(cand_dir / ADAPTER_WEIGHTS)
         champ_hash = sha256_file(champ_dir / ADAPTER_WEIGHTS) if champ_dir else None
         cand_key = cache_key(cand_hash, request.golden_hash, decoding, fingerprint, request.labels)
@@ -359,8 +423,12 @@ def run_evaluation(client: Any, bucket: str, run_prefix: str, *, workdir: str | 
         factory = backend_factory
         if factory is None:
             from retrain.evaluate.generate import make_backend as factory
-        backend = factory(request.backend, str(base_dir), template=request.template,
-                          adapter_dirs=[cand_dir] + ([champ_dir] if cached is None else []))
+        backend = factory(
+            request.backend,
+            str(base_dir),
+            template=request.template,
+            adapter_dirs=[cand_dir] + ([champ_dir] if cached is None else []),
+        )
 
         results: dict[str, ModelResult] = {}
         for role, spec, adapter_dir, a_hash, key in (
@@ -375,27 +443,68 @@ def run_evaluation(client: Any, bucket: str, run_prefix: str, *, workdir: str | 
                 log.info("%s (%s): generating %d outputs", role, spec.name, golden.n)
                 from retrain.evaluate.generate import timed_generate
 
-                outs, secs = timed_generate(backend, golden.prompts, golden.systems, adapter_dir,
-                                            request.max_new_tokens, request.batch_size)
-                res = score_outputs(golden, [o.text for o in outs], request.labels,
-                                    new_tokens=[o.new_tokens for o in outs], stopped=[o.stopped for o in outs],
-                                    latency_s=secs)
+                outs, secs = timed_generate(
+                    backend,
+                    golden.prompts,
+                    golden.systems,
+                    adapter_dir,
+                    request.max_new_tokens,
+                    request.batch_size,
+                )
+                res = score_outputs(
+                    golden,
+                    [o.text for o in outs],
+                    request.labels,
+                    new_tokens=[o.new_tokens for o in outs],
+                    stopped=[o.stopped for o in outs],
+                    latency_s=secs,
+                )
                 res.metrics["cached"] = False
-                _write_cache(store, key, res, {"adapter_hash": a_hash, "golden_hash": request.golden_hash,
-                                               "decoding": decoding, "base_model": fingerprint})
-            res.metrics.update({"name": spec.name, "version": spec.version, "adapter_uri": spec.adapter_uri,
-                                "adapter_hash": a_hash, "cache_key": key})
+                _write_cache(
+                    store,
+                    key,
+                    res,
+                    {
+                        "adapter_hash": a_hash,
+                        "golden_hash": request.golden_hash,
+                        "decoding": decoding,
+                        "base_model": fingerprint,
+                    },
+                )
+            res.metrics.update(
+                {
+                    "name": spec.name,
+                    "version": spec.version,
+                    "adapter_uri": spec.adapter_uri,
+                    "adapter_hash": a_hash,
+                    "cache_key": key,
+                }
+            )
             results[role] = res
             m = res.metrics
-            log.info("%s (%s): micro F1 %s, macro F1 %s, CLUENER %s, parse failures %d/%d", role, spec.name,
-                     _f(m["micro"]["f1"]), _f(m["macro_f1"]), _f(m["cluener_score"]), m["n_parse_failures"],
-                     golden.n)
+            log.info(
+                "%s (%s): micro F1 %s, macro F1 %s, CLUENER %s, parse failures %d/%d",
+                role,
+                spec.name,
+                _f(m["micro"]["f1"]),
+                _f(m["macro_f1"]),
+                _f(m["cluener_score"]),
+                m["n_parse_failures"],
+                golden.n,
+            )
 
         report = {
-            "run_id": request.run_id, "golden_hash": request.golden_hash, "golden_uri": request.golden_uri,
-            "golden_sha256": golden.sha256, "n": golden.n, "labels": request.labels, "decoding": decoding,
-            "base_model": request.base_model, "base_model_path": str(base_dir),
-            "candidate": results["candidate"].metrics, "champion": results["champion"].metrics,
+            "run_id": request.run_id,
+            "golden_hash": request.golden_hash,
+            "golden_uri": request.golden_uri,
+            "golden_sha256": golden.sha256,
+            "n": golden.n,
+            "labels": request.labels,
+            "decoding": decoding,
+            "base_model": request.base_model,
+            "base_model_path": str(base_dir),
+            "candidate": results["candidate"].metrics,
+            "champion": results["champion"].metrics,
         }
         from retrain.evaluate.report import write_report
 
@@ -404,10 +513,13 @@ def run_evaluation(client: Any, bucket: str, run_prefix: str, *, workdir: str | 
         for role in ("candidate", "champion"):
             (out_dir / f"predictions_{role}.jsonl").write_bytes(dumps_jsonl(results[role].predictions))
         uris = {}
-        for name, content_type in (("report.json", "application/json"), ("report.html", "text/html"),
-                                   ("per_label_f1.png", "image/png"),
-                                   ("predictions_candidate.jsonl", "application/x-ndjson"),
-                                   ("predictions_champion.jsonl", "application/x-ndjson")):
+        for name, content_type in (
+            ("report.json", "application/json"),
+            ("report.html", "text/html"),
+            ("per_label_f1.png", "image/png"),
+            ("predictions_candidate.jsonl", "application/x-ndjson"),
+            ("predictions_champion.jsonl", "application/x-ndjson"),
+        ):
             key = join_key(eval_prefix, name)
             store.put_bytes(key, (out_dir / name).read_bytes(), content_type)
             uris[name] = store.uri(key)
@@ -423,8 +535,10 @@ def run_evaluation(client: Any, bucket: str, run_prefix: str, *, workdir: str | 
         "report_uri": uris["report.json"],
         "html_uri": uris["report.html"],
         "chart_uri": uris["per_label_f1.png"],
-        "predictions_uris": {"candidate": uris["predictions_candidate.jsonl"],
-                             "champion": uris["predictions_champion.jsonl"]},
+        "predictions_uris": {
+            "candidate": uris["predictions_candidate.jsonl"],
+            "champion": uris["predictions_champion.jsonl"],
+        },
     }
 
 
@@ -448,8 +562,10 @@ def _read_cache(store: ObjectStore, key: str) -> dict[str, Any] | None:
 
 def _write_cache(store: ObjectStore, key: str, res: ModelResult, material: dict[str, Any]) -> None:
     metrics = {k: v for k, v in res.metrics.items() if k not in ("cached",)}
-    store.put_json(f"{CACHE_PREFIX}/{key}.json",
-                   {"key": key, "material": material, "metrics": metrics, "predictions": res.predictions})
+    store.put_json(
+        f"{CACHE_PREFIX}/{key}.json",
+        {"key": key, "material": material, "metrics": metrics, "predictions": res.predictions},
+    )
 
 
 @contextlib.contextmanager

@@ -67,7 +67,9 @@ class PromptEncoder:
         return list(prompt_ids)
 
 
-def prompt_encoder(tokenizer: Any, template: str = DEFAULT_TEMPLATE, extra_stop_ids: Sequence[int] = ()) -> PromptEncoder:
+def prompt_encoder(
+    tokenizer: Any, template: str = DEFAULT_TEMPLATE, extra_stop_ids: Sequence[int] = ()
+) -> PromptEncoder:
     """Bind LLaMA-Factory's template ``template`` to ``tokenizer`` (fixing its special tokens the
     way training does: for qwen, eos becomes ``<|im_end|>``)."""
     from llamafactory.data import get_template_and_fix_tokenizer
@@ -78,7 +80,9 @@ def prompt_encoder(tokenizer: Any, template: str = DEFAULT_TEMPLATE, extra_stop_
     stops = set(tmpl.get_stop_token_ids(tokenizer))
     stops.update(i for i in (original_eos, tokenizer.eos_token_id, *extra_stop_ids) if i is not None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PromptEncoder(tokenizer=tokenizer, template=tmpl, stop_token_ids=sorted(stops), pad_token_id=int(pad))
+    return PromptEncoder(
+        tokenizer=tokenizer, template=tmpl, stop_token_ids=sorted(stops), pad_token_id=int(pad)
+    )
 
 
 def _generation_eos_ids(model: Any) -> list[int]:
@@ -91,8 +95,13 @@ def _generation_eos_ids(model: Any) -> list[int]:
 # --- transformers backend ---------------------------------------------------------------------
 
 
-def load_model(base_model_dir: str | Path, adapter_dir: str | Path | None = None, *,
-               device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+def load_model(
+    base_model_dir: str | Path,
+    adapter_dir: str | Path | None = None,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+) -> tuple[Any, Any]:
     """(model, tokenizer) for greedy evaluation: the base model, with the LoRA adapter at
     ``adapter_dir`` applied (unmerged, through peft) when given. ``device`` defaults to cuda when
     available; ``dtype`` to bfloat16 on a GPU that supports it (else float16) and float32 on CPU.
@@ -118,10 +127,18 @@ def load_model(base_model_dir: str | Path, adapter_dir: str | Path | None = None
     return model, tokenizer
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 256,
-             batch_size: int = 8, progress: Progress | None = None, *,
-             systems: Sequence[str | None] | str | None = None, template: str = DEFAULT_TEMPLATE,
-             sort_by_length: bool = True) -> list[GenerationOutput]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    *,
+    systems: Sequence[str | None] | str | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    sort_by_length: bool = True,
+) -> list[GenerationOutput]:
     """Greedy completions for user turns ``prompts``, in input order.
 
     Batches of ``batch_size`` are LEFT-padded (pad id, attention mask 0); with
@@ -139,9 +156,15 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     if sort_by_length:
         order.sort(key=lambda i: -len(encoded[i]))
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
-        eos_token_id=enc.stop_token_ids, pad_token_id=enc.pad_token_id,
-        temperature=None, top_p=None, top_k=None,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        repetition_penalty=1.0,
+        eos_token_id=enc.stop_token_ids,
+        pad_token_id=enc.pad_token_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
     device = next(model.parameters()).device
     results: list[GenerationOutput | None] = [None] * len(encoded)
@@ -158,8 +181,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=config)
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
+            )
             new = out[:, width:].tolist()
             for row, i in enumerate(idx):
                 results[i] = _finish(new[row], enc, tokenizer)
@@ -194,7 +218,9 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, base_model_dir: str | Path, template: str = DEFAULT_TEMPLATE, **load_kwargs: Any) -> None:
+    def __init__(
+        self, base_model_dir: str | Path, template: str = DEFAULT_TEMPLATE, **load_kwargs: Any
+    ) -> None:
         self.template = template
         self.model, self.tokenizer = load_model(base_model_dir, None, **load_kwargs)
         self._adapters: dict[str, str] = {}
@@ -228,20 +254,39 @@ class HFBackend:
         from peft import PeftModel
 
         if adapter_dir is None:
-            ctx = self.model.disable_adapter() if isinstance(self.model, PeftModel) else contextlib.nullcontext()
+            ctx = (
+                self.model.disable_adapter()
+                if isinstance(self.model, PeftModel)
+                else contextlib.nullcontext()
+            )
             with ctx:
                 yield
             return
         self.model.set_adapter(self._ensure_adapter(adapter_dir))
         yield
 
-    def generate(self, prompts: Sequence[str], systems: Sequence[str | None], adapter_dir: str | Path | None,
-                 max_new_tokens: int, batch_size: int, progress: Progress | None = None) -> list[GenerationOutput]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        systems: Sequence[str | None],
+        adapter_dir: str | Path | None,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[GenerationOutput]:
         if adapter_dir is not None:
             self._ensure_adapter(adapter_dir)
         with self._using(adapter_dir):
-            return generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, progress,
-                            systems=systems, template=self.template)
+            return generate(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens,
+                batch_size,
+                progress,
+                systems=systems,
+                template=self.template,
+            )
 
 
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -258,8 +303,13 @@ class VllmBackend:
 
     name = "vllm"
 
-    def __init__(self, base_model_dir: str | Path, template: str = DEFAULT_TEMPLATE, max_lora_rank: int = 8,
-                 **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        base_model_dir: str | Path,
+        template: str = DEFAULT_TEMPLATE,
+        max_lora_rank: int = 8,
+        **engine_kwargs: Any,
+    ) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -273,15 +323,28 @@ class VllmBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir), trust_remote_code=True)
         self.encoder = prompt_encoder(self.tokenizer, template)
         rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), max_lora_rank)
-        self.llm = LLM(model=str(base_model_dir), enable_lora=True, max_lora_rank=rank, seed=0,
-                       trust_remote_code=True, **engine_kwargs)
+        self.llm = LLM(
+            model=str(base_model_dir),
+            enable_lora=True,
+            max_lora_rank=rank,
+            seed=0,
+            trust_remote_code=True,
+            **engine_kwargs,
+        )
         self._lora_ids: dict[str, int] = {}
 
     def prepare(self, adapter_dir: str | Path | None) -> None:
         """Nothing to do ahead: vLLM loads a LoRA adapter on its first request."""
 
-    def generate(self, prompts: Sequence[str], systems: Sequence[str | None], adapter_dir: str | Path | None,
-                 max_new_tokens: int, batch_size: int, progress: Progress | None = None) -> list[GenerationOutput]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        systems: Sequence[str | None],
+        adapter_dir: str | Path | None,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[GenerationOutput]:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -290,12 +353,20 @@ class VllmBackend:
             key = str(Path(adapter_dir).resolve())
             lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
             lora = LoRARequest(f"adapter{lora_id}", lora_id, key)
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.encoder.stop_token_ids,
-                                skip_special_tokens=True)
-        encoded = [self.encoder.encode(p, s) for p, s in zip(prompts, _systems(systems, len(prompts)), strict=True)]
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            stop_token_ids=self.encoder.stop_token_ids,
+            skip_special_tokens=True,
+        )
+        encoded = [
+            self.encoder.encode(p, s) for p, s in zip(prompts, _systems(systems, len(prompts)), strict=True)
+        ]
         results: list[GenerationOutput] = []
         total = len(encoded)
-        chunk = max(int(batch_size), 1) * 8  # the engine batches internally; chunks only pace the progress log
+        chunk = (
+            max(int(batch_size), 1) * 8
+        )  # the engine batches internally; chunks only pace the progress log
         for start in range(0, total, chunk):
             part = [{"prompt_token_ids": ids} for ids in encoded[start : start + chunk]]
             outs = self.llm.generate(part, params, lora_request=lora, use_tqdm=False)
@@ -309,8 +380,13 @@ class VllmBackend:
         return results
 
 
-def make_backend(backend: str, base_model_dir: str | Path, *, template: str = DEFAULT_TEMPLATE,
-                 adapter_dirs: Sequence[str | Path | None] = ()) -> HFBackend | VllmBackend:
+def make_backend(
+    backend: str,
+    base_model_dir: str | Path,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    adapter_dirs: Sequence[str | Path | None] = (),
+) -> HFBackend | VllmBackend:
     """The backend named in the eval request; for vllm, sized for the given adapters' ranks."""
     if backend == "hf":
         return HFBackend(base_model_dir, template)
@@ -320,9 +396,15 @@ def make_backend(backend: str, base_model_dir: str | Path, *, template: str = DE
     raise ValueError(f"unknown evaluation backend {backend!r}: expected 'hf' or 'vllm'")
 
 
-def timed_generate(backend: HFBackend | VllmBackend, prompts: Sequence[str], systems: Sequence[str | None],
-                   adapter_dir: str | Path | None, max_new_tokens: int, batch_size: int,
-                   progress: Progress | None = None) -> tuple[list[GenerationOutput], float]:
+def timed_generate(
+    backend: HFBackend | VllmBackend,
+    prompts: Sequence[str],
+    systems: Sequence[str | None],
+    adapter_dir: str | Path | None,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> tuple[list[GenerationOutput], float]:
     """Generate and return (outputs, wall seconds); adapter loading is done before the clock starts."""
     backend.prepare(adapter_dir)
     t0 = time.perf_counter()

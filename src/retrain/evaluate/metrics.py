@@ -45,7 +45,9 @@ def prf(tp: int, fp: int, fn: int) -> tuple[float | None, float | None, float | 
     return p, r, f
 
 
-def score(gold: Sequence[Iterable[Pair]], pred: Sequence[Iterable[Pair]], labels: Sequence[str]) -> dict[str, Any]:
+def score(
+    gold: Sequence[Iterable[Pair]], pred: Sequence[Iterable[Pair]], labels: Sequence[str]
+) -> dict[str, Any]:
     """Score predictions against gold, sentence by sentence.
 
     ``gold[i]`` and ``pred[i]`` are the (label, text) pairs of sentence i. ``labels`` is the label
@@ -93,8 +95,13 @@ def score(gold: Sequence[Iterable[Pair]], pred: Sequence[Iterable[Pair]], labels
         ltp, lfp, lfn = counts[lab]
         p_, r_, f_ = prf(ltp, lfp, lfn)
         per_label[lab] = {
-            "precision": p_, "recall": r_, "f1": f_,
-            "support": ltp + lfn, "tp": ltp, "fp": lfp, "fn": lfn,
+            "precision": p_,
+            "recall": r_,
+            "f1": f_,
+            "support": ltp + lfn,
+            "tp": ltp,
+            "fp": lfp,
+            "fn": lfn,
         }
         if f_ is not None:
             defined_f1.append(f_)

@@ -46,28 +46,82 @@ Pair = tuple[str, str]
 PARSER_VERSION = "1"
 
 _LABEL_KEYS = (
-    "label", "type", "entity_type", "entitytype", "category", "class", "tag", "ner_type",
-    "实体类别", "实体类型", "类别", "类型", "标签",
+    "label",
+    "type",
+    "entity_type",
+    "entitytype",
+    "category",
+    "class",
+    "tag",
+    "ner_type",
+    "实体类别",
+    "实体类型",
+    "类别",
+    "类型",
+    "标签",
 )
 _TEXT_KEYS = (
-    "text", "entity", "entity_text", "entitytext", "value", "span", "word", "mention", "content",
-    "实体", "实体名称", "实体内容", "文本", "内容", "名称",
+    "text",
+    "entity",
+    "entity_text",
+    "entitytext",
+    "value",
+    "span",
+    "word",
+    "mention",
+    "content",
+    "实体",
+    "实体名称",
+    "实体内容",
+    "文本",
+    "内容",
+    "名称",
 )
-_WRAPPER_KEYS = ("entities", "entity_list", "entitylist", "result", "results", "output", "outputs",
-                 "answer", "data", "ner", "实体列表", "实体", "结果")
+_WRAPPER_KEYS = (
+    "entities",
+    "entity_list",
+    "entitylist",
+    "result",
+    "results",
+    "output",
+    "outputs",
+    "answer",
+    "data",
+    "ner",
+    "实体列表",
+    "实体",
+    "结果",
+)
 
 _THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
 
 _NONE_EXACT = {
-    "无", "没有", "空", "无实体", "没有实体", "不存在", "none", "null", "nil", "n/a", "na", "nothing",
-    "empty", "no", "noentities", "noentity", "无结果",
+    "无",
+    "没有",
+    "空",
+    "无实体",
+    "没有实体",
+    "不存在",
+    "none",
+    "null",
+    "nil",
+    "n/a",
+    "na",
+    "nothing",
+    "empty",
+    "no",
+    "noentities",
+    "noentity",
+    "无结果",
 }
 _NONE_PATTERNS = (
     re.compile(r"(没有|未|无|不存在|不包含|找不到|不含)[^。.!?！？]{0,15}实体"),
     re.compile(r"\bno\b[^.!?]{0,20}\bentit(y|ies)\b"),
-    re.compile(r"\b(did not|didn't|could not|couldn't|cannot|can't|unable to)\b[^.!?]{0,20}"
-               r"\b(find|identify|extract|detect|recogni[sz]e)\b[^.!?]{0,30}\bentit(y|ies)\b"),
+    re.compile(
+        r"\b(did not|didn't|could not|couldn't|cannot|can't|unable to)\b[^.!?]{0,20}"
+        r"\b(find|identify|extract|detect|recogni[sz]e)\b[^.!?]{0,30}\bentit(y|ies)\b"
+    ),
     re.compile(r"\bnone\b[^.!?]{0,10}\b(found|identified|detected)\b"),
 )
 _PUNCT_STRIP = " \t\r\n。.!！?？,，;；:：\"'“”‘’`()（）[]【】<>《》-—*_~"
@@ -148,7 +202,9 @@ def parse_gold(output: str) -> list[Pair]:
             raise GoldFormatError(f"item {i}: expected an object, got {type(item).__name__}")
         for key in ("label", "text"):
             if not isinstance(item.get(key), str) or not item[key]:
-                raise GoldFormatError(f"item {i}: field {key!r} must be a non-empty string, got {item.get(key)!r}")
+                raise GoldFormatError(
+                    f"item {i}: field {key!r} must be a non-empty string, got {item.get(key)!r}"
+                )
         pairs.append((item["label"], item["text"]))
     return _dedup(pairs)
 
@@ -212,7 +268,9 @@ def _loads_with_repairs(chunk: str) -> tuple[bool, Any, str]:
     try:
         return True, json.loads(chunk), ""
     except (json.JSONDecodeError, RecursionError) as exc:
-        first = f"{exc.msg} at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        first = (
+            f"{exc.msg} at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        )
     repaired = _drop_trailing_commas(chunk)
     if repaired != chunk:
         try:

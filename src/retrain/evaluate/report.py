@@ -25,7 +25,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / REPORT_JSON, "png": out / CHART_PNG, "html": out / REPORT_HTML}
-    paths["json"].write_text(json.dumps(report, ensure_ascii=False, indent=2, sort_keys=True), encoding="utf-8")
+    paths["json"].write_text(
+        json.dumps(report, ensure_ascii=False, indent=2, sort_keys=True), encoding="utf-8"
+    )
     plot_per_label_f1(report["candidate"], report["champion"], paths["png"])
     paths["html"].write_text(render_html(report, paths["png"].read_bytes()), encoding="utf-8")
     return paths
@@ -44,15 +46,33 @@ def plot_per_label_f1(candidate: dict[str, Any], champion: dict[str, Any], path:
     xs = range(len(labels))
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.2), dpi=100)
-    bars_c = ax.bar([x - width / 2 for x in xs], [v or 0.0 for v in cand], width,
-                    label=f"{candidate.get('name', 'candidate')}", color="#3b75af")
-    bars_h = ax.bar([x + width / 2 for x in xs], [v or 0.0 for v in champ], width,
-                    label=f"{champion.get('name', 'champion')}", color="#c4c4c4", edgecolor="#777777")
+    bars_c = ax.bar(
+        [x - width / 2 for x in xs],
+        [v or 0.0 for v in cand],
+        width,
+        label=f"{candidate.get('name', 'candidate')}",
+        color="#3b75af",
+    )
+    bars_h = ax.bar(
+        [x + width / 2 for x in xs],
+        [v or 0.0 for v in champ],
+        width,
+        label=f"{champion.get('name', 'champion')}",
+        color="#c4c4c4",
+        edgecolor="#777777",
+    )
     for bars, values in ((bars_c, cand), (bars_h, champ)):
         for bar, value in zip(bars, values, strict=True):
             text = "n/a" if value is None else f"{value:.2f}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 1),
+                textcoords="offset points",
+            )
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylim(0, 1.22)
@@ -78,11 +98,16 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
     esc = html.escape
     rows = []
     for key, title in (
-        ("micro_f1", "micro F1"), ("micro_p", "micro precision"), ("micro_r", "micro recall"),
-        ("macro_f1", "macro F1"), ("cluener_score", "CLUENER score"),
-        ("parse_failure_rate", "parse-failure rate"), ("latency_s", "generation time (s)"),
+        ("micro_f1", "micro F1"),
+        ("micro_p", "micro precision"),
+        ("micro_r", "micro recall"),
+        ("macro_f1", "macro F1"),
+        ("cluener_score", "CLUENER score"),
+        ("parse_failure_rate", "parse-failure rate"),
+        ("latency_s", "generation time (s)"),
         ("tokens_per_s", "tokens/s"),
     ):
+
         def get(m: dict[str, Any], key: str = key) -> Any:
             if key == "micro_f1":
                 return m["micro"]["f1"]
@@ -107,7 +132,8 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
             return "<p>none</p>"
         lis = "".join(
             f"<li><div class='in'>{esc(str(f.get('input', '')))}</div>"
-            f"<pre>{esc(str(f.get('raw', '')))}</pre><div class='err'>{esc(str(f.get('error', '')))}</div></li>"
+            f"<pre>{esc(str(f.get('raw', '')))}</pre>"
+            f"<div class='err'>{esc(str(f.get('error', '')))}</div></li>"
             for f in items
         )
         return f"<ol>{lis}</ol>"
@@ -117,7 +143,7 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
     img = base64.b64encode(png).decode("ascii")
     cached = " (cached)" if champ.get("cached") else ""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Evaluation {esc(str(report.get('run_id', '')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation {esc(str(report.get("run_id", "")))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; max-width: 70rem; }}
 table {{ border-collapse: collapse; margin: .5rem 0 1rem; }}
@@ -127,18 +153,21 @@ pre {{ background: #f7f7f7; padding: .4rem; white-space: pre-wrap; word-break: b
 .in {{ font-weight: 600; }} .err {{ color: #a33; font-size: .85em; }} .meta {{ color: #555; }}
 </style></head><body>
 <h1>Evaluation report</h1>
-<p class="meta">run {esc(str(report.get('run_id', '')))} · golden set {esc(str(report.get('golden_hash', '')))}
- · {report.get('n', 0)} sentences · decoding: {decoding}</p>
-<table><tr><th></th><th>{esc(str(cand.get('name', 'candidate')))}</th>
-<th>{esc(str(champ.get('name', 'champion')))}{cached}</th></tr>
-{''.join(rows)}</table>
+<p class="meta">run {esc(str(report.get("run_id", "")))}
+ · golden set {esc(str(report.get("golden_hash", "")))}
+ · {report.get("n", 0)} sentences · decoding: {decoding}</p>
+<table><tr><th></th><th>{esc(str(cand.get("name", "candidate")))}</th>
+<th>{esc(str(champ.get("name", "champion")))}{cached}</th></tr>
+{"".join(rows)}</table>
 <img alt="per-label F1, candidate vs champion" src="data:image/png;base64,{img}">
 <h2>Per label (candidate; last column champion F1)</h2>
 <table><tr><th>label</th><th>support</th><th>precision</th><th>recall</th><th>F1</th><th>champion F1</th></tr>
-{''.join(label_rows)}</table>
-<h2>Unparseable outputs: {esc(str(cand.get('name', 'candidate')))} ({len(cand.get('parse_failures', []))})</h2>
+{"".join(label_rows)}</table>
+<h2>Unparseable outputs: {esc(str(cand.get("name", "candidate")))}
+ ({len(cand.get("parse_failures", []))})</h2>
 {failures(cand)}
-<h2>Unparseable outputs: {esc(str(champ.get('name', 'champion')))} ({len(champ.get('parse_failures', []))})</h2>
+<h2>Unparseable outputs: {esc(str(champ.get("name", "champion")))}
+ ({len(champ.get("parse_failures", []))})</h2>
 {failures(champ)}
 </body></html>
 """

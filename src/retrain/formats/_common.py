@@ -54,7 +54,8 @@ class LabelResolver:
         label = self.resolve(raw)
         if label is None:
             out.problem(
-                "unknown_label", fld,
+                "unknown_label",
+                fld,
                 f"label {raw!r} is not one of {self.labels} nor a key of conf/label_map.yaml",
             )
         return label
@@ -84,8 +85,9 @@ def check_text(out: Converted, value: Any, fld: str) -> str | None:
         return None
     bad = next((ch for ch in value if _is_control(ch)), None)
     if bad is not None:
-        out.problem("control_characters", fld,
-                    f"{fld!r} holds control character {bad!a} at index {value.index(bad)}")
+        out.problem(
+            "control_characters", fld, f"{fld!r} holds control character {bad!a} at index {value.index(bad)}"
+        )
         return None
     out.text = value
     return value
@@ -131,9 +133,15 @@ def _mismatch_detail(text: str, start: int, src_end: int, entity: str, actual: s
     shown = _fmt_span(start, src_end, inclusive)
     base = f"span {shown} is {actual!r} but the entity text is {entity!r}"
     if inclusive and text[start:src_end] == entity:
-        return f"{base}: the end offset looks exclusive; this format's end is inclusive (expected [{start}, {src_end - 1}])"
+        return (
+            f"{base}: the end offset looks exclusive; this format's end is inclusive "
+            f"(expected [{start}, {src_end - 1}])"
+        )
     if not inclusive and text[start : src_end + 1] == entity:
-        return f"{base}: the end offset looks inclusive; this format's end is exclusive (expected [{start}, {src_end + 1}))"
+        return (
+            f"{base}: the end offset looks inclusive; this format's end is exclusive "
+            f"(expected [{start}, {src_end + 1}))"
+        )
     found = text.find(entity) if entity else -1
     if found >= 0:
         at = _fmt_span(found, found + len(entity) - (1 if inclusive else 0), inclusive)

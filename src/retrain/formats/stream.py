@@ -92,8 +92,14 @@ class _Judge:
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
-            return self.reject(line, "bad_encoding", f"a lone surrogate escape ({exc.object[exc.start:exc.end]!a}) "
-                               "in the record: not representable as UTF-8", "", raw)
+            return self.reject(
+                line,
+                "bad_encoding",
+                f"a lone surrogate escape ({exc.object[exc.start : exc.end]!a}) "
+                "in the record: not representable as UTF-8",
+                "",
+                raw,
+            )
         if not isinstance(value, dict):
             return self.reject(
                 line, "wrong_type", f"expected a JSON object per record, got {type(value).__name__}", "", raw
@@ -385,8 +391,13 @@ def _array(
     try:
         value = json.loads(text)
     except RecursionError:
-        yield judge.reject(0, "not_json", "JSON nested too deeply to parse safely; the JSON array object is "
-                           "not parsed", "", text)
+        yield judge.reject(
+            0,
+            "not_json",
+            "JSON nested too deeply to parse safely; the JSON array object is not parsed",
+            "",
+            text,
+        )
         return
     except json.JSONDecodeError as exc:
         reason, detail = _json_error(exc, text)
@@ -456,7 +467,8 @@ def read_object(
                         obj.key,
                         0,
                         "object_too_large",
-                        f"{obj.size} bytes > intake.max_object_bytes={limit}; a JSON array is parsed whole; split the export",
+                        f"{obj.size} bytes > intake.max_object_bytes={limit}; "
+                        "a JSON array is parsed whole; split the export",
                         raw=raw_excerpt(lead),
                     )
                 )
