@@ -21,7 +21,7 @@ install: $(AF_VENV)/.installed $(TR_VENV)/.installed
 
 ## The three-night demo under Airflow (moto S3, GX, LLaMA-Factory tiny model, MLflow, Postgres).
 demo: install
-	$(AF_PY) -m retrain.devtools.demo
+	$(AF_PY) -m tests.support.demo
 
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end.
 test: install lint

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import statistics
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the test harness (tests.support: moto, Airflow env, tiny model, synth)
+    sys.path.insert(0, str(REPO))
 AF_PY = REPO / ".venv-af" / "bin" / "python"
 TR_PY = REPO / ".venv-tr" / "bin" / "python"
 BENCH_WORK = REPO / ".work" / "bench"

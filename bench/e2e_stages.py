@@ -173,9 +173,9 @@ def report_night(
 
 def run_small_night(args: argparse.Namespace) -> tuple[Path, float, dict[str, Any]]:
     """One night with a fresh batch, under Airflow; returns (log file, wall seconds, DB task durations)."""
-    from retrain.devtools.demo import build_tiny_model, trainer_python
-    from retrain.devtools.stack import AirflowEnv, MotoServer, _json_list, drop_database
-    from retrain.devtools.synth import make_batch
+    from tests.support.demo import build_tiny_model, trainer_python
+    from tests.support.stack import AirflowEnv, MotoServer, _json_list, drop_database
+    from tests.support.synth import make_batch
 
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.support (the tiny model)
 CLUENER_DEV = REPO.parent / "shared" / "data" / "cluener" / "dev.json"
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         model_dir = Path(args.model_dir) if args.model_dir else None
         if model_dir is None:
-            from retrain.devtools.tiny_model import build_tiny_model
+            from tests.support.tiny_model import build_tiny_model
 
             model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)
         adapter_dir = None

@@ -6,7 +6,7 @@
 What runs: a Qwen2.5-7B-shaped model (Qwen2Config: hidden 3584, 28 layers, 28 query / 4 key-value
 heads, intermediate 18944, vocabulary 152064, untied lm_head) with RANDOM weights, initialised on the
 GPU directly in bf16 and saved once (~15 GB, reused by later runs from --workdir); the project's own
-tokenizer (`retrain.devtools.tiny_model`, ~4k tokens: its ids are a subset of the model's 152064
+tokenizer (`tests.support.tiny_model`, ~4k tokens: its ids are a subset of the model's 152064
 rows, so the embedding keeps the real model's size and cost; no resize); synthetic CLUENER examples
 rendered as alpaca by the project's `retrain.prompt.alpaca_example`. Training goes through the
 trainer's own path: the LLaMA-Factory config of conf/llamafactory/production.yaml (bf16, cutoff 1024,
@@ -48,6 +48,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.support (synthetic data, the tiny model's tokenizer)
 
 #: Qwen2.5-7B-Instruct's config.json, random weights.
 QWEN25_7B_SHAPE: dict[str, Any] = {
@@ -241,9 +244,9 @@ def matmul_params(config_path: Path, lora_rank: int) -> dict[str, int]:
 def write_dataset(dest: Path, n: int, settings: Any) -> dict[str, Any]:
     """``n`` synthetic CLUENER examples as the project's alpaca dataset (train split only)."""
     from retrain.dataset import TRAIN_NAME
-    from retrain.devtools.synth import make_batch
     from retrain.prompt import alpaca_example
     from retrain.records import Entity
+    from tests.support.synth import make_batch
 
     instruction = settings.prompt.render_instruction()
     examples = []
@@ -436,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from retrain.config import load_settings
-    from retrain.devtools import tiny_model
     from retrain.train import read_trainer_log, render_llamafactory_yaml, run_llamafactory
+    from tests.support import tiny_model
 
     settings = load_settings()
     work = args.workdir.resolve()

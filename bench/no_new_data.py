@@ -5,7 +5,7 @@
 Set-up (not timed): a moto S3 server, one small synthetic batch ingested at library level
 (`retrain.ingest.process_batches`) and marked trained (`retrain.ingest.clear_pending`), so the ledger
 knows the batch and nothing is pending; a fresh Airflow metadata database on the local PostgreSQL
-(`retrain.devtools.stack.AirflowEnv`, as the demo does).
+(`tests.support.stack.AirflowEnv`, as the demo does).
 
 Measured: `airflow dags test ner_retrain` for one night (wall time of the command), the task durations
 Airflow recorded (`airflow tasks states-for-dag-run -o json`: start_date/end_date) and the task timeline
@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     logging_quiet()
 
     from retrain.config import load_settings
-    from retrain.devtools.stack import AirflowEnv, MotoServer, _json_list, drop_database
-    from retrain.devtools.synth import make_batch
     from retrain.ingest import clear_pending, find_new_batches, process_batches
     from retrain.storage import ObjectStore
+    from tests.support.stack import AirflowEnv, MotoServer, _json_list, drop_database
+    from tests.support.synth import make_batch
 
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)

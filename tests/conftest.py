@@ -34,7 +34,7 @@ def pytest_ignore_collect(collection_path, config):
 
 @pytest.fixture(scope="session")
 def moto_server():
-    from retrain.devtools.stack import MotoServer
+    from tests.support.stack import MotoServer
 
     with MotoServer() as server:
         yield server

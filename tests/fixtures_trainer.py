@@ -90,7 +90,7 @@ def moto_s3() -> Iterator[MotoS3]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random Qwen2 model (seed 0), built once per session."""
-    from retrain.devtools.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model", seed=0)
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from retrain.dataset import EmptyDatasetError, build_dataset, split_of
-from retrain.devtools.synth import make_batch
 from retrain.ingest import find_new_batches, process_batches
+from tests.support.synth import make_batch
 
 
 def _ingest(store, settings, key, lines, run="r"):

@@ -2,8 +2,8 @@
 
 import json
 
-from retrain.devtools.synth import make_batch
 from retrain.ingest import find_new_batches, object_slug, process_batches, read_ledger, safe_run_id
+from tests.support.synth import make_batch
 
 
 def _put(store, key, lines):

@@ -13,25 +13,6 @@ import logging
 import sys
 
 
-def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    from retrain.devtools.tiny_model import build_tiny_model
-
-    path = build_tiny_model(args.out, seed=args.seed)
-    print(path)
-    return 0
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from retrain.devtools.synth import write_batches
-
-    paths = write_batches(
-        args.out, batches=args.batches, records=args.records, seed=args.seed, bad_per_batch=args.bad
-    )
-    for p in paths:
-        print(p)
-    return 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from retrain.train import run_training_from_uri
 
@@ -79,20 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retrain", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
-
-    dev = sub.add_parser("dev", help="development helpers (tiny model, synthetic data)")
-    dev_sub = dev.add_subparsers(dest="dev_cmd", required=True)
-    tm = dev_sub.add_parser("tiny-model", help="build the tiny random Qwen2 model + tokenizer")
-    tm.add_argument("--out", required=True)
-    tm.add_argument("--seed", type=int, default=0)
-    tm.set_defaults(func=_cmd_tiny_model)
-    sy = dev_sub.add_parser("synth", help="write synthetic CLUENER-format labeled batches")
-    sy.add_argument("--out", required=True)
-    sy.add_argument("--batches", type=int, default=1)
-    sy.add_argument("--records", type=int, default=200)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--bad", type=int, default=0, help="deliberately bad records per batch")
-    sy.set_defaults(func=_cmd_synth)
 
     tr = sub.add_parser("train", help="LoRA SFT with LLaMA-Factory for one run (reads its train request)")
     tr.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")

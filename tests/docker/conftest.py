@@ -89,21 +89,24 @@ def writable_dir(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_host_dir(trainer_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Qwen2 model, built by the image's own `retrain dev tiny-model` (no network)."""
-    out = writable_dir(tmp_path_factory.mktemp("tiny-model-host"))
-    run = docker_run(
+def tiny_model_host_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Qwen2 model, built on the host by the trainer environment (the same lock the
+    image installs) and mounted read-only into the containers, as a real model cache would be."""
+    out = tmp_path_factory.mktemp("tiny-model-host")
+    build = run_cmd(
         [
-            "--mount",
-            f"type=bind,source={out},target=/out",
-            trainer_image,
-            "dev",
+            str(REPO / ".venv-tr" / "bin" / "python"),
+            "-m",
+            "tests.support",
             "tiny-model",
             "--out",
-            "/out/tiny",
+            str(out / "tiny"),
         ],
         timeout=600,
+        cwd=REPO,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert build.returncode == 0, build.stderr[-3000:]
     assert (out / "tiny" / "config.json").is_file()
+    for path in [out, *out.rglob("*")]:  # readable by the image's user (uid 1000)
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return out / "tiny"

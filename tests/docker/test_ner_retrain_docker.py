@@ -34,9 +34,9 @@ DATES = ("2026-11-27T02:00:00+00:00", "2026-11-28T02:00:00+00:00")
 def nights(
     trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    from retrain.devtools.demo import BUCKET, _night, _registry_state, _upload_batch, dev_retrain_env
-    from retrain.devtools.stack import AirflowEnv, MotoServer, drop_database
-    from retrain.devtools.synth import make_batch
+    from tests.support.demo import BUCKET, _night, _registry_state, _upload_batch, dev_retrain_env
+    from tests.support.stack import AirflowEnv, MotoServer, drop_database
+    from tests.support.synth import make_batch
 
     workdir = tmp_path_factory.mktemp("docker-dag")
     retrain_env = {

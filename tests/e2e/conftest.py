@@ -13,8 +13,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def demo(moto_server, tmp_path_factory):
-    from retrain.devtools.demo import run_demo
-    from retrain.devtools.stack import drop_database
+    from tests.support.demo import run_demo
+    from tests.support.stack import drop_database
 
     t0 = time.monotonic()
     result = run_demo(

@@ -1,7 +1,7 @@
 """The real scheduler: ner_retrain under Airflow's CeleryExecutor, driven through the REST API.
 
 api-server, scheduler, dag-processor and a Celery worker run as separate processes on 127.0.0.1
-(src/retrain/devtools/celery_stack.py): Postgres metadata DB of their own, Redis broker, moto S3, the
+(tests/support/celery_stack.py): Postgres metadata DB of their own, Redis broker, moto S3, the
 tiny model trained by LLaMA-Factory in the trainer env (local launcher), MLflow registry on sqlite.
 
 (a) a run triggered with params trains and promotes v1;
@@ -34,9 +34,9 @@ GOLDEN_SENTENCES = 120
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from retrain.devtools.celery_stack import CeleryStack
-    from retrain.devtools.demo import build_tiny_model, dev_retrain_env
-    from retrain.devtools.stack import MotoServer, drop_database
+    from tests.support.celery_stack import CeleryStack
+    from tests.support.demo import build_tiny_model, dev_retrain_env
+    from tests.support.stack import MotoServer, drop_database
 
     work = tmp_path_factory.mktemp("celery")
     tiny = build_tiny_model(work)
@@ -69,7 +69,7 @@ def _upload(moto, key: str, lines: list[str]) -> None:
 @pytest.fixture(scope="module")
 def two_runs(stack):
     """Trigger A (params, new data: trains) and at once B; record both states every second."""
-    from retrain.devtools.synth import make_batch
+    from tests.support.synth import make_batch
 
     client, af = stack["client"], stack["af"]
     _upload(stack["moto"], "incoming/2026-11-28/batch-001.json", make_batch(120, seed=1, bad=5))

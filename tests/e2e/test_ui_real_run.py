@@ -30,8 +30,8 @@ REPORT_FRAME = "iframe[src*='/retrain/report/']"
 @pytest.fixture(scope="module")
 def ui(demo, moto_server, tmp_path_factory):
     """The Airflow API server over the demo's metadata DB, bucket and registry; user ``admin``."""
-    from retrain.devtools.airflow_ui import ApiServer, artifacts_dir
-    from retrain.devtools.stack import AirflowEnv
+    from tests.support.airflow_ui import ApiServer, artifacts_dir
+    from tests.support.stack import AirflowEnv
 
     env = AirflowEnv(
         demo.airflow_home,
@@ -102,8 +102,8 @@ def test_browser_shows_the_real_runs(demo, ui):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from retrain.devtools.airflow_ui import artifacts_dir, chrome, login
     from retrain.ingest import safe_run_id
+    from tests.support.airflow_ui import artifacts_dir, chrome, login
 
     a, b, _ = demo.nights
     assert a.summary and b.summary, "the first two nights must have trained (see test_nightly_demo.py)"

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from retrain.devtools.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
@@ -48,7 +48,7 @@ def s3_server():
     ``moto_server`` is used from there when this env has none."""
     import sys
 
-    from retrain.devtools.stack import MotoServer
+    from tests.support.stack import MotoServer
 
     repo = Path(__file__).resolve().parents[2]
     for bin_dir in (Path(sys.executable).parent, repo / ".venv-af" / "bin"):

@@ -1,7 +1,7 @@
 """One fault scenario under real Airflow, shared by the DAG-level fault test and the secrets scan.
 
 The real ``ner_retrain`` DAG runs three times with ``airflow dags test`` (metadata DB on the local
-PostgreSQL, a moto S3 server, the local launcher), like the demo (src/retrain/devtools/demo.py):
+PostgreSQL, a moto S3 server, the local launcher), like the demo (tests/support/demo.py):
 
 A. the trainer dies: ``train.trainer_python`` is a script that prints its S3 secret (to see
    whether the task output masks it) and exits 137, as an OOM-killed trainer does;
@@ -199,11 +199,11 @@ def registry_settings(store: Any) -> Any:
 
 def run_scenario(workdir: Path) -> ScenarioResult:
     from retrain.config import load_settings
-    from retrain.devtools.stack import AirflowEnv, MotoServer, drop_database
-    from retrain.devtools.synth import make_batch
     from retrain.ingest import safe_run_id
     from retrain.registry import Registry, model_name
     from retrain.storage import ObjectStore
+    from tests.support.stack import AirflowEnv, MotoServer, drop_database
+    from tests.support.synth import make_batch
 
     workdir.mkdir(parents=True, exist_ok=True)
     result = ScenarioResult(workdir=str(workdir))

@@ -233,7 +233,7 @@ class Pipeline:
 
     # -- data ----------------------------------------------------------------------------------
     def upload_batch(self, key: str, records: int, seed: int, bad: int = 0) -> None:
-        from retrain.devtools.synth import make_batch
+        from tests.support.synth import make_batch
 
         self.clean.put_bytes(key, ("\n".join(make_batch(records, seed=seed, bad=bad)) + "\n").encode("utf-8"))
 

@@ -33,7 +33,7 @@ def _first_champion(p: Pipeline, monkeypatch) -> None:
 
 
 def test_registry_down_at_promotion_keeps_the_champion_and_the_batch_pending(pipeline, monkeypatch):
-    from retrain.devtools.stack import free_port
+    from tests.support.stack import free_port
 
     p = pipeline
     _first_champion(p, monkeypatch)

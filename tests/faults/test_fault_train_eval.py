@@ -173,7 +173,7 @@ def test_evaluation_crash_before_the_champion_is_scored(pipeline):
 def test_evaluation_retry_never_regenerates_a_cached_champion(pipeline, monkeypatch):
     """With a fixed golden set the champion's result comes from the eval cache; when writing the
     report fails, the retry again takes the champion from the cache (only the candidate is generated)."""
-    from retrain.devtools.synth import make_batch
+    from tests.support.synth import make_batch
 
     p = pipeline
     golden_key = "golden/fixed.jsonl"

@@ -673,9 +673,9 @@ def test_plugin_declares_the_app_and_views_lazily():
 def airflow_ui(moto_server, tmp_path_factory):
     """A fresh AIRFLOW_HOME + Postgres DB, DAGs serialized, users admin and viewer, the API server up."""
     from retrain.config import load_settings
-    from retrain.devtools.airflow_ui import ApiServer, artifacts_dir
-    from retrain.devtools.stack import AirflowEnv, drop_database
     from retrain.storage import ObjectStore
+    from tests.support.airflow_ui import ApiServer, artifacts_dir
+    from tests.support.stack import AirflowEnv, drop_database
 
     tmp = tmp_path_factory.mktemp("ui_e2e")
     bucket = f"ui-e2e-{uuid.uuid4().hex[:8]}"

@@ -104,8 +104,8 @@ def test_downloads_never_write_outside_their_directory(hostile_run, tmp_path):
 
 
 def test_intake_with_hostile_keys_and_run_id_writes_only_under_its_prefixes(store, settings, tmp_path):
-    from retrain.devtools.synth import make_batch
     from retrain.ingest import find_new_batches, process_batches
+    from tests.support.synth import make_batch
 
     body = ("\n".join(make_batch(4, seed=3, bad=1)) + "\n").encode()
     hostile = [

@@ -19,8 +19,8 @@ PAYLOAD = "<script>alert(document.cookie)</script><img src=x onerror=alert(2)>"
 
 @pytest.fixture
 def intake_with_markup(store, settings):
-    from retrain.devtools.synth import make_batch
     from retrain.ingest import find_new_batches, process_batches
+    from tests.support.synth import make_batch
 
     long_text = PAYLOAD + "的" * 1000  # too long: GX lists it as an unexpected value
     lines = make_batch(5, seed=11) + [

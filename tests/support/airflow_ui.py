@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrain.devtools.stack import REPO_ROOT, AirflowEnv, free_port, stop_by_pid
+from tests.support.stack import REPO_ROOT, AirflowEnv, free_port, stop_by_pid
 
 
 def artifacts_dir() -> Path:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrain.devtools.stack import AirflowEnv, MotoServer, free_port, postgres_url, stop_by_pid
+from tests.support.stack import AirflowEnv, MotoServer, free_port, postgres_url, stop_by_pid
 
 log = logging.getLogger(__name__)
 

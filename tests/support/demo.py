@@ -4,7 +4,7 @@
 (b) a second batch arrives -> train again with more data and more epochs, evaluate against the
     champion, promote or keep with a stated reason;
 (c) no new data -> the run is skipped right after the intake check, nothing is trained.
-Used by ``make demo`` (``python -m retrain.devtools.demo``) and by the end-to-end test.
+Used by ``make demo`` (``python -m tests.support.demo``) and by the end-to-end test.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrain.devtools.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database
-from retrain.devtools.synth import make_batch
+from tests.support.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database
+from tests.support.synth import make_batch
 
 log = logging.getLogger("retrain.demo")
 
@@ -64,7 +64,9 @@ def trainer_python() -> Path:
 def build_tiny_model(workdir: Path) -> Path:
     out = workdir / "models" / "tiny-qwen2"
     subprocess.run(
-        [str(trainer_python()), "-m", "retrain.cli", "dev", "tiny-model", "--out", str(out)], check=True
+        [str(trainer_python()), "-m", "tests.support", "tiny-model", "--out", str(out)],
+        check=True,
+        cwd=REPO_ROOT,
     )
     return out
 

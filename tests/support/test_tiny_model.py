@@ -16,16 +16,18 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from retrain.config import load_settings  # noqa: E402
-from retrain.devtools.tiny_model import (  # noqa: E402
+from tests.fixtures_trainer import make_alpaca_examples, tiny_model_dir  # noqa: E402,F401
+from tests.support.tiny_model import (  # noqa: E402
     CHAT_TEMPLATE,
     DEFAULT_SYSTEM,
     MARKER_FILE,
     REQUIRED_FILES,
     build_tiny_model,
 )
-from tests.fixtures_trainer import make_alpaca_examples, tiny_model_dir  # noqa: E402,F401
 
 pytestmark = pytest.mark.trainer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _digests(d: Path) -> dict[str, str]:
@@ -144,7 +146,8 @@ def test_idempotent_and_refuses_to_clobber(tiny_model_dir: Path, tmp_path: Path)
 
 def test_cli_returns_the_existing_build(tiny_model_dir: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "retrain.cli", "dev", "tiny-model", "--out", str(tiny_model_dir)],
+        [sys.executable, "-m", "tests.support", "tiny-model", "--out", str(tiny_model_dir)],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
