@@ -152,6 +152,7 @@ def put_train_request(
     cfg.update(llamafactory_overrides or {})
     request = {
         "run_id": run_id,
+        "adapter_store_uri": f"s3://{bucket}/adapters/",
         "dataset_uri": dataset_uri,
         "dataset_version": dataset_version,
         "base_model": base_model,

@@ -25,8 +25,8 @@ def _version(reg, tmp_path, n, airflow_run="r"):
         artifacts={"adapter": adapter},
     )
     return reg.register(
-        adapter_uri=f"s3://b/runs/r{n}/adapter/",
-        adapter_hash=f"h{n}",
+        adapter_uri=f"s3://b/adapters/{n:064x}/",
+        adapter_digest=f"{n:064x}",
         mlflow_run_id=run,
         airflow_run_id=f"{airflow_run}{n}",
         tags={"micro_f1": str(0.1 * n)},
@@ -53,19 +53,55 @@ def test_promote_history_and_rollback(reg, tmp_path):
     assert hist[-1]["actor"] == "alice" and hist[-1]["reason"] == "bad outputs in prod"
 
 
-def test_register_is_idempotent_for_a_retried_task(reg, tmp_path):
+def test_register_is_idempotent_for_the_same_content(reg, tmp_path):
     v = _version(reg, tmp_path, 1)
-    run = reg.log_training_run(
-        airflow_run_id="r1", dag_id="ner_retrain", params={}, metrics={}, loss_curve=[], tags={}, artifacts={}
-    )
-    again = reg.register(
-        adapter_uri="s3://b/runs/r1/adapter/",
-        adapter_hash="h1",
-        mlflow_run_id=run,
-        airflow_run_id="r1",
-        tags={},
-    )
-    assert again == v and len(reg.versions()) == 1
+    # a retried task, or another run that produced byte-identical weights: the same version
+    for airflow_run in ("r1", "other-run"):
+        run = reg.log_training_run(
+            airflow_run_id=airflow_run,
+            dag_id="ner_retrain",
+            params={},
+            metrics={},
+            loss_curve=[],
+            tags={"adapter_digest": f"{1:064x}"},
+            artifacts={},
+        )
+        again = reg.register(
+            adapter_uri=f"s3://b/adapters/{1:064x}/",
+            adapter_digest=f"{1:064x}",
+            mlflow_run_id=run,
+            airflow_run_id=airflow_run,
+            tags={},
+        )
+        assert again == v
+    assert len(reg.versions()) == 1 and reg.versions()[0]["adapter_digest"] == f"{1:064x}"
+
+
+def test_a_retry_that_trained_new_weights_is_a_new_version_and_a_new_mlflow_run(reg, tmp_path):
+    runs = [
+        reg.log_training_run(
+            airflow_run_id="r1",
+            dag_id="d",
+            params={},
+            metrics={},
+            loss_curve=[],
+            tags={"adapter_digest": digest},
+            artifacts={},
+        )
+        for digest in ("a" * 64, "b" * 64)
+    ]
+    assert runs[0] != runs[1]
+    versions = [
+        reg.register(
+            adapter_uri=f"s3://b/adapters/{d * 64}/",
+            adapter_digest=d * 64,
+            mlflow_run_id=r,
+            airflow_run_id="r1",
+            tags={},
+        )
+        for d, r in zip("ab", runs, strict=True)
+    ]
+    assert versions == ["1", "2"]
 
 
 def test_rollback_refuses_unknown_targets(reg, tmp_path):
@@ -80,6 +116,6 @@ def test_rollback_refuses_version_without_adapter(reg, tmp_path):
     run = reg.log_training_run(
         airflow_run_id="x", dag_id="d", params={}, metrics={}, loss_curve=[], tags={}, artifacts={}
     )
-    v = reg.register(adapter_uri="", adapter_hash="hx", mlflow_run_id=run, airflow_run_id="x", tags={})
+    v = reg.register(adapter_uri="", adapter_digest="f" * 64, mlflow_run_id=run, airflow_run_id="x", tags={})
     with pytest.raises(RegistryError, match="no adapter"):
         reg.rollback(v, reason="x", actor="t")

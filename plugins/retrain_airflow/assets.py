@@ -162,7 +162,8 @@ class ChampionEventError(RuntimeError):
 def validate_new_champion() -> dict[str, Any]:
     """Task callable of deploy_champion: check the triggering champion event against the registry.
 
-    Fails when the event carries no version, or the registry has no champion or none with an adapter;
+    Fails when the event carries no version, or the registry has no champion or none with an adapter, or
+    the champion's adapter is gone or does not hash to its registered digest (`retrain.adapters`);
     logs (and carries on with the registry's champion) when the alias moved again since the event."""
     from airflow.sdk import get_current_context
 
@@ -185,6 +186,13 @@ def validate_new_champion() -> dict[str, Any]:
         )
     if not champion.get("adapter_uri"):
         raise ChampionEventError(f"{registry.name} champion v{champion['version']} has no adapter_uri tag")
+    from retrain.adapters import verify_adapter
+    from retrain_airflow.s3 import object_store
+
+    # what a deployment would load: present, and the bytes that were registered (the digest)
+    verify_adapter(
+        lambda bucket: object_store(s, bucket), champion["adapter_uri"], champion["adapter_digest"] or None
+    )
     if champion["version"] != extra["version"]:
         log.warning(
             "champion moved again since the event (event v%s, registry v%s): validating the registry's",

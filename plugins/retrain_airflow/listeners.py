@@ -20,14 +20,13 @@ DAG_ID = "ner_retrain"
 
 
 def _summary(run_id: str) -> dict[str, Any] | None:
-    from retrain.ingest import safe_run_id
-    from retrain.storage import join_key
+    from retrain import runs
     from retrain_airflow.s3 import object_store
     from retrain_airflow.tasks import settings
 
     s = settings()
     store = object_store(s)
-    key = join_key(s.s3.runs_prefix, safe_run_id(run_id), "summary.json")
+    key = runs.RunFolder.for_run(s.s3.bucket, s.s3.runs_prefix, run_id).key(runs.SUMMARY)
     return store.get_json(key) if store.exists(key) else None
 
 

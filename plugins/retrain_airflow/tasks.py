@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+from retrain import runs
 from retrain.config import Settings, load_settings
-from retrain.storage import ObjectStore, join_key, parse_s3_uri
+from retrain.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,10 @@ def _store() -> ObjectStore:
     return object_store(settings())
 
 
-def _run_prefix(run_id: str | None = None) -> str:
-    from retrain.ingest import safe_run_id
-
-    return join_key(settings().s3.runs_prefix, safe_run_id(run_id or _run_id()))
+def _run() -> runs.RunFolder:
+    """This DAG run's folder (`retrain.runs`)."""
+    s = settings()
+    return runs.RunFolder.for_run(s.s3.bucket, s.s3.runs_prefix, _run_id())
 
 
 def _base_model() -> str:
@@ -105,9 +104,12 @@ def build_dataset() -> dict[str, Any]:
         s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"golden_file": golden})})
     from retrain_airflow import assets
 
-    result = build(_store(), s).to_json()
-    assets.record_dataset_event(settings(), result)
-    return result
+    store = _store()
+    result = runs.DatasetRef.model_validate(build(store, s).to_json())
+    runs.write(store, _run().key(runs.DATASET), result)
+    extra = runs.to_json(result)
+    assets.record_dataset_event(settings(), extra)
+    return extra
 
 
 # -- stage 4 ---------------------------------------------------------------------------------
@@ -126,26 +128,27 @@ def prepare_training(dataset: dict[str, Any]) -> str:
     for param, key in PARAM_TO_LLAMAFACTORY.items():
         if params.get(param) is not None:
             cfg[key] = params[param]
-    prefix = _run_prefix()
-    request = {
-        "run_id": _run_id(),
-        "dataset_uri": dataset["uri"],
-        "dataset_version": dataset["version"],
-        "base_model": _base_model(),
-        "model_cache_dir": s.train.model_cache_dir,
-        "llamafactory": cfg,
-    }
-    store.put_json(join_key(prefix, "train_request.json"), request)
+    run = _run()
+    request = runs.TrainRequest(
+        run_id=_run_id(),
+        adapter_store_uri=store.uri(s.s3.adapters_prefix),
+        dataset_uri=dataset["uri"],
+        dataset_version=dataset["version"],
+        base_model=_base_model(),
+        model_cache_dir=s.train.model_cache_dir,
+        llamafactory=cfg,
+    )
+    runs.write(store, run.key(runs.TRAIN_REQUEST), request)
     log.info(
         "train request for dataset %s (train %d examples), base %s, %s epochs, lr %s, rank %s",
         dataset["version"],
         dataset["train"],
-        request["base_model"],
+        request.base_model,
         cfg.get("num_train_epochs"),
         cfg.get("learning_rate"),
         cfg.get("lora_rank"),
     )
-    return store.uri(prefix)
+    return run.uri
 
 
 # -- stage 5 ---------------------------------------------------------------------------------
@@ -156,206 +159,51 @@ def _registry(base_model: str | None = None) -> Any:
 
 
 def prepare_evaluation(dataset: dict[str, Any], run_uri: str) -> str:
-    """Check the training committed, find the champion, write ``eval_request.json``."""
-    s, store = settings(), _store()
-    _, prefix = parse_s3_uri(run_uri)
-    result_key = join_key(prefix, "train_result.json")
-    if not store.exists(result_key):
-        raise RuntimeError(f"{store.uri(result_key)} is missing: training did not commit its artifacts")
-    train = store.get_json(result_key)
-    registry = _registry()
-    champion = registry.champion()
-    if champion and champion["airflow_run_id"] == _run_id():
-        # A re-run of a run whose candidate already became champion: compare against the champion it
-        # replaced (what the first attempt compared against), never against itself.
-        log.info(
-            "champion v%s came from this run; comparing against the model it replaced", champion["version"]
-        )
-        champion = registry.get_alias("previous")
-        if champion and champion["airflow_run_id"] == _run_id():
-            champion = None
-    request = {
-        "run_id": _run_id(),
-        "golden_uri": dataset["uri"].rstrip("/") + "/golden.json",
-        "golden_hash": dataset["golden_hash"],
-        "base_model": _base_model(),
-        "model_cache_dir": s.train.model_cache_dir,
-        "candidate": {"name": "candidate", "adapter_uri": train["adapter_uri"], "version": None},
-        "champion": (
-            {
-                "name": f"champion v{champion['version']}",
-                "adapter_uri": champion["adapter_uri"],
-                "version": champion["version"],
-            }
-            if champion
-            else {"name": "base model", "adapter_uri": None, "version": None}
-        ),
-        "max_new_tokens": s.evaluate.max_new_tokens,
-        "batch_size": s.evaluate.batch_size,
-        "backend": s.evaluate.backend,
-        "labels": s.prompt.labels,
-    }
-    store.put_json(join_key(prefix, "eval_request.json"), request)
-    log.info(
-        "evaluating candidate %s against %s on golden %s (%d sentences)",
-        train["adapter_uri"],
-        request["champion"]["name"],
-        dataset["golden_hash"],
-        dataset["golden"],
-    )
+    """Check the training committed, choose the baseline, write ``eval_request.json``
+    (`retrain.promote.plan_evaluation`)."""
+    from retrain.promote import plan_evaluation
+
+    run = runs.RunFolder.from_uri(run_uri)
+    plan_evaluation(_store(), settings(), run, _registry(), run_id=_run_id(), base_model=_base_model())
     return run_uri
 
 
 # -- stage 6 ---------------------------------------------------------------------------------
 def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str) -> dict[str, Any]:
-    """Decide with the gate, log + register in MLflow, move the alias when the candidate wins."""
-    from retrain.ingest import clear_pending
-    from retrain.promote import decide
+    """Decide with the gate, log + register in MLflow, move the alias when the candidate wins
+    (`retrain.promote.promote_run`); then the champion asset event and the promotion alert."""
+    from retrain import promote as promotion
 
-    s, store, params, ctx = settings(), _store(), _params(), _context()
-    _, prefix = parse_s3_uri(run_uri)
-    report = store.get_json(join_key(prefix, "eval", "report.json"))
-    train = store.get_json(join_key(prefix, "train_result.json"))
-    request = store.get_json(join_key(prefix, "eval_request.json"))
-    champion_name = request["champion"]["name"]
-    decision = decide(
-        report["candidate"],
-        report["champion"],
-        s.gate,
-        champion_name=champion_name,
+    s, params, ctx = settings(), _params(), _context()
+    launcher = s.train.launcher
+    provenance = promotion.Provenance(
+        dag_id=ctx["dag"].dag_id,
+        git_commit=promotion.git_commit(),
+        launcher=launcher,
+        trainer_image=s.docker.image if launcher != "local" else "local trainer env",
+    )
+    summary = promotion.promote_run(
+        _store(),
+        s,
+        runs.RunFolder.from_uri(run_uri),
+        _registry(),
+        run_id=_run_id(),
+        actor=f"ner_retrain/{_run_id()}",
+        provenance=provenance,
         dry_run=bool(params.get("dry_run")),
     )
-    for rule in decision.rules:
-        log.info("gate %-20s %s  %s", rule.rule, "PASS" if rule.passed else "FAIL", rule.detail)
-    log.info("decision: %s", decision.reason)
-
-    registry = _registry()
-    version = None
-    if not decision.dry_run:
-        with tempfile.TemporaryDirectory() as tmp:
-            for sub in ("adapter", "train", "eval"):
-                store.download_prefix(join_key(prefix, sub), Path(tmp) / sub)
-            manifest_key = join_key(parse_s3_uri(dataset["uri"])[1], "manifest.json")
-            store.download_file(manifest_key, Path(tmp) / "manifest.json")
-            cand = report["candidate"]
-            metrics = {
-                "eval_micro_f1": cand["micro"]["f1"],
-                "eval_micro_precision": cand["micro"]["precision"],
-                "eval_micro_recall": cand["micro"]["recall"],
-                "eval_macro_f1": cand["macro_f1"],
-                "eval_cluener_score": cand["cluener_score"],
-                "eval_parse_failure_rate": cand.get("parse_failure_rate", 0.0),
-                "champion_micro_f1": report["champion"]["micro"]["f1"],
-            }
-            metrics.update({f"eval_f1_{label}": m["f1"] for label, m in cand.get("per_label", {}).items()})
-            metrics = {
-                k: v for k, v in metrics.items() if v is not None
-            }  # labels with no gold/pred have no F1
-            if train.get("train_loss") is not None:
-                metrics["train_loss_final"] = train["train_loss"]
-            tags = {
-                "dataset_version": dataset["version"],
-                "golden_hash": dataset["golden_hash"],
-                "base_model": _base_model(),
-                "run_uri": run_uri,
-                "git_commit": _git_commit(),
-                "launcher": s.train.launcher,
-                "trainer_image": train.get("trainer_image")
-                or (s.docker.image if s.train.launcher != "local" else "local trainer env"),
-            }
-            mlflow_run = registry.log_training_run(
-                airflow_run_id=_run_id(),
-                dag_id=ctx["dag"].dag_id,
-                params=train.get("llamafactory", {})
-                or store.get_json(join_key(prefix, "train_request.json"))["llamafactory"],
-                metrics=metrics,
-                loss_curve=[tuple(x) for x in train.get("loss_curve", [])],
-                tags=tags,
-                artifacts={
-                    "adapter": Path(tmp) / "adapter",
-                    "train": Path(tmp) / "train",
-                    "eval": Path(tmp) / "eval",
-                    "dataset": Path(tmp) / "manifest.json",
-                },
-            )
-            version = registry.register(
-                adapter_uri=train["adapter_uri"],
-                adapter_hash=report["candidate"].get("adapter_hash", ""),
-                mlflow_run_id=mlflow_run,
-                airflow_run_id=_run_id(),
-                tags={**tags, "micro_f1": f"{cand['micro']['f1']:.6f}", "airflow_dag_id": ctx["dag"].dag_id},
-            )
-            registry.set_version_tags(
-                version,
-                {"decision": "promoted" if decision.promote else "kept", "decision_reason": decision.reason},
-            )
-        if decision.promote:
-            registry.move_champion(version, reason=decision.reason, actor=f"ner_retrain/{_run_id()}")
-    champ = registry.champion()
-    summary = {
-        "run_id": _run_id(),
-        "run_uri": run_uri,
-        "intake": intake or {},
-        "dataset": dataset,
-        "train": {k: train.get(k) for k in ("train_loss", "steps", "epochs", "runtime_s", "loss_curve")},
-        "evaluation": {side: _short_metrics(report[side]) for side in ("candidate", "champion")},
-        "champion_name": champion_name,
-        "decision": decision.to_json(),
-        "registered_version": version,
-        "registry": {
-            "model": registry.name,
-            "tracking_uri": registry.tracking_uri,
-            "champion_version": champ["version"] if champ else None,
-        },
-    }
-    store.put_json(join_key(prefix, "decision.json"), decision.to_json())
-    store.put_json(join_key(prefix, "summary.json"), summary)
+    summary_json = runs.to_json(summary)
     from retrain_airflow import assets, notify
 
-    assets.record_champion_event(s, summary, base_model=_base_model())
-    notify.notify_promotion(s, summary)
-    if not decision.dry_run:
-        clear_pending(store, s)
-    log.info("run summary: %s", json.dumps({k: summary[k] for k in ("registered_version", "registry")}))
+    assets.record_champion_event(s, summary_json, base_model=_base_model())
+    notify.notify_promotion(s, summary_json)
+    d = summary.decision
     return {
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "version": version,
-        "candidate_f1": decision.candidate_f1,
-        "champion_f1": decision.champion_f1,
-    }
-
-
-def _git_commit() -> str:
-    """The deployed code's commit: $RETRAIN_GIT_COMMIT (images), else `git rev-parse` of the checkout."""
-    import os
-    import subprocess
-
-    if os.environ.get("RETRAIN_GIT_COMMIT"):
-        return os.environ["RETRAIN_GIT_COMMIT"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _short_metrics(m: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": m.get("name", ""),
-        "micro_f1": m["micro"]["f1"],
-        "precision": m["micro"]["precision"],
-        "recall": m["micro"]["recall"],
-        "macro_f1": m.get("macro_f1"),
-        "cluener_score": m.get("cluener_score"),
-        "parse_failure_rate": m.get("parse_failure_rate"),
-        "per_label_f1": {k: v["f1"] for k, v in m.get("per_label", {}).items()},
+        "promoted": d.promote,
+        "reason": d.reason,
+        "version": summary.registered_version,
+        "candidate_f1": d.candidate_f1,
+        "champion_f1": d.champion_f1,
     }
 
 
@@ -366,37 +214,38 @@ def prepare_export(decision: dict[str, Any], run_uri: str) -> str:
         log.info("candidate not promoted: nothing to export")
         return ""
     s, store = settings(), _store()
-    _, prefix = parse_s3_uri(run_uri)
-    train = store.get_json(join_key(prefix, "train_result.json"))
-    store.put_json(
-        join_key(prefix, "export_request.json"),
-        {
-            "adapter_uri": train["adapter_uri"],
-            "base_model": _base_model(),
-            "model_cache_dir": s.train.model_cache_dir,
-            "template": s.llamafactory_config().get("template", "qwen"),
-        },
+    run = runs.RunFolder.from_uri(run_uri)
+    train = runs.read(store, run.key(runs.TRAIN_RESULT), runs.TrainResult)
+    request = runs.ExportRequest(
+        adapter_uri=train.adapter_uri,
+        adapter_digest=train.adapter_digest,
+        base_model=_base_model(),
+        model_cache_dir=s.train.model_cache_dir,
+        template=s.llamafactory_config().get("template", "qwen"),
     )
+    runs.write(store, run.key(runs.EXPORT_REQUEST), request)
     return run_uri
 
 
 def record_export(decision: dict[str, Any], run_uri: str) -> str:
     """Tag the registered version with the merged model's location."""
-    store = _store()
-    _, prefix = parse_s3_uri(run_uri)
-    result = store.get_json(join_key(prefix, "export_result.json"))
-    _registry().set_version_tags(decision["version"], {"merged_uri": result["merged_uri"]})
-    return result["merged_uri"]
+    run = runs.RunFolder.from_uri(run_uri)
+    result = runs.read(_store(), run.key(runs.EXPORT_RESULT), runs.ExportResult)
+    _registry().set_version_tags(decision["version"], {"merged_uri": result.merged_uri})
+    return result.merged_uri
 
 
 # -- ner_rollback ----------------------------------------------------------------------------
 def rollback() -> dict[str, Any]:
-    """Move ``champion`` to the target version from the trigger params, recording who and why."""
+    """Move ``champion`` to the target version from the trigger params, recording who and why, after
+    checking the version's adapter against its digest (`retrain.promote.rollback`)."""
+    from retrain.promote import rollback as roll_back
+
     params, ctx = _params(), _context()
     registry = _registry(params.get("base_model") or None)
     target = str(params["target"]).strip()
     actor = f"ner_rollback/{ctx['run_id']}"
-    event = registry.rollback(target, reason=params["reason"], actor=actor)
+    event = roll_back(_store(), registry, target, reason=params["reason"], actor=actor)
     from retrain_airflow import assets
 
     assets.record_rollback_event(settings(), event, base_model=params.get("base_model") or None)

@@ -11,28 +11,61 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
+
+
+def _print(model: Any) -> None:
+    print(model.model_dump_json(indent=2))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from retrain.train import run_training_from_uri
 
-    result = run_training_from_uri(args.run_uri, workdir=args.workdir)
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    _print(run_training_from_uri(args.run_uri, workdir=args.workdir))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from retrain.evaluate import run_evaluation_from_uri
 
-    result = run_evaluation_from_uri(args.run_uri, workdir=args.workdir)
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    report = run_evaluation_from_uri(args.run_uri, workdir=args.workdir)
+    for side in (report.candidate, report.champion):
+        print(f"{side.name}: micro F1 {side.micro.f1}, parse failures {side.n_parse_failures}/{report.n}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from retrain.export import run_export_from_uri
 
-    print(json.dumps(run_export_from_uri(args.run_uri, workdir=args.workdir), ensure_ascii=False, indent=2))
+    _print(run_export_from_uri(args.run_uri, workdir=args.workdir))
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from retrain import promote, runs
+    from retrain.config import load_settings
+    from retrain.registry import Registry
+    from retrain.storage import ObjectStore, client_from_env
+
+    settings = load_settings()
+    run = runs.RunFolder.from_uri(args.run_uri)
+    store = ObjectStore(client_from_env(), run.bucket)
+    request = runs.read(store, run.key(runs.TRAIN_REQUEST), runs.TrainRequest)
+    registry = Registry.from_settings(settings, request.base_model)
+    provenance = promote.Provenance(
+        dag_id="cli", git_commit=promote.git_commit(), launcher="cli", trainer_image="unknown"
+    )
+    summary = promote.promote_run(
+        store,
+        settings,
+        run,
+        registry,
+        run_id=request.run_id,
+        actor=args.actor,
+        provenance=provenance,
+        dry_run=args.dry_run,
+    )
+    _print(summary.decision)
     return 0
 
 
@@ -47,7 +80,11 @@ def _cmd_registry(args: argparse.Namespace) -> int:
             print(json.dumps(event, ensure_ascii=False))
         return 0
     if args.registry_cmd == "rollback":
-        event = reg.rollback(args.target, reason=args.reason, actor=args.actor)
+        from retrain.promote import rollback
+        from retrain.storage import ObjectStore, client_from_env
+
+        store = ObjectStore(client_from_env(), settings.s3.bucket)
+        event = rollback(store, reg, args.target, reason=args.reason, actor=args.actor)
         print(json.dumps(event, ensure_ascii=False))
         return 0
     if args.registry_cmd == "show":
@@ -77,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id>")
     ex.add_argument("--workdir", default=None)
     ex.set_defaults(func=_cmd_export)
+
+    pr = sub.add_parser(
+        "promote",
+        help="decide with the gate, register, move `champion` (what ner_retrain's promote task does)",
+    )
+    pr.add_argument("--run-uri", required=True, help="s3://bucket/runs/<run id> (evaluated)")
+    pr.add_argument("--dry-run", action="store_true", help="decide only: register nothing, move no alias")
+    pr.add_argument("--actor", default="cli")
+    pr.set_defaults(func=_cmd_promote)
 
     rg = sub.add_parser("registry", help="model registry: history, rollback, show")
     rg.add_argument("--base-model", default=None)

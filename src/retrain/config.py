@@ -43,6 +43,7 @@ class S3Config(_Strict):
     reports_prefix: str = "reports/"
     datasets_prefix: str = "datasets/"
     runs_prefix: str = "runs/"
+    adapters_prefix: str = "adapters/"
     state_prefix: str = "state/"
 
 

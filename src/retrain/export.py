@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
-from retrain.storage import ObjectStore, client_from_env, join_key, parse_s3_uri
+from retrain import runs
+from retrain.adapters import fetch_adapter
+from retrain.runs import ExportRequest, ExportResult
+from retrain.storage import ObjectStore, client_from_env, join_key
 
 log = logging.getLogger(__name__)
 
@@ -55,44 +58,45 @@ def check_export(export_dir: str | Path) -> list[str]:
     return problems
 
 
-def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> dict[str, Any]:
+def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> ExportResult:
+    """Merge the adapter ``export_request.json`` names (digest verified) into its base model and upload
+    the merged model under ``merged/``; ``export_result.json`` last (the commit marker)."""
     from retrain.train import resolve_base_model, run_llamafactory
 
-    request = store.get_json(join_key(run_prefix, "export_request.json"))
+    request = runs.read(store, join_key(run_prefix, runs.EXPORT_REQUEST), ExportRequest)
     work = Path(workdir)
-    adapter_dir = work / "adapter"
-    bucket, adapter_prefix = parse_s3_uri(request["adapter_uri"])
-    ObjectStore(store.client, bucket).download_prefix(adapter_prefix, adapter_dir)
-    base = resolve_base_model(request["base_model"], request.get("model_cache_dir", "/models"))
-    export_dir = work / "merged"
-    cfg_path = work / "export.yaml"
-    cfg_path.write_text(
-        yaml.safe_dump(
-            export_config(str(base), str(adapter_dir), str(export_dir), request.get("template", "qwen")),
-            sort_keys=False,
-        )
+    adapter_dir, _ = fetch_adapter(
+        lambda bucket: ObjectStore(store.client, bucket),
+        request.adapter_uri,
+        work / "adapter",
+        request.adapter_digest,
     )
+    base = resolve_base_model(request.base_model, request.model_cache_dir)
+    export_dir = work / runs.MERGED_DIR
+    cfg_path = work / "export.yaml"
+    cfg = export_config(str(base), str(adapter_dir), str(export_dir), request.template)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.monotonic()
     run_llamafactory(cfg_path, work / "export.log", cwd=work, subcommand="export")
     problems = check_export(export_dir)
     if problems:
         raise ExportFailed(f"llamafactory-cli export exited 0 but {export_dir}: " + "; ".join(problems))
-    merged_prefix = join_key(run_prefix, "merged")
+    merged_prefix = join_key(run_prefix, runs.MERGED_DIR)
     keys = store.upload_dir(export_dir, merged_prefix)
-    result = {
-        "status": "succeeded",
-        "merged_uri": store.uri(merged_prefix + "/"),
-        "files": len(keys),
-        "adapter_uri": request["adapter_uri"],
-        "wall_s": round(time.monotonic() - t0, 3),
-    }
-    store.put_json(join_key(run_prefix, "export_result.json"), result)
-    log.info("merged model exported to %s (%d files)", result["merged_uri"], len(keys))
+    result = ExportResult(
+        status="succeeded",
+        merged_uri=store.uri(merged_prefix + "/"),
+        files=len(keys),
+        adapter_uri=request.adapter_uri,
+        wall_s=round(time.monotonic() - t0, 3),
+    )
+    runs.write(store, join_key(run_prefix, runs.EXPORT_RESULT), result)
+    log.info("merged model exported to %s (%d files)", result.merged_uri, len(keys))
     return result
 
 
-def run_export_from_uri(run_uri: str, workdir: str | Path | None = None) -> dict[str, Any]:
-    bucket, prefix = parse_s3_uri(run_uri)
-    store = ObjectStore(client_from_env(), bucket)
+def run_export_from_uri(run_uri: str, workdir: str | Path | None = None) -> ExportResult:
+    run = runs.RunFolder.from_uri(run_uri)
+    store = ObjectStore(client_from_env(), run.bucket)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        return run_export(store, prefix.rstrip("/"), tmp)
+        return run_export(store, run.prefix, tmp)

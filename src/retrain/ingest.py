@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from retrain import runs
 from retrain.config import Settings
 from retrain.records import Record, Rejection, dumps_jsonl
+from retrain.runs import safe_run_id
 from retrain.storage import ObjectInfo, ObjectStore, join_key
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,6 @@ PENDING_NAME = "dataset_pending.json"
 
 class AccountingError(RuntimeError):
     """accepted + quarantined != read for an object: a record was lost or counted twice."""
-
-
-def safe_run_id(run_id: str) -> str:
-    """An Airflow run id as one safe key segment (``manual__2026-…+00:00`` -> ``manual__2026-…_00_00``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:200] or "run"
 
 
 def object_slug(key: str) -> str:
@@ -251,7 +248,7 @@ def process_batches(
         report_key = join_key(settings.s3.quarantine_prefix, rid, "report.md")
         store.put_bytes(report_key, render_intake_report(result).encode("utf-8"), "text/markdown")
         result.report_uri = store.uri(report_key)
-        store.put_json(join_key(settings.s3.runs_prefix, rid, "intake.json"), result.to_json())
+        store.put_json(join_key(settings.s3.runs_prefix, rid, runs.INTAKE), result.to_json())
     if result.accepted:
         store.put_json(join_key(settings.s3.state_prefix, PENDING_NAME), {"since_run": run_id, "at": now})
     store.put_json(join_key(settings.s3.state_prefix, "label_counts.json"), {"by_object": by_object})
@@ -309,4 +306,4 @@ def clear_pending(store: ObjectStore, settings: Settings) -> None:
     """Mark all accepted data as trained on (called once a run has finished training + promotion)."""
     key = join_key(settings.s3.state_prefix, PENDING_NAME)
     if store.exists(key):
-        store.client.delete_object(Bucket=store.bucket, Key=key)
+        store.delete(key)

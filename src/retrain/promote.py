@@ -1,105 +1,328 @@
-"""Stage 6 (decision): should the candidate adapter replace the champion?
+"""Stage 6: promotion. Choose what the candidate is compared with, decide, register, move the aliases.
 
-`decide` is a pure function of the two evaluation results and the gate policy (conf ``gate``).
-It returns every rule's outcome and a one-line reason, so the decision is auditable in the task
-log, the registry tags and the UI. Ties never promote.
+The whole promotion is library code: the ``prepare_evaluation`` and ``promote`` tasks of ner_retrain,
+the ``retrain promote`` command and the tests call the same functions; the Airflow glue only passes
+the store, the registry and who is acting.
+
+- `choose_baseline`: the champion; for a re-run of a run whose candidate already became champion, the
+  model it replaced (never the candidate itself); the base model when there is no champion.
+- `plan_evaluation`: writes ``eval_request.json`` for the trained candidate and that baseline.
+- `promote_run`: reads the run folder (`retrain.runs`), applies the gate (`retrain.gate.decide`), logs
+  the training to MLflow and registers the adapter (immutable versions: its content address and
+  digest), moves ``champion`` when the gate says so, writes ``decision.json`` and ``summary.json``
+  (last), and marks the accepted data as trained on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from retrain.config import GateConfig
+from retrain import runs
+from retrain.adapters import fetch_adapter, verify_adapter
+from retrain.config import Settings
+from retrain.gate import decide
+from retrain.registry import PREVIOUS, Registry
+from retrain.runs import (
+    DatasetRef,
+    EvalReport,
+    EvalRequest,
+    IntakeSummary,
+    ModelRef,
+    PromotionDecision,
+    RunFolder,
+    RunSummary,
+    TrainRequest,
+    TrainResult,
+)
+from retrain.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class RuleOutcome:
-    rule: str
-    passed: bool
-    detail: str
+class TrainingNotCommitted(RuntimeError):
+    """Evaluation was asked for a run whose training did not commit (no valid train_result.json)."""
 
 
-@dataclass
-class PromotionDecision:
-    promote: bool
-    reason: str
-    rules: list[RuleOutcome] = field(default_factory=list)
-    candidate_f1: float = 0.0
-    champion_f1: float = 0.0
-    champion_name: str = ""
-    dry_run: bool = False
+@dataclass(frozen=True)
+class Provenance:
+    """Who and what produced a run, recorded on its MLflow run and registered version."""
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    dag_id: str
+    git_commit: str
+    launcher: str
+    #: The trainer image when the train result does not name one (e.g. "local trainer env").
+    trainer_image: str
 
 
-def _f1(metrics: dict[str, Any]) -> float:
-    return float(metrics["micro"]["f1"] or 0.0)
+def git_commit() -> str:
+    """The deployed code's commit: $RETRAIN_GIT_COMMIT (images), else `git rev-parse` of the checkout."""
+    if os.environ.get("RETRAIN_GIT_COMMIT"):
+        return os.environ["RETRAIN_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
-def decide(
-    candidate: dict[str, Any],
-    champion: dict[str, Any],
-    gate: GateConfig,
+def choose_baseline(registry: Registry, run_id: str) -> ModelRef:
+    """The model the run's candidate must beat (see the module docstring)."""
+    champion = registry.champion()
+    if champion and champion["airflow_run_id"] == run_id:
+        # A re-run of a run whose candidate already became champion: compare against the champion it
+        # replaced (what the first attempt compared against), never against itself.
+        log.info(
+            "champion v%s came from this run; comparing against the model it replaced", champion["version"]
+        )
+        champion = registry.get_alias(PREVIOUS)
+        if champion and champion["airflow_run_id"] == run_id:
+            champion = None
+    if champion is None:
+        return ModelRef(name="base model")
+    return ModelRef(
+        name=f"champion v{champion['version']}",
+        adapter_uri=champion["adapter_uri"],
+        adapter_digest=champion.get("adapter_digest") or None,
+        version=champion["version"],
+    )
+
+
+def plan_evaluation(
+    store: ObjectStore,
+    settings: Settings,
+    run: RunFolder,
+    registry: Registry,
     *,
-    champion_name: str = "champion",
+    run_id: str,
+    base_model: str,
+) -> EvalRequest:
+    """Check the training committed, choose the baseline, write and return ``eval_request.json``."""
+    try:
+        train = runs.read(store, run.key(runs.TRAIN_RESULT), TrainResult)
+    except runs.ContractError as exc:
+        raise TrainingNotCommitted(f"training did not commit its artifacts: {exc}") from exc
+    dataset = runs.read(store, run.key(runs.DATASET), DatasetRef)
+    baseline = choose_baseline(registry, run_id)
+    request = EvalRequest(
+        run_id=run_id,
+        golden_uri=dataset.golden_uri,
+        golden_hash=dataset.golden_hash,
+        base_model=base_model,
+        candidate=ModelRef(
+            name="candidate", adapter_uri=train.adapter_uri, adapter_digest=train.adapter_digest
+        ),
+        champion=baseline,
+        labels=settings.prompt.labels,
+        max_new_tokens=settings.evaluate.max_new_tokens,
+        batch_size=settings.evaluate.batch_size,
+        backend=settings.evaluate.backend,
+        model_cache_dir=settings.train.model_cache_dir,
+    )
+    runs.write(store, run.key(runs.EVAL_REQUEST), request)
+    log.info(
+        "evaluating candidate %s against %s on golden %s (%d sentences)",
+        train.adapter_uri,
+        baseline.name,
+        dataset.golden_hash,
+        dataset.golden,
+    )
+    return request
+
+
+@dataclass(frozen=True)
+class _RunFiles:
+    """Everything promotion reads from the run folder."""
+
+    report: EvalReport
+    train: TrainResult
+    train_request: TrainRequest
+    eval_request: EvalRequest
+    dataset: DatasetRef
+    intake: IntakeSummary | None
+
+    @classmethod
+    def load(cls, store: ObjectStore, run: RunFolder) -> _RunFiles:
+        return cls(
+            report=runs.read(store, run.key(runs.EVAL_REPORT), EvalReport),
+            train=runs.read(store, run.key(runs.TRAIN_RESULT), TrainResult),
+            train_request=runs.read(store, run.key(runs.TRAIN_REQUEST), TrainRequest),
+            eval_request=runs.read(store, run.key(runs.EVAL_REQUEST), EvalRequest),
+            dataset=runs.read(store, run.key(runs.DATASET), DatasetRef),
+            intake=runs.read_if_exists(store, run.key(runs.INTAKE), IntakeSummary),
+        )
+
+
+def _metrics(files: _RunFiles) -> dict[str, float]:
+    cand, champ = files.report.candidate, files.report.champion
+    metrics: dict[str, float | None] = {
+        "eval_micro_f1": cand.micro.f1,
+        "eval_micro_precision": cand.micro.precision,
+        "eval_micro_recall": cand.micro.recall,
+        "eval_macro_f1": cand.macro_f1,
+        "eval_cluener_score": cand.cluener_score,
+        "eval_parse_failure_rate": cand.parse_failure_rate,
+        "champion_micro_f1": champ.micro.f1,
+        "train_loss_final": files.train.train_loss,
+    }
+    metrics.update({f"eval_f1_{label}": m.f1 for label, m in cand.per_label.items()})
+    return {k: v for k, v in metrics.items() if v is not None}  # labels with no gold/pred have no F1
+
+
+def _register(
+    store: ObjectStore,
+    run: RunFolder,
+    registry: Registry,
+    files: _RunFiles,
+    decision: PromotionDecision,
+    *,
+    run_id: str,
+    provenance: Provenance,
+) -> str:
+    """Log the training as an MLflow run (adapter verified against its digest) and register the adapter."""
+    train, dataset = files.train, files.dataset
+    tags = {
+        "dataset_version": dataset.version,
+        "golden_hash": dataset.golden_hash,
+        "base_model": files.train_request.base_model,
+        "run_uri": run.uri,
+        "git_commit": provenance.git_commit,
+        "launcher": provenance.launcher,
+        "trainer_image": train.trainer_image or provenance.trainer_image,
+        "adapter_digest": train.adapter_digest,
+    }
+    with tempfile.TemporaryDirectory(prefix="retrain-promote-") as tmp:
+        work = Path(tmp)
+        fetch_adapter(
+            lambda b: ObjectStore(store.client, b), train.adapter_uri, work / "adapter", train.adapter_digest
+        )
+        for sub in (runs.TRAIN_DIR, runs.EVAL_DIR):
+            store.download_prefix(run.key(sub), work / sub)
+        store.download_file(dataset.manifest_key, work / "manifest.json")
+        mlflow_run = registry.log_training_run(
+            airflow_run_id=run_id,
+            dag_id=provenance.dag_id,
+            params=files.train_request.llamafactory,
+            metrics=_metrics(files),
+            loss_curve=[(int(s), float(v)) for s, v in train.loss_curve],
+            tags=tags,
+            artifacts={
+                "adapter": work / "adapter",
+                "train": work / runs.TRAIN_DIR,
+                "eval": work / runs.EVAL_DIR,
+                "dataset": work / "manifest.json",
+            },
+        )
+    micro = files.report.candidate.micro.f1 or 0.0
+    version = registry.register(
+        adapter_uri=train.adapter_uri,
+        adapter_digest=train.adapter_digest,
+        mlflow_run_id=mlflow_run,
+        airflow_run_id=run_id,
+        tags={**tags, "micro_f1": f"{micro:.6f}", "airflow_dag_id": provenance.dag_id},
+    )
+    registry.set_version_tags(
+        version, {"decision": "promoted" if decision.promote else "kept", "decision_reason": decision.reason}
+    )
+    return version
+
+
+def promote_run(
+    store: ObjectStore,
+    settings: Settings,
+    run: RunFolder,
+    registry: Registry,
+    *,
+    run_id: str,
+    actor: str,
+    provenance: Provenance,
     dry_run: bool = False,
-) -> PromotionDecision:
-    """Apply the gate: candidate micro F1 >= champion + min_delta and strictly greater; no label
-    with support >= min_support drops by more than max_label_drop; parse-failure rate <=
-    max_parse_failure; micro F1 >= min_f1. ``champion`` is the base model's result for a first model."""
-    c_f1, h_f1 = _f1(candidate), _f1(champion)
-    rules: list[RuleOutcome] = []
-    delta = c_f1 - h_f1
-    rules.append(
-        RuleOutcome(
-            "beats_champion",
-            c_f1 > h_f1 and delta >= gate.min_delta,
-            f"micro F1 {c_f1:.4f} vs {champion_name} {h_f1:.4f} "
-            f"(delta {delta:+.4f}, min_delta {gate.min_delta})",
-        )
-    )
-    drops = []
-    for label, cm in candidate.get("per_label", {}).items():
-        hm = champion.get("per_label", {}).get(label)
-        if hm is None or cm.get("support", 0) < gate.min_support or hm.get("f1") is None:
-            continue  # labels absent from both gold and predictions have no F1 to compare
-        drop = float(hm["f1"]) - float(cm["f1"] or 0.0)
-        if drop > gate.max_label_drop:
-            drops.append(f"{label} -{drop:.3f}")
-    rules.append(
-        RuleOutcome(
-            "no_label_regression",
-            not drops,
-            (f"labels dropping more than {gate.max_label_drop}: " + ", ".join(drops))
-            if drops
-            else f"no label with support >= {gate.min_support} drops more than {gate.max_label_drop}",
-        )
-    )
-    pfr = float(candidate.get("parse_failure_rate", 0.0))
-    rules.append(
-        RuleOutcome(
-            "parse_failures",
-            pfr <= gate.max_parse_failure,
-            f"parse-failure rate {pfr:.3f} (max {gate.max_parse_failure})",
-        )
-    )
-    rules.append(RuleOutcome("min_f1", c_f1 >= gate.min_f1, f"micro F1 {c_f1:.4f} (min {gate.min_f1})"))
-    failed = [r for r in rules if not r.passed]
-    promote = not failed and not dry_run
-    if failed:
-        reason = f"kept {champion_name}: " + "; ".join(f"{r.rule}: {r.detail}" for r in failed)
-    elif dry_run:
-        reason = f"dry run: would promote (micro F1 {c_f1:.4f} vs {champion_name} {h_f1:.4f})"
-    else:
-        reason = f"promoted: micro F1 {c_f1:.4f} beats {champion_name} {h_f1:.4f} ({delta:+.4f})"
-    return PromotionDecision(
-        promote=promote,
-        reason=reason,
-        rules=rules,
-        candidate_f1=c_f1,
-        champion_f1=h_f1,
+) -> RunSummary:
+    """Decide with the gate, register and promote (see the module docstring); returns the run summary."""
+    from retrain.ingest import clear_pending
+
+    files = _RunFiles.load(store, run)
+    champion_name = files.eval_request.champion.name
+    decision = decide(
+        files.report.candidate,
+        files.report.champion,
+        settings.gate,
         champion_name=champion_name,
         dry_run=dry_run,
     )
+    for rule in decision.rules:
+        log.info("gate %-20s %s  %s", rule.rule, "PASS" if rule.passed else "FAIL", rule.detail)
+    log.info("decision: %s", decision.reason)
+    version = None
+    if not dry_run:
+        version = _register(store, run, registry, files, decision, run_id=run_id, provenance=provenance)
+        if decision.promote:
+            registry.move_champion(version, reason=decision.reason, actor=actor)
+    summary = _summary(run, registry, files, decision, version, run_id=run_id)
+    runs.write(store, run.key(runs.DECISION), decision)
+    runs.write(store, run.key(runs.SUMMARY), summary)  # last: the run's outcome
+    if not dry_run:
+        clear_pending(store, settings)
+    log.info("run summary: registered version %s, champion %s", version, summary.registry.champion_version)
+    return summary
+
+
+def _summary(
+    run: RunFolder,
+    registry: Registry,
+    files: _RunFiles,
+    decision: PromotionDecision,
+    version: str | None,
+    *,
+    run_id: str,
+) -> RunSummary:
+    champion = registry.champion()
+    train = files.train
+    return RunSummary(
+        run_id=run_id,
+        run_uri=run.uri,
+        intake=files.intake,
+        dataset=files.dataset,
+        train=runs.TrainFigures(
+            train_loss=train.train_loss,
+            steps=train.steps,
+            epochs=train.epochs,
+            runtime_s=train.runtime_s,
+            loss_curve=train.loss_curve,
+        ),
+        evaluation={
+            "candidate": runs.ShortScores.of(files.report.candidate),
+            "champion": runs.ShortScores.of(files.report.champion),
+        },
+        champion_name=files.eval_request.champion.name,
+        decision=decision,
+        registered_version=version,
+        registry=runs.RegistryState(
+            model=registry.name,
+            tracking_uri=registry.tracking_uri,
+            champion_version=champion["version"] if champion else None,
+        ),
+    )
+
+
+def rollback(
+    store: ObjectStore, registry: Registry, target: str, *, reason: str, actor: str
+) -> dict[str, Any]:
+    """Move ``champion`` to ``target`` (a version or 'previous') after checking that the version's adapter
+    is still there and hashes to its registered digest (`Registry.rollback` records the event)."""
+    info = registry.resolve(target)
+    verify_adapter(
+        lambda b: ObjectStore(store.client, b), info["adapter_uri"], info["adapter_digest"] or None
+    )
+    return registry.rollback(info["version"], reason=reason, actor=actor)

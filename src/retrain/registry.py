@@ -10,8 +10,9 @@
   event: a run in the experiment ``<model>-alias-history`` (visible in the MLflow UI), opened before
   the aliases move and closed FINISHED after. A change interrupted half-way stays visible as an
   unfinished event.
-- Registering the same adapter for the same Airflow run twice (a retried task) returns the
-  existing version.
+- Versions are immutable: a version's ``adapter_uri`` is a content address (`retrain.adapters`) and
+  its ``adapter_digest`` tag the digest every consumer verifies; registering the same content again
+  (a retried task) returns the existing version.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Registry:
         return {
             "version": str(mv.version),
             "adapter_uri": mv.tags.get("adapter_uri", ""),
+            "adapter_digest": mv.tags.get("adapter_digest", ""),
             "micro_f1": float(mv.tags["micro_f1"]) if "micro_f1" in mv.tags else None,
             "dataset_version": mv.tags.get("dataset_version", ""),
             "airflow_run_id": mv.tags.get("airflow_run_id", ""),
@@ -149,11 +151,13 @@ class Registry:
         tags: dict[str, str],
         artifacts: dict[str, str | Path],
     ) -> str:
-        """One MLflow run per training; returns its id (reused when the same Airflow run logs again)."""
+        """One MLflow run per trained adapter; returns its id (reused when the same Airflow run logs the
+        same adapter again: ``tags["adapter_digest"]``; a retry that trained new weights gets a new run)."""
         exp_id = self._experiment_id(f"{self.name}-training")
-        existing = self.client.search_runs(
-            [exp_id], f"tags.airflow_run_id = '{airflow_run_id}'", max_results=1
-        )
+        query = f"tags.airflow_run_id = '{airflow_run_id}'"
+        if tags.get("adapter_digest"):
+            query += f" and tags.adapter_digest = '{tags['adapter_digest']}'"
+        existing = self.client.search_runs([exp_id], query, max_results=1)
         if existing:
             return existing[0].info.run_id
         run = self.client.create_run(
@@ -181,23 +185,26 @@ class Registry:
         self,
         *,
         adapter_uri: str,
-        adapter_hash: str,
+        adapter_digest: str,
         mlflow_run_id: str,
         airflow_run_id: str,
         tags: dict[str, str],
     ) -> str:
-        """Register the adapter as a new version; the same adapter + Airflow run returns the existing one."""
+        """Register the adapter as a new version. Versions are immutable: registering the same content
+        (adapter digest) again returns the existing version, whichever run asks."""
         self._ensure_model()
         for v in self.versions():
-            if v["tags"].get("adapter_hash") == adapter_hash and v["airflow_run_id"] == airflow_run_id:
-                log.info("adapter already registered as %s v%s", self.name, v["version"])
+            if v["adapter_digest"] and v["adapter_digest"] == adapter_digest:
+                log.info(
+                    "adapter %s… already registered as %s v%s", adapter_digest[:12], self.name, v["version"]
+                )
                 return v["version"]
         run = self.client.get_run(mlflow_run_id)
         source = f"{run.info.artifact_uri.rstrip('/')}/adapter"
         all_tags = {
             **tags,
             "adapter_uri": adapter_uri,
-            "adapter_hash": adapter_hash,
+            "adapter_digest": adapter_digest,
             "airflow_run_id": airflow_run_id,
         }
         mv = self.client.create_model_version(
@@ -254,8 +261,9 @@ class Registry:
         )
         return {**event, "changed": True}
 
-    def rollback(self, target: str, *, reason: str, actor: str) -> dict[str, Any]:
-        """Move ``champion`` to ``target`` (a version number or 'previous'); it must have an adapter."""
+    def resolve(self, target: str) -> dict[str, Any]:
+        """The version ``target`` names (a version number or 'previous'); it must exist and have an
+        adapter. RegistryError otherwise."""
         if target == PREVIOUS:
             prev = self.get_alias(PREVIOUS)
             if prev is None:
@@ -271,7 +279,13 @@ class Registry:
             raise RegistryError(
                 f"{self.name} v{target}: has no adapter_uri tag; refusing to make it champion"
             )
-        return self.move_champion(str(target), reason=reason, actor=actor, kind="rollback")
+        return info
+
+    def rollback(self, target: str, *, reason: str, actor: str) -> dict[str, Any]:
+        """Move ``champion`` to ``target`` (a version number or 'previous'); it must have an adapter.
+        `retrain.promote.rollback` also checks the adapter's files against their digest first."""
+        info = self.resolve(target)
+        return self.move_champion(info["version"], reason=reason, actor=actor, kind="rollback")
 
     def history(self) -> list[dict[str, Any]]:
         """Every alias change, oldest first (unfinished ones marked ``status``)."""

@@ -7,26 +7,29 @@ stage's request. So a process or container that exits 0 without doing the work (
 replaced entrypoint, a wrapper script) fails its task with the reason, and a marker left by an earlier
 attempt can never pass for this one's.
 
-    train     train_result.json         status succeeded, the adapter files under runs/<id>/adapter/
-    evaluate  eval/report.json          this run's, on the golden set eval_request.json names
-    export    export_result.json        status succeeded, a merged model under runs/<id>/merged/
+    train     train_result.json   this run's TrainResult; its adapter's files at the content address
+                                  its digest names (`retrain.adapters`)
+    evaluate  eval/report.json    this run's EvalReport, on the golden set eval_request.json names
+    export    export_result.json  ExportResult with a merged model under runs/<id>/merged/
+
+File names and shapes are `retrain.runs`'s.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from retrain.storage import ObjectStore, join_key
-from retrain.train import ADAPTER_FILES, RESULT_FILE
+from retrain import runs
+from retrain.adapters import ADAPTER_FILES, digest_of_uri
+from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
 #: The file each stage writes last, relative to the run prefix.
 COMMIT_MARKERS = {
-    "train": RESULT_FILE,
-    "evaluate": "eval/report.json",
-    "export": "export_result.json",
+    "train": runs.TRAIN_RESULT,
+    "evaluate": runs.EVAL_REPORT,
+    "export": runs.EXPORT_RESULT,
 }
 
 
@@ -46,67 +49,67 @@ def uncommit(store: ObjectStore, run_prefix: str, stage: str) -> bool:
     if not store.exists(key):
         return False
     log.info("%s: removing %s of an earlier attempt before launching", stage, store.uri(key))
-    store.client.delete_object(Bucket=store.bucket, Key=key)
+    store.delete(key)
     return True
 
 
-def _get_json(store: ObjectStore, key: str, problems: list[str]) -> dict[str, Any] | None:
-    if not store.exists(key):
-        problems.append(f"{store.uri(key)} is missing")
-        return None
+def _read(store: ObjectStore, key: str, model: type[runs.M], problems: list[str]) -> runs.M | None:
     try:
-        value = store.get_json(key)
-    except ValueError as exc:
-        problems.append(f"{store.uri(key)} is not JSON ({exc})")
+        return runs.read(store, key, model)
+    except runs.ContractError as exc:
+        problems.append(str(exc))
         return None
-    if not isinstance(value, dict):
-        problems.append(f"{store.uri(key)} is not a JSON object")
-        return None
-    return value
 
 
-def _succeeded(result: dict[str, Any], key: str, store: ObjectStore, problems: list[str]) -> bool:
-    if result.get("status") != "succeeded":
-        problems.append(f"{store.uri(key)} has status {result.get('status')!r}, not 'succeeded'")
-        return False
-    return True
+def _train_problems(store: ObjectStore, run_prefix: str, problems: list[str]) -> None:
+    result = _read(store, join_key(run_prefix, runs.TRAIN_RESULT), runs.TrainResult, problems)
+    request = _read(store, join_key(run_prefix, runs.TRAIN_REQUEST), runs.TrainRequest, problems)
+    if result is None or request is None:
+        return
+    if result.run_id != request.run_id:
+        problems.append(
+            f"train_result.json is run {result.run_id!r}'s, not this request's {request.run_id!r}"
+        )
+    if digest_of_uri(result.adapter_uri) != result.adapter_digest:
+        problems.append(
+            f"adapter_uri {result.adapter_uri} is not the content address of {result.adapter_digest}"
+        )
+        return
+    bucket, prefix = parse_s3_uri(result.adapter_uri)
+    a_store = store if bucket == store.bucket else ObjectStore(store.client, bucket)
+    for name in ADAPTER_FILES:
+        if not a_store.exists(join_key(prefix.rstrip("/"), name)):
+            problems.append(f"{a_store.uri(join_key(prefix.rstrip('/'), name))} is missing")
+
+
+def _evaluate_problems(store: ObjectStore, run_prefix: str, problems: list[str]) -> None:
+    report = _read(store, join_key(run_prefix, runs.EVAL_REPORT), runs.EvalReport, problems)
+    request = _read(store, join_key(run_prefix, runs.EVAL_REQUEST), runs.EvalRequest, problems)
+    if report is None or request is None:
+        return
+    for field in ("run_id", "golden_hash"):
+        if getattr(report, field) != getattr(request, field):
+            problems.append(
+                f"{store.uri(join_key(run_prefix, runs.EVAL_REPORT))}: {field} {getattr(report, field)!r} "
+                f"is not the request's {getattr(request, field)!r}"
+            )
+
+
+def _export_problems(store: ObjectStore, run_prefix: str, problems: list[str]) -> None:
+    result = _read(store, join_key(run_prefix, runs.EXPORT_RESULT), runs.ExportResult, problems)
+    merged = join_key(run_prefix, runs.MERGED_DIR)
+    if result is not None and (not result.files or not store.exists(join_key(merged, "config.json"))):
+        problems.append(f"no merged model under {store.uri(merged + '/')}")
+
+
+_CHECKS = {"train": _train_problems, "evaluate": _evaluate_problems, "export": _export_problems}
 
 
 def commit_problems(store: ObjectStore, run_prefix: str, stage: str) -> list[str]:
     """What is wrong with the stage's committed output (empty when it is complete)."""
+    marker_key(run_prefix, stage)  # an unknown stage is an error, not "no problems"
     problems: list[str] = []
-    key = marker_key(run_prefix, stage)
-    marker = _get_json(store, key, problems)
-    if marker is None:
-        return problems
-    if stage == "train":
-        if _succeeded(marker, key, store, problems):
-            adapter_prefix = join_key(run_prefix, "adapter")
-            if marker.get("adapter_uri") != store.uri(adapter_prefix + "/"):
-                problems.append(
-                    f"adapter_uri {marker.get('adapter_uri')!r} is not this run's "
-                    f"{store.uri(adapter_prefix + '/')}"
-                )
-            for name in ADAPTER_FILES:
-                if not store.exists(join_key(adapter_prefix, name)):
-                    problems.append(f"{store.uri(join_key(adapter_prefix, name))} is missing")
-    elif stage == "evaluate":
-        request = _get_json(store, join_key(run_prefix, "eval_request.json"), problems)
-        if request is not None:
-            for field in ("run_id", "golden_hash"):
-                if marker.get(field) != request.get(field):
-                    problems.append(
-                        f"{store.uri(key)}: {field} {marker.get(field)!r} is not the request's "
-                        f"{request.get(field)!r}"
-                    )
-        for role in ("candidate", "champion"):
-            if not isinstance(marker.get(role), dict):
-                problems.append(f"{store.uri(key)} has no {role} metrics")
-    elif stage == "export":
-        if _succeeded(marker, key, store, problems):
-            merged = join_key(run_prefix, "merged")
-            if not marker.get("files") or not store.exists(join_key(merged, "config.json")):
-                problems.append(f"no merged model under {store.uri(merged + '/')}")
+    _CHECKS[stage](store, run_prefix, problems)
     return problems
 
 

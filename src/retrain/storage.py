@@ -179,9 +179,13 @@ class ObjectStore:
             out.append(dest)
         return out
 
+    def delete(self, key: str) -> None:
+        """Delete one object (no error when it does not exist, as S3 itself)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
     def delete_prefix(self, prefix: str) -> int:
         n = 0
         for obj in self.iter_objects(prefix):
-            self.client.delete_object(Bucket=self.bucket, Key=obj.key)
+            self.delete(obj.key)
             n += 1
         return n

@@ -1,23 +1,22 @@
 """The train stage (trainer environment): LoRA SFT with LLaMA-Factory for one run.
 
-Input: ``s3://<bucket>/runs/<run id>/train_request.json``, written by the Airflow side::
-
-    {"run_id": ..., "dataset_uri": "s3://bucket/datasets/<version>/", "dataset_version": ...,
-     "base_model": "<local dir or ModelScope id>", "model_cache_dir": ...,
-     "llamafactory": {...the merged LLaMA-Factory config...}}
+Input: ``s3://<bucket>/runs/<run id>/train_request.json`` (`retrain.runs.TrainRequest`), written by
+the Airflow side: the dataset version, the base model, the merged LLaMA-Factory config and the adapter
+store to publish to.
 
 `run_training_from_uri` downloads the request and the dataset version, resolves the base model,
 renders the final LLaMA-Factory YAML, runs ``llamafactory-cli train`` as a subprocess and then
 decides success from the artifacts, never from the exit code alone: the adapter files must exist
 and load with peft onto the base model, and ``trainer_log.jsonl`` must end at the last step.
-Outputs go under the run prefix::
+Outputs (file names: `retrain.runs`)::
 
-    adapter/                 adapter_config.json, adapter_model.safetensors
-    train/                   trainer_log.jsonl, training_loss.png, all_results.json,
-                             train_config.yaml, versions.json, llamafactory.log
-    checkpoints/             the latest checkpoint of a FAILED attempt + hashes.json (for resume;
-                             deleted once the run commits)
-    train_result.json        written last: its presence means the run's training committed
+    <adapter store>/<digest>/  adapter_config.json, adapter_model.safetensors, written once
+                               (`retrain.adapters`: content-addressed, never overwritten)
+    runs/<id>/train/           trainer_log.jsonl, training_loss.png, all_results.json,
+                               train_config.yaml, versions.json, llamafactory.log
+    runs/<id>/checkpoints/     the latest checkpoint of a FAILED attempt + hashes.json (for resume;
+                               deleted once the run commits)
+    runs/<id>/train_result.json  `retrain.runs.TrainResult`, written last: the run's training committed
 
 Resume: when a previous attempt of the same run failed after saving a checkpoint, and that
 checkpoint was made from the same dataset version and config hash, training resumes from it.
@@ -46,15 +45,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from retrain import runs
+from retrain.adapters import ADAPTER_FILES, publish_adapter
+from retrain.runs import TrainRequest, TrainResult
 from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-REQUEST_FILE = "train_request.json"
-RESULT_FILE = "train_result.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: The trainer log's name in LLaMA-Factory's output directory (and under the run's train/ folder).
 TRAINER_LOG = "trainer_log.jsonl"
 #: Keys of the LLaMA-Factory config that depend on where this attempt runs, not on what it trains.
 RUN_PATH_KEYS = ("model_name_or_path", "dataset_dir", "output_dir", "resume_from_checkpoint")
@@ -152,19 +151,6 @@ class TrainInputError(TrainingFailed):
 
 class BaseModelUnavailable(TrainInputError):
     """The base model is neither a local directory nor obtainable from ModelScope."""
-
-
-class TrainRequest(BaseModel):
-    """``runs/<run id>/train_request.json``, validated (unknown keys are rejected)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    dataset_uri: str
-    dataset_version: str
-    base_model: str
-    model_cache_dir: str
-    llamafactory: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -600,13 +586,10 @@ def collect_versions() -> dict[str, str]:
 
 def load_train_request(store: ObjectStore, run_prefix: str) -> TrainRequest:
     """Read and validate ``<run_prefix>/train_request.json``."""
-    key = join_key(run_prefix, REQUEST_FILE)
-    if not store.exists(key):
-        raise TrainInputError(f"no train request at {store.uri(key)}")
     try:
-        return TrainRequest.model_validate(store.get_json(key))
-    except (ValidationError, ValueError) as exc:
-        raise TrainInputError(f"{store.uri(key)}: invalid train request: {exc}") from exc
+        return runs.read(store, join_key(run_prefix, runs.TRAIN_REQUEST), TrainRequest)
+    except runs.ContractError as exc:
+        raise TrainInputError(f"invalid train request: {exc}") from exc
 
 
 def download_dataset(store: ObjectStore, dataset_uri: str, dest: Path) -> dict[str, Any]:
@@ -645,11 +628,11 @@ def _dataset_names(value: Any) -> list[str]:
 def _find_resume_checkpoint(
     store: ObjectStore, run_prefix: str, dest: Path, dataset_version: str, chash: str
 ) -> Path | None:
-    hashes_key = join_key(run_prefix, "checkpoints", "hashes.json")
+    hashes_key = join_key(run_prefix, runs.CHECKPOINT_HASHES)
     if not store.exists(hashes_key):
         log.info(
             "no checkpoint of an earlier attempt under %s: starting fresh",
-            store.uri(join_key(run_prefix, "checkpoints")),
+            store.uri(join_key(run_prefix, runs.CHECKPOINTS_DIR)),
         )
         return None
     saved = store.get_json(hashes_key)
@@ -668,7 +651,7 @@ def _find_resume_checkpoint(
     if not re.fullmatch(r"checkpoint-\d+", name):
         log.warning("hashes.json names no valid checkpoint (%r): starting fresh", name)
         return None
-    files = store.download_prefix(join_key(run_prefix, "checkpoints", name), dest / name)
+    files = store.download_prefix(join_key(run_prefix, runs.CHECKPOINTS_DIR, name), dest / name)
     if not files or latest_complete_checkpoint(dest) != dest / name:
         log.warning("checkpoint %s is incomplete in S3: starting fresh", name)
         return None
@@ -684,22 +667,160 @@ def _save_checkpoint_for_resume(
     if ckpt is None:
         log.info("no complete checkpoint to keep for a resume")
         return
-    prefix = join_key(run_prefix, "checkpoints")
+    prefix = join_key(run_prefix, runs.CHECKPOINTS_DIR)
     store.upload_dir(ckpt, join_key(prefix, ckpt.name))
     store.put_json(
-        join_key(prefix, "hashes.json"),
+        join_key(run_prefix, runs.CHECKPOINT_HASHES),
         {"checkpoint": ckpt.name, "dataset_version": dataset_version, "config_hash": chash},
     )
     for obj in list(store.iter_objects(prefix + "/")):
         rel = obj.key[len(prefix) + 1 :]
         if rel.startswith("checkpoint-") and not rel.startswith(ckpt.name + "/"):
-            store.client.delete_object(Bucket=store.bucket, Key=obj.key)
+            store.delete(obj.key)
     log.info("kept %s for a resume at %s", ckpt.name, store.uri(join_key(prefix, ckpt.name)))
 
 
-def run_training(store: ObjectStore, run_prefix: str, workdir: str | Path) -> dict[str, Any]:
+def _check_dataset_names(cfg: dict[str, Any], info: dict[str, Any], dataset_uri: str) -> str:
+    """The ``dataset`` value to train on; every name in dataset/eval_dataset must be in dataset_info."""
+    dataset = cfg.get("dataset") or "alpaca_clue_train"
+    for key, names in (
+        ("dataset", _dataset_names(dataset)),
+        ("eval_dataset", _dataset_names(cfg.get("eval_dataset"))),
+    ):
+        unknown = [n for n in names if n not in info]
+        if unknown:
+            raise TrainInputError(
+                f"llamafactory.{key}: {unknown} not in the dataset_info.json of {dataset_uri} "
+                f"(it has {sorted(info)})"
+            )
+    return dataset if isinstance(dataset, str) else ",".join(dataset)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt's local layout and what it trains."""
+
+    request: TrainRequest
+    work: Path
+    base_path: Path
+    config_hash: str
+    config_path: Path
+    resume: Path | None
+
+    @property
+    def output_dir(self) -> Path:
+        return self.work / "output"
+
+
+def _prepare_attempt(store: ObjectStore, run_prefix: str, request: TrainRequest, work: Path) -> _Attempt:
+    """Download the dataset, resolve the base model and the resume checkpoint, render and upload the YAML."""
+    dataset_dir, output_dir, resume_dir = work / "dataset", work / "output", work / "resume"
+    for d in (dataset_dir, output_dir, resume_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    info = download_dataset(store, request.dataset_uri, dataset_dir)
+    cfg = dict(request.llamafactory)
+    dataset = _check_dataset_names(cfg, info, request.dataset_uri)
+    base_path = resolve_base_model(request.base_model, request.model_cache_dir)
+    chash = config_hash(cfg, request.base_model)
+    resume = _find_resume_checkpoint(store, run_prefix, resume_dir, request.dataset_version, chash)
+    yaml_text = render_llamafactory_yaml(
+        cfg,
+        model_name_or_path=str(base_path),
+        dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir),
+        dataset=dataset,
+        resume_from_checkpoint=str(resume) if resume else None,
+        header=(
+            f"run {request.run_id}: dataset {request.dataset_version}, base model {request.base_model}, "
+            f"config hash {chash}\nrendered by retrain.train"
+        ),
+    )
+    config_path = work / "train_config.yaml"
+    config_path.write_text(yaml_text, encoding="utf-8")
+    train_prefix = join_key(run_prefix, runs.TRAIN_DIR)
+    store.put_bytes(
+        join_key(train_prefix, "train_config.yaml"), yaml_text.encode("utf-8"), "application/yaml"
+    )
+    store.put_json(join_key(train_prefix, "versions.json"), collect_versions())
+    return _Attempt(request, work, base_path, chash, config_path, resume)
+
+
+def _train_and_check(store: ObjectStore, run_prefix: str, attempt: _Attempt) -> float:
+    """Run LLaMA-Factory and check its output; on failure keep the newest checkpoint for a resume.
+    Returns the wall seconds of the training."""
+    lf_log = attempt.work / "llamafactory.log"
+    started = time.monotonic()
+    try:
+        try:
+            run_llamafactory(attempt.config_path, lf_log, cwd=attempt.work)
+        finally:
+            if lf_log.is_file():
+                store.upload_file(lf_log, join_key(run_prefix, runs.TRAIN_DIR, "llamafactory.log"))
+        out = attempt.output_dir
+        problems = check_artifacts(out, attempt.base_path)
+        required = ["all_results.json"] + (
+            ["training_loss.png"] if attempt.request.llamafactory.get("plot_loss") else []
+        )
+        problems += [f"{name} is missing" for name in required if not (out / name).is_file()]
+        if problems:
+            raise TrainingFailed(
+                "llamafactory-cli train exited 0 but its output is not a usable adapter: "
+                + "; ".join(problems)
+            )
+    except TrainingFailed:
+        try:
+            _save_checkpoint_for_resume(
+                store, run_prefix, attempt.output_dir, attempt.request.dataset_version, attempt.config_hash
+            )
+        except Exception:  # keeping a checkpoint is best effort; the training error is what matters
+            log.exception("could not keep the checkpoint of the failed attempt")
+        raise
+    return time.monotonic() - started
+
+
+def _commit(store: ObjectStore, run_prefix: str, attempt: _Attempt, wall_s: float) -> TrainResult:
+    """Publish the adapter (content-addressed), upload the logs, then write train_result.json last."""
+    out, request = attempt.output_dir, attempt.request
+    arts = read_artifacts(out)
+    a_bucket, a_prefix = parse_s3_uri(request.adapter_store_uri)
+    a_store = store if a_bucket == store.bucket else ObjectStore(store.client, a_bucket)
+    uri, digest = publish_adapter(a_store, a_prefix, out)
+    train_prefix = join_key(run_prefix, runs.TRAIN_DIR)
+    for name in (TRAINER_LOG, "all_results.json", "training_loss.png"):
+        if (out / name).is_file():
+            store.upload_file(out / name, join_key(train_prefix, name))
+    result = TrainResult(
+        status="succeeded",
+        run_id=request.run_id,
+        adapter_uri=uri,
+        adapter_digest=digest,
+        base_model=request.base_model,
+        dataset_version=request.dataset_version,
+        config_hash=attempt.config_hash,
+        train_loss=arts.train_loss,
+        steps=arts.steps,
+        epochs=arts.epochs,
+        runtime_s=arts.runtime_s,  # LLaMA-Factory's train_runtime (of this attempt, if resumed)
+        wall_s=round(wall_s, 3),
+        resumed_from=attempt.resume.name if attempt.resume else None,
+        loss_curve=arts.loss_curve,
+        # set by the Docker launcher: tag@sha256 id of the image this ran in (None outside a container)
+        trainer_image=os.environ.get("RETRAIN_TRAINER_IMAGE") or None,
+    )
+    runs.write(store, join_key(run_prefix, runs.TRAIN_RESULT), result)  # last: the commit point
+    if attempt.resume is not None or store.exists(join_key(run_prefix, runs.CHECKPOINT_HASHES)):
+        # committed: a failed attempt's checkpoint can never be resumed again; free its space
+        try:
+            store.delete_prefix(join_key(run_prefix, runs.CHECKPOINTS_DIR) + "/")
+        except Exception:  # the run is committed; a leftover checkpoint only costs storage
+            log.exception("could not delete the checkpoints of earlier attempts")
+    return result
+
+
+def run_training(store: ObjectStore, run_prefix: str, workdir: str | Path) -> TrainResult:
     """Train one run whose request lies at ``<run_prefix>/train_request.json`` in ``store``'s
-    bucket, using ``workdir`` for local files. Returns the train_result.json mapping."""
+    bucket, using ``workdir`` for local files. Returns what train_result.json holds."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     request = load_train_request(store, run_prefix)
@@ -710,123 +831,29 @@ def run_training(store: ObjectStore, run_prefix: str, workdir: str | Path) -> di
         request.dataset_uri,
         request.base_model,
     )
-    result_key = join_key(run_prefix, RESULT_FILE)
+    result_key = join_key(run_prefix, runs.TRAIN_RESULT)
     if store.exists(result_key):  # a re-run: un-commit first, so no reader pairs old result + new files
         log.warning(
             "%s exists from an earlier attempt: deleting it before training again", store.uri(result_key)
         )
-        store.client.delete_object(Bucket=store.bucket, Key=result_key)
-
-    dataset_dir, output_dir, resume_dir = work / "dataset", work / "output", work / "resume"
-    for d in (dataset_dir, output_dir, resume_dir):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-    info = download_dataset(store, request.dataset_uri, dataset_dir)
-    cfg = dict(request.llamafactory)
-    dataset = cfg.get("dataset") or "alpaca_clue_train"
-    for key, names in (
-        ("dataset", _dataset_names(dataset)),
-        ("eval_dataset", _dataset_names(cfg.get("eval_dataset"))),
-    ):
-        unknown = [n for n in names if n not in info]
-        if unknown:
-            raise TrainInputError(
-                f"llamafactory.{key}: {unknown} not in the dataset_info.json of "
-                f"{request.dataset_uri} (it has {sorted(info)})"
-            )
-    base_path = resolve_base_model(request.base_model, request.model_cache_dir)
-    chash = config_hash(cfg, request.base_model)
-    resume = _find_resume_checkpoint(store, run_prefix, resume_dir, request.dataset_version, chash)
-
-    yaml_text = render_llamafactory_yaml(
-        cfg,
-        model_name_or_path=str(base_path),
-        dataset_dir=str(dataset_dir),
-        output_dir=str(output_dir),
-        dataset=dataset if isinstance(dataset, str) else ",".join(dataset),
-        resume_from_checkpoint=str(resume) if resume else None,
-        header=(
-            f"run {request.run_id}: dataset {request.dataset_version}, base model {request.base_model}, "
-            f"config hash {chash}\nrendered by retrain.train"
-        ),
-    )
-    config_path = work / "train_config.yaml"
-    config_path.write_text(yaml_text, encoding="utf-8")
-    train_prefix = join_key(run_prefix, "train")
-    store.put_bytes(
-        join_key(train_prefix, "train_config.yaml"), yaml_text.encode("utf-8"), "application/yaml"
-    )
-    store.put_json(join_key(train_prefix, "versions.json"), collect_versions())
-
-    lf_log = work / "llamafactory.log"
-    started = time.monotonic()
-    try:
-        try:
-            run_llamafactory(config_path, lf_log, cwd=work)
-        finally:
-            if lf_log.is_file():
-                store.upload_file(lf_log, join_key(train_prefix, "llamafactory.log"))
-        wall_s = time.monotonic() - started
-        problems = check_artifacts(output_dir, base_path)
-        required = ["all_results.json"] + (["training_loss.png"] if cfg.get("plot_loss") else [])
-        problems += [f"{name} is missing" for name in required if not (output_dir / name).is_file()]
-        if problems:
-            raise TrainingFailed(
-                "llamafactory-cli train exited 0 but its output is not a usable adapter: "
-                + "; ".join(problems)
-            )
-    except TrainingFailed:
-        try:
-            _save_checkpoint_for_resume(store, run_prefix, output_dir, request.dataset_version, chash)
-        except Exception:  # keeping a checkpoint is best effort; the training error is what matters
-            log.exception("could not keep the checkpoint of the failed attempt")
-        raise
-
-    arts = read_artifacts(output_dir)
-    adapter_prefix = join_key(run_prefix, "adapter")
-    for name in ADAPTER_FILES:
-        store.upload_file(output_dir / name, join_key(adapter_prefix, name))
-    store.upload_file(output_dir / TRAINER_LOG, join_key(train_prefix, TRAINER_LOG))
-    for name in ("all_results.json", "training_loss.png"):
-        if (output_dir / name).is_file():
-            store.upload_file(output_dir / name, join_key(train_prefix, name))
-    result = {
-        "status": "succeeded",
-        "run_id": request.run_id,
-        "adapter_uri": store.uri(adapter_prefix + "/"),
-        "base_model": request.base_model,
-        "dataset_version": request.dataset_version,
-        "config_hash": chash,
-        "train_loss": arts.train_loss,
-        "steps": arts.steps,
-        "epochs": arts.epochs,
-        "runtime_s": arts.runtime_s,  # LLaMA-Factory's train_runtime (of this attempt, if resumed)
-        "wall_s": round(wall_s, 3),
-        "resumed_from": resume.name if resume else None,
-        "loss_curve": arts.loss_curve,
-        # set by the Docker launcher: tag@sha256 id of the image this ran in (None outside a container)
-        "trainer_image": os.environ.get("RETRAIN_TRAINER_IMAGE") or None,
-    }
-    store.put_json(result_key, result)  # last: the commit point
-    if resume is not None or store.exists(join_key(run_prefix, "checkpoints", "hashes.json")):
-        # committed: a failed attempt's checkpoint can never be resumed again; free its space
-        try:
-            store.delete_prefix(join_key(run_prefix, "checkpoints") + "/")
-        except Exception:  # the run is committed; a leftover checkpoint only costs storage
-            log.exception("could not delete the checkpoints of earlier attempts")
+        store.delete(result_key)
+    attempt = _prepare_attempt(store, run_prefix, request, work)
+    wall_s = _train_and_check(store, run_prefix, attempt)
+    result = _commit(store, run_prefix, attempt, wall_s)
     log.info(
-        "run %s trained: %d steps, %.2f epochs, loss %s, %.1f s; committed %s",
+        "run %s trained: %d steps, %.2f epochs, loss %s, %.1f s; adapter %s; committed %s",
         request.run_id,
-        arts.steps,
-        arts.epochs or 0.0,
-        arts.train_loss,
+        result.steps,
+        result.epochs or 0.0,
+        result.train_loss,
         wall_s,
+        result.adapter_uri,
         store.uri(result_key),
     )
     return result
 
 
-def run_training_from_uri(run_uri: str, workdir: str | Path | None = None) -> dict[str, Any]:
+def run_training_from_uri(run_uri: str, workdir: str | Path | None = None) -> TrainResult:
     """`run_training` for ``s3://bucket/runs/<run id>``, with the S3 client from the AWS_* environment.
 
     Without ``workdir`` a temporary directory is used and removed afterwards (the LLaMA-Factory

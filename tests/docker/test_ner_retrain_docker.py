@@ -138,7 +138,6 @@ def test_first_night_trains_and_evaluates_in_containers_and_promotes(nights) -> 
     prefix = nights["first_prefix"]
     for name in (
         "train_result.json",
-        "adapter/adapter_model.safetensors",
         "train/trainer_log.jsonl",
         "train/train_config.yaml",
         "eval/report.json",
@@ -146,6 +145,10 @@ def test_first_night_trains_and_evaluates_in_containers_and_promotes(nights) -> 
         "summary.json",
     ):
         assert f"{prefix}/{name}" in nights["keys"], name
+    adapter_uri = nights["registry"]["champion"]["adapter_uri"]
+    digest = nights["registry"]["champion"]["adapter_digest"]
+    assert adapter_uri.endswith(f"/adapters/{digest}/")
+    assert any(k.endswith(f"adapters/{digest}/adapter_model.safetensors") for k in nights["keys"])
     report = nights["report"]
     assert report["base_model"] == "/models/tiny" and report["base_model_path"] == "/models/tiny"
     assert first.summary["champion_name"] == "base model"
@@ -175,10 +178,9 @@ def test_a_failing_container_fails_the_run_and_promotes_nothing(nights) -> None:
     assert not [
         k
         for k in nights["keys"]
-        if k.startswith(f"{second_prefix}/")
-        and "/adapter/" in k
-        or k in (f"{second_prefix}/train_result.json", f"{second_prefix}/summary.json")
+        if k in (f"{second_prefix}/train_result.json", f"{second_prefix}/summary.json")
     ]
+    assert len([k for k in nights["keys"] if k.endswith("/adapter_model.safetensors")]) == 1  # night 1's only
 
 
 @pytest.mark.timeout(2400)

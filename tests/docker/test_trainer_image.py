@@ -302,8 +302,6 @@ def test_train_in_the_container_commits_an_adapter_to_s3(
     }
     for name in (
         "train_result.json",
-        "adapter/adapter_model.safetensors",
-        "adapter/adapter_config.json",
         "train/trainer_log.jsonl",
         "train/train_config.yaml",
     ):
@@ -312,7 +310,12 @@ def test_train_in_the_container_commits_an_adapter_to_s3(
         client.get_object(Bucket=BUCKET, Key=f"{run_prefix}/train_result.json")["Body"].read()
     )
     assert result["status"] == "succeeded"
-    assert result["adapter_uri"] == f"{run_uri}/adapter/"
+    assert result["adapter_uri"] == f"s3://{BUCKET}/adapters/{result['adapter_digest']}/"
+    adapter_keys = client.list_objects_v2(Bucket=BUCKET, Prefix=f"adapters/{result['adapter_digest']}/")
+    assert {o["Key"].rsplit("/", 1)[1] for o in adapter_keys["Contents"]} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
     assert result["steps"] > 0 and result["train_loss"] is not None
     assert _snapshot(tiny_model_host_dir) == model_before  # mounted read-only: untouched
     # TMPDIR=/work is the scratch mount: the stage's temporary directory was made there and removed

@@ -60,7 +60,7 @@ def test_registry_history(demo):
     v1 = demo.registry["versions"][0]
     assert v1["tags"]["airflow_run_id"] == demo.nights[0].run_id
     assert v1["tags"]["dataset_version"] == demo.nights[0].summary["dataset"]["version"]
-    assert v1["adapter_uri"].endswith("/adapter/")
+    assert v1["adapter_uri"].endswith(f"/adapters/{v1['adapter_digest']}/")
 
 
 def test_each_run_carries_a_one_line_note(demo):

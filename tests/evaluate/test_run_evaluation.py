@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+from retrain.adapters import adapter_digest
+
 pytestmark = pytest.mark.trainer
 
 N_GOLDEN = 10
@@ -100,11 +102,11 @@ def test_evaluate_candidate_against_base_then_cached_champion(
             labels,
         ),
     )
-    summary = run_evaluation_from_uri(bucket.uri("runs/r1"), workdir=tmp_path / "w1")
+    returned = run_evaluation_from_uri(bucket.uri("runs/r1"), workdir=tmp_path / "w1")
 
-    assert summary["run_id"] == "r1" and summary["n"] == N_GOLDEN and not summary["champion_cached"]
-    assert summary["report_uri"] == bucket.uri("runs/r1/eval/report.json")
+    assert returned.run_id == "r1" and returned.n == N_GOLDEN and not returned.champion.cached
     report = bucket.get_json("runs/r1/eval/report.json")
+    assert report == json.loads(returned.model_dump_json())
     assert report["golden_hash"] == golden["hash"] and report["n"] == N_GOLDEN
     assert report["decoding"] == {
         "backend": "hf",
@@ -115,11 +117,8 @@ def test_evaluate_candidate_against_base_then_cached_champion(
     }
     cand, champ = report["candidate"], report["champion"]
     assert cand["name"] == "candidate" and champ["name"] == "base model"
-    assert (
-        cand["adapter_hash"]
-        == hashlib.sha256((random_adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
-    )
-    assert champ["adapter_hash"] is None and champ["cached"] is False
+    assert cand["adapter_digest"] == adapter_digest(random_adapter_dir)
+    assert champ["adapter_digest"] is None and champ["cached"] is False
     assert not (tmp_path / "w1" / "adapters" / "candidate" / "checkpoint-5").exists()
 
     gold = [[(e["label"], e["text"]) for e in json.loads(ex["output"])] for ex in golden["examples"]]
@@ -158,8 +157,8 @@ def test_evaluate_candidate_against_base_then_cached_champion(
             labels,
         ),
     )
-    summary2 = run_evaluation_from_uri(bucket.uri("runs/r2"))
-    assert summary2["champion_cached"] is True
+    returned2 = run_evaluation_from_uri(bucket.uri("runs/r2"))
+    assert returned2.champion.cached is True
     report2 = bucket.get_json("runs/r2/eval/report.json")
     champ2 = report2["champion"]
     assert champ2["cached"] is True and champ2["name"] == "champion v1" and champ2["version"] == "1"
@@ -168,8 +167,8 @@ def test_evaluate_candidate_against_base_then_cached_champion(
         k: v for k, v in cand.items() if k not in volatile
     }
     assert read_jsonl(bucket, "runs/r2/eval/predictions_champion.jsonl") == cand_rows
-    assert report2["candidate"]["adapter_hash"] != cand["adapter_hash"]
-    assert summary2["champion_micro_f1"] == summary["candidate_micro_f1"]
+    assert report2["candidate"]["adapter_digest"] != cand["adapter_digest"]
+    assert returned2.champion.micro == returned.candidate.micro
 
 
 def test_golden_set_changed_after_request_is_refused(bucket, golden, tiny_model_dir, random_adapter_dir):

@@ -10,10 +10,10 @@ import re
 import pytest
 
 from retrain.evaluate import (
-    EvalRequest,
     EvalRequestError,
     cache_key,
     load_golden,
+    parse_eval_request,
     score_outputs,
 )
 
@@ -110,7 +110,7 @@ def test_score_outputs_parses_messy_raws_and_counts_failures():
 
 
 def test_request_contract():
-    req = EvalRequest.from_json(valid_request())
+    req = parse_eval_request(valid_request())
     assert req.champion.adapter_uri is None and req.template == "qwen" and req.model_cache_dir == "/models"
     assert req.decoding() == {
         "backend": "hf",
@@ -133,7 +133,7 @@ def test_request_contract():
         r = valid_request()
         mutate(r)
         with pytest.raises(EvalRequestError, match=re.escape(field)):
-            EvalRequest.from_json(r)
+            parse_eval_request(r)
 
 
 def test_cache_key_changes_with_each_input():

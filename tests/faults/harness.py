@@ -354,7 +354,8 @@ def check_invariants(p: Pipeline) -> None:
        decision.json says promote, and the gate re-applied to its run's eval/report.json promotes;
        the same for every version a finished alias-history event promoted (an unfinished event is
        an alias move that was interrupted).
-    2. No registry duplicates: one version per (Airflow run, adapter hash).
+    2. No registry duplicates: one version per adapter digest (versions are immutable), and every
+       version's adapter is still at its content address with that digest.
     3. No labeled record lost: every incoming object is either in the ledger at its current ETag
        (and then its run's intake.json accounts for it, accepted + quarantined == read, and its
        accepted/ and quarantine/ files hold exactly those records) or still pending for intake.
@@ -367,8 +368,10 @@ def check_invariants(p: Pipeline) -> None:
     """
     import hashlib
 
-    from retrain.ingest import find_new_batches, object_slug, read_ledger, safe_run_id
-    from retrain.promote import decide
+    from retrain.adapters import verify_adapter
+    from retrain.gate import decide
+    from retrain.ingest import find_new_batches, object_slug, read_ledger
+    from retrain.runs import EvalReport, safe_run_id
     from retrain.storage import ObjectStore, parse_s3_uri
 
     store, s = p.clean, p.settings
@@ -386,14 +389,16 @@ def check_invariants(p: Pipeline) -> None:
         bucket, run_prefix = parse_s3_uri(tags["run_uri"])  # the run may be another pipeline's
         runs = ObjectStore(store.client, bucket)
         assert runs.get_json(f"{run_prefix}/decision.json")["promote"] is True
-        report = runs.get_json(f"{run_prefix}/eval/report.json")  # the gate, re-applied independently
-        assert decide(report["candidate"], report["champion"], s.gate).promote, (
+        report = EvalReport.model_validate(runs.get_json(f"{run_prefix}/eval/report.json"))
+        assert decide(report.candidate, report.champion, s.gate).promote, (  # the gate, re-applied
             version,
-            report["champion"]["name"],
+            report.champion.name,
         )
     # 2
-    keys = [(v["airflow_run_id"], v["tags"].get("adapter_hash")) for v in versions]
-    assert len(keys) == len(set(keys)), f"duplicate registry versions: {keys}"
+    digests = [v["adapter_digest"] for v in versions]
+    assert len(digests) == len(set(digests)), f"duplicate registry versions: {digests}"
+    for v in versions:
+        verify_adapter(lambda b: ObjectStore(store.client, b), v["adapter_uri"], v["adapter_digest"])
     # 3
     ledger = read_ledger(store, s)
     pending = {o.key for o in find_new_batches(store, s).objects}

@@ -59,7 +59,9 @@ def test_trainer_death_promotes_nothing_and_the_retry_resumes(pipeline, monkeypa
     )
     assert says in str(night.error)
     assert not p.clean.exists(f"{night.prefix}/train_result.json")
-    with pytest.raises(RuntimeError, match="train_result.json is missing: training did not commit"):
+    with pytest.raises(
+        RuntimeError, match="training did not commit its artifacts: .*train_result.json is missing"
+    ):
         tasks.prepare_evaluation(night.xcom["build_dataset"], night.xcom["prepare_training"])
     registry = p.registry()
     assert registry.champion()["version"] == "1" and len(registry.versions()) == 1
@@ -133,8 +135,9 @@ def test_local_launcher_fails_a_stage_that_exits_0_without_committing(
 
 
 def test_evaluation_crash_before_the_champion_is_scored(pipeline):
-    from botocore.exceptions import ClientError
     from retrain_airflow import tasks
+
+    from retrain.runs import ContractError
 
     p = pipeline
     p.upload_batch("incoming/a.json", 60, seed=4, bad=2)
@@ -151,7 +154,7 @@ def test_evaluation_crash_before_the_champion_is_scored(pipeline):
     assert not p.keys(f"{night.prefix}/eval/")
     (cached,) = p.keys("eval_cache/")  # the candidate's result is in the cache already
     # promote refuses to decide without report.json, before touching the registry
-    with pytest.raises(ClientError, match="NoSuchKey"):
+    with pytest.raises(ContractError, match=r"eval/report.json is missing"):
         tasks.promote(
             night.xcom["build_dataset"], night.xcom["validate_batches"], night.xcom["prepare_training"]
         )

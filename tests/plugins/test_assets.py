@@ -186,13 +186,18 @@ def _no_airflow_env_leak(monkeypatch):
 
 
 # -- the consumer task ----------------------------------------------------------------------------------
-def _registry_with_champion(tmp_path, monkeypatch, versions: int):
+def _registry_with_champion(tmp_path, monkeypatch, moto_server, versions: int):
     from retrain_airflow import tasks
 
     from retrain.registry import Registry
+    from retrain.storage import ObjectStore
+    from tests.support.contracts import put_adapter
 
     monkeypatch.setenv("RETRAIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RETRAIN__S3__BUCKET", "assets-test")
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", moto_server.airflow_connection())
+    store = ObjectStore(moto_server.client(), "assets-test")
+    store.ensure_bucket()
     monkeypatch.setenv("RETRAIN__TRAIN__BASE_MODEL", "/m/tiny")
     tasks.settings.cache_clear()
     s = tasks.settings()
@@ -207,15 +212,16 @@ def _registry_with_champion(tmp_path, monkeypatch, versions: int):
             tags={},
             artifacts={},
         )
+        uri, digest = put_adapter(store, f"weights {n}".encode())
         v = reg.register(
-            adapter_uri=f"s3://assets-test/runs/r{n}/adapter/",
-            adapter_hash=f"h{n}",
+            adapter_uri=uri,
+            adapter_digest=digest,
             mlflow_run_id=run,
             airflow_run_id=f"r{n}",
             tags={},
         )
         reg.move_champion(v, reason="test", actor="test")
-    return s, reg
+    return s, reg, store
 
 
 def _run_validate(monkeypatch, s, events):
@@ -231,12 +237,12 @@ def _run_validate(monkeypatch, s, events):
     return assets.validate_new_champion()
 
 
-def test_validate_new_champion_against_the_registry(tmp_path, monkeypatch):
+def test_validate_new_champion_against_the_registry(tmp_path, monkeypatch, moto_server):
     import logging
 
     from retrain_airflow import assets, tasks
 
-    s, reg = _registry_with_champion(tmp_path, monkeypatch, versions=2)
+    s, reg, store = _registry_with_champion(tmp_path, monkeypatch, moto_server, versions=2)
     seen: list[str] = []  # a handler of our own: where Airflow's logging setup sends records varies
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
@@ -246,7 +252,7 @@ def test_validate_new_champion_against_the_registry(tmp_path, monkeypatch):
         assert out == {
             "model": reg.name,
             "version": "2",
-            "adapter_uri": "s3://assets-test/runs/r2/adapter/",
+            "adapter_uri": reg.champion()["adapter_uri"],
             "event_version": "2",
             "micro_f1": 0.8,
         }
@@ -259,6 +265,13 @@ def test_validate_new_champion_against_the_registry(tmp_path, monkeypatch):
             _run_validate(monkeypatch, s, [{"micro_f1": 0.8}])
         with pytest.raises(assets.ChampionEventError, match="manual trigger"):
             _run_validate(monkeypatch, s, [])
+        # the champion's weights were changed in the bucket after registration: never deployed
+        from retrain.adapters import AdapterIntegrityError
+
+        digest = reg.champion()["adapter_digest"]
+        store.put_bytes(f"adapters/{digest}/adapter_model.safetensors", b"swapped")
+        with pytest.raises(AdapterIntegrityError, match="refusing to use it"):
+            _run_validate(monkeypatch, s, [{"version": "1", "base_model": "/m/tiny"}])
     finally:
         logging.getLogger("retrain_airflow.assets").removeHandler(handler)
         tasks.settings.cache_clear()

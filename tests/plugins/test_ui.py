@@ -115,16 +115,14 @@ def _summary(
     loss: list,
 ) -> dict:
     from retrain.config import GateConfig
-    from retrain.promote import decide
+    from retrain.gate import decide
+    from tests.support.contracts import model_scores
 
     def full(m):  # the evaluation report's shape, for the real gate
-        return {
-            "micro": {"f1": m["micro_f1"]},
-            "parse_failure_rate": m["parse_failure_rate"],
-            "per_label": {k: {"f1": v, "support": 20} for k, v in m["per_label_f1"].items()},
-        }
+        per_label = {k: (v, 20) for k, v in m["per_label_f1"].items()}
+        return model_scores(m["micro_f1"], per_label, pfr=m["parse_failure_rate"])
 
-    decision = decide(full(cand), full(champ), GateConfig(), champion_name=champion_name).to_json()
+    decision = decide(full(cand), full(champ), GateConfig(), champion_name=champion_name).model_dump()
     rid = _safe(run_id)
     return {
         "run_id": run_id,
@@ -248,8 +246,8 @@ def seed(store, settings, *, with_failed_run: bool = True) -> dict:
             artifacts={},
         )
         got = reg.register(
-            adapter_uri=f"s3://{bucket}/runs/{_safe(run_id)}/adapter/",
-            adapter_hash=f"h{version}",
+            adapter_uri=f"s3://{bucket}/adapters/{int(version):064x}/",
+            adapter_digest=f"{int(version):064x}",
             mlflow_run_id=mlflow_run,
             airflow_run_id=run_id,
             tags={

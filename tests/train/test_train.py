@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from retrain.adapters import adapter_digest
+
 pytest.importorskip("llamafactory")
 
 from retrain.config import load_settings  # noqa: E402
@@ -226,9 +228,12 @@ def test_train_end_to_end_on_moto(moto_s3, tiny_model_dir: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     keys = _keys(client, run_prefix)
-    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} == {
-        k for k in keys if k.startswith("adapter/")
-    }
+    result = _get_json(client, run_prefix + "train_result.json")
+    digest = result["adapter_digest"]
+    # the adapter is published once at its content address, outside the run folder
+    assert result["adapter_uri"] == f"s3://{BUCKET}/adapters/{digest}/"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= _keys(client, f"adapters/{digest}/")
+    assert not any(k.startswith("adapter/") for k in keys)
     for name in (
         "trainer_log.jsonl",
         "training_loss.png",
@@ -240,11 +245,9 @@ def test_train_end_to_end_on_moto(moto_s3, tiny_model_dir: Path, tmp_path: Path)
         assert f"train/{name}" in keys, name
     assert not any(k.startswith("checkpoints/") for k in keys)  # kept only for failed attempts
 
-    result = _get_json(client, run_prefix + "train_result.json")
     assert json.loads(proc.stdout) == result
     request = _get_json(client, run_prefix + "train_request.json")
     assert result["status"] == "succeeded"
-    assert result["adapter_uri"] == f"s3://{BUCKET}/{run_prefix}adapter/"
     assert result["steps"] == 2 * STEPS_PER_EPOCH
     assert result["epochs"] == pytest.approx(2.0)
     assert result["dataset_version"] == "v-e2e"
@@ -268,7 +271,8 @@ def test_train_end_to_end_on_moto(moto_s3, tiny_model_dir: Path, tmp_path: Path)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
-        client.download_file(BUCKET, run_prefix + "adapter/" + name, str(adapter / name))
+        client.download_file(BUCKET, f"adapters/{digest}/{name}", str(adapter / name))
+    assert adapter_digest(adapter) == digest
     verify_adapter_loads(adapter, tiny_model_dir)
     from safetensors.torch import load_file
 
@@ -298,7 +302,10 @@ def test_missing_dataset_fails_with_a_clear_message(moto_s3, tiny_model_dir: Pat
 def test_missing_request_fails_with_a_clear_message(moto_s3) -> None:
     proc = _retrain_train(f"s3://{BUCKET}/runs/never-requested", moto_s3.env(), timeout=300)
     assert proc.returncode != 0
-    assert f"no train request at s3://{BUCKET}/runs/never-requested/train_request.json" in proc.stderr
+    assert (
+        f"invalid train request: s3://{BUCKET}/runs/never-requested/train_request.json is missing"
+        in proc.stderr
+    )
 
 
 def _start_and_interrupt(run_uri: str, env: dict[str, str], workdir: Path, how: str) -> tuple[int, str, list]:

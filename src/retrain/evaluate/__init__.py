@@ -7,14 +7,17 @@ alone), parses the outputs (`parsing`), scores them (`metrics`) and writes under
 ``runs/<id>/eval/``: ``report.json``, ``predictions_candidate.jsonl``,
 ``predictions_champion.jsonl``, ``per_label_f1.png`` and ``report.html``.
 
+Adapters are fetched through `retrain.adapters.fetch_adapter`, which recomputes their digest and
+refuses one that differs from the digest the request names (a registered version cannot change).
+
 A result is cached under ``<bucket>/eval_cache/<key>.json``; the key is the SHA-256 of the
-adapter's hash (SHA-256 of adapter_model.safetensors, or null for the base model), the golden
+adapter's digest (`retrain.adapters.adapter_digest`, or null for the base model), the golden
 set's hash, the decoding configuration, a fingerprint of the base model and the parser/metrics
 versions. The champion's result is read from the cache when present; both results are written
 to it, so a promoted candidate is never generated twice for the same golden set.
 
-This module imports only the standard library at import time: `parsing` and `metrics` are used
-from the Airflow environment too. Model code is imported when a model is needed.
+This module imports only the standard library and pydantic at import time: `parsing` and `metrics`
+are used from the Airflow environment too. Model code is imported when a model is needed.
 """
 
 from __future__ import annotations
@@ -29,17 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from retrain import runs
+from retrain.adapters import fetch_adapter
 from retrain.evaluate.metrics import METRICS_VERSION, score
 from retrain.evaluate.parsing import PARSER_VERSION, GoldFormatError, parse_entities, parse_gold
 from retrain.prompt import user_message
 from retrain.records import dumps_jsonl
+from retrain.runs import EvalReport, EvalRequest, ModelRef
 from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-EVAL_REQUEST = "eval_request.json"
 CACHE_PREFIX = "eval_cache"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_FAILURES_IN_REPORT = 200
 
 
@@ -47,113 +53,15 @@ class EvalRequestError(ValueError):
     """eval_request.json is missing a field or has a wrong value; the message names it."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model to score: a display name and an adapter (None: the base model alone)."""
-
-    name: str
-    adapter_uri: str | None
-    version: str | None = None
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """The contents of ``runs/<run_id>/eval_request.json``."""
-
-    run_id: str
-    golden_uri: str
-    golden_hash: str
-    base_model: str
-    candidate: ModelSpec
-    champion: ModelSpec
-    labels: list[str]
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    backend: str = "hf"
-    template: str = "qwen"
-    model_cache_dir: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = EVAL_REQUEST) -> EvalRequest:
-        """Validate the request; unknown keys and wrong types are errors naming the field."""
-        if not isinstance(data, dict):
-            raise EvalRequestError(f"{where}: expected a JSON object")
-        allowed = {
-            "run_id",
-            "golden_uri",
-            "golden_hash",
-            "base_model",
-            "candidate",
-            "champion",
-            "labels",
-            "max_new_tokens",
-            "batch_size",
-            "backend",
-            "template",
-            "model_cache_dir",
-        }
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise EvalRequestError(f"{where}: unknown field(s) {unknown}; expected {sorted(allowed)}")
-
-        def need(key: str, typ: type | tuple[type, ...], default: Any = ...) -> Any:
-            if key not in data:
-                if default is ...:
-                    raise EvalRequestError(f"{where}: field {key!r} is required")
-                return default
-            value = data[key]
-            if not isinstance(value, typ) or isinstance(value, bool) and typ is int:
-                raise EvalRequestError(f"{where}: field {key!r} has the wrong type ({value!r})")
-            return value
-
-        def model(key: str) -> ModelSpec:
-            m = need(key, dict)
-            extra = sorted(set(m) - {"name", "adapter_uri", "version"})
-            if extra:
-                raise EvalRequestError(f"{where}: {key}: unknown field(s) {extra}")
-            if not isinstance(m.get("name"), str) or not m["name"]:
-                raise EvalRequestError(f"{where}: {key}.name must be a non-empty string")
-            uri = m.get("adapter_uri")
-            if uri is not None and (not isinstance(uri, str) or not uri):
-                raise EvalRequestError(f"{where}: {key}.adapter_uri must be a string or null")
-            version = m.get("version")
-            return ModelSpec(m["name"], uri, None if version is None else str(version))
-
-        labels = need("labels", list)
-        if not labels or not all(isinstance(x, str) and x for x in labels):
-            raise EvalRequestError(f"{where}: field 'labels' must be a non-empty list of strings")
-        backend = need("backend", str, "hf")
-        if backend not in ("hf", "vllm"):
-            raise EvalRequestError(f"{where}: field 'backend' must be 'hf' or 'vllm', got {backend!r}")
-        req = cls(
-            run_id=need("run_id", str),
-            golden_uri=need("golden_uri", str),
-            golden_hash=need("golden_hash", str),
-            base_model=need("base_model", str),
-            candidate=model("candidate"),
-            champion=model("champion"),
-            labels=list(labels),
-            max_new_tokens=need("max_new_tokens", int, 256),
-            batch_size=need("batch_size", int, 8),
-            backend=backend,
-            template=need("template", str, "qwen"),
-            model_cache_dir=need("model_cache_dir", (str, type(None)), None),
+def parse_eval_request(data: Any, where: str = runs.EVAL_REQUEST) -> EvalRequest:
+    """Validate an eval request (`retrain.runs.EvalRequest`); EvalRequestError naming every wrong field."""
+    try:
+        return EvalRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
-        if req.candidate.adapter_uri is None:
-            raise EvalRequestError(f"{where}: candidate.adapter_uri is required")
-        if req.max_new_tokens < 1 or req.batch_size < 1:
-            raise EvalRequestError(f"{where}: max_new_tokens and batch_size must be >= 1")
-        return req
-
-    def decoding(self) -> dict[str, Any]:
-        """The decoding configuration (part of the cache key and of the report)."""
-        return {
-            "backend": self.backend,
-            "max_new_tokens": self.max_new_tokens,
-            "batch_size": self.batch_size,
-            "template": self.template,
-            "strategy": "greedy",
-        }
+        raise EvalRequestError(f"{where}: {problems}") from exc
 
 
 @dataclass
@@ -282,14 +190,6 @@ def resolve_base_model(base_model: str, model_cache_dir: str | None) -> Path:
     return Path(resolve(base_model, model_cache_dir))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def base_model_fingerprint(base_model_dir: str | Path) -> str:
     """Cheap identity of a local base model: config.json and tokenizer files' bytes, weight
     files' names and sizes (hashing many GB of weights on every run would cost minutes)."""
@@ -304,7 +204,7 @@ def base_model_fingerprint(base_model_dir: str | Path) -> str:
 
 
 def cache_key(
-    adapter_hash: str | None,
+    adapter_digest: str | None,
     golden_hash: str,
     decoding: dict[str, Any],
     base_fingerprint: str,
@@ -312,7 +212,7 @@ def cache_key(
 ) -> str:
     """SHA-256 naming a cached result: same adapter, golden set, decoding, base and scorer."""
     material = {
-        "adapter_hash": adapter_hash,
+        "adapter_digest": adapter_digest,
         "golden_hash": golden_hash,
         "decoding": decoding,
         "base_model": base_fingerprint,
@@ -323,43 +223,92 @@ def cache_key(
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def fetch_adapter(store_for: Any, uri: str, dest: Path) -> Path:
-    """Download the adapter's top-level files (s3://…/adapter/) into ``dest``, or use a local
-    directory as it is. Checkpoint sub-folders are not fetched."""
-    if not uri.startswith("s3://"):
-        path = Path(uri)
-        if not (path / ADAPTER_WEIGHTS).is_file():
-            raise FileNotFoundError(f"adapter {uri}: no {ADAPTER_WEIGHTS} there")
-        return path
-    bucket, prefix = parse_s3_uri(uri)
-    store = store_for(bucket)
-    base = prefix.rstrip("/") + "/"
-    dest.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for obj in store.iter_objects(base):
-        rel = obj.key[len(base) :]
-        if not rel or "/" in rel:
-            continue
-        store.download_file(obj.key, dest / rel)
-        n += 1
-    if not (dest / ADAPTER_WEIGHTS).is_file():
-        raise FileNotFoundError(f"adapter {uri}: {n} file(s) found but no {ADAPTER_WEIGHTS}")
-    return dest
-
-
 # --- the stage --------------------------------------------------------------------------------
 
 
-def run_evaluation_from_uri(run_uri: str, workdir: str | Path | None = None) -> dict[str, Any]:
+def run_evaluation_from_uri(run_uri: str, workdir: str | Path | None = None) -> EvalReport:
     """Evaluate the run at ``s3://bucket/runs/<run_id>``; see the module docstring. The S3 client
-    comes from `retrain.storage.client_from_env`. Returns `run_evaluation`'s summary."""
+    comes from `retrain.storage.client_from_env`. Returns the report (`retrain.runs.EvalReport`)."""
     from retrain.storage import client_from_env
 
-    client = client_from_env()
-    bucket, run_prefix = parse_s3_uri(run_uri.rstrip("/"))
-    if not run_prefix:
-        raise ValueError(f"{run_uri}: expected s3://bucket/runs/<run_id>")
-    return run_evaluation(client, bucket, run_prefix, workdir=workdir)
+    run = runs.RunFolder.from_uri(run_uri)
+    return run_evaluation(client_from_env(), run.bucket, run.prefix, workdir=workdir)
+
+
+@dataclass
+class _Side:
+    """One model of the comparison, fetched and keyed."""
+
+    role: str
+    spec: ModelRef
+    adapter_dir: Path | None
+    digest: str | None
+    key: str
+
+
+def _load_checked_golden(store_for: Any, request: EvalRequest, request_uri: str) -> GoldenSet:
+    g_bucket, g_key = parse_s3_uri(request.golden_uri)
+    golden = load_golden(store_for(g_bucket).get_bytes(g_key), where=request.golden_uri)
+    if not golden.sha256.startswith(request.golden_hash.lower()):
+        raise ValueError(
+            f"{request.golden_uri}: sha256 {golden.sha256[:16]}… does not match golden_hash "
+            f"{request.golden_hash!r} in {request_uri}: the golden set changed after the request was made"
+        )
+    return golden
+
+
+def _sides(store_for: Any, request: EvalRequest, wd: Path, fingerprint: str) -> list[_Side]:
+    """Fetch both adapters (digests verified, `retrain.adapters`) and name their cache entries."""
+    out = []
+    for role, spec in (("candidate", request.candidate), ("champion", request.champion)):
+        adapter_dir = digest = None
+        if spec.adapter_uri:
+            adapter_dir, digest = fetch_adapter(
+                store_for, spec.adapter_uri, wd / "adapters" / role, spec.adapter_digest
+            )
+        key = cache_key(digest, request.golden_hash, request.decoding(), fingerprint, request.labels)
+        out.append(_Side(role, spec, adapter_dir, digest, key))
+    return out
+
+
+def _examine(side: _Side, backend: Any, golden: GoldenSet, request: EvalRequest) -> ModelResult:
+    """Generate for every golden prompt with one model and score the outputs."""
+    from retrain.evaluate.generate import timed_generate
+
+    log.info("%s (%s): generating %d outputs", side.role, side.spec.name, golden.n)
+    outs, secs = timed_generate(
+        backend, golden.prompts, golden.systems, side.adapter_dir, request.max_new_tokens, request.batch_size
+    )
+    res = score_outputs(
+        golden,
+        [o.text for o in outs],
+        request.labels,
+        new_tokens=[o.new_tokens for o in outs],
+        stopped=[o.stopped for o in outs],
+        latency_s=secs,
+    )
+    res.metrics["cached"] = False
+    return res
+
+
+def _publish(
+    store: ObjectStore, run_prefix: str, report: EvalReport, results: dict[str, ModelResult], wd: Path
+) -> None:
+    """Write the report files locally, upload them; report.json last (evaluate's commit marker)."""
+    from retrain.evaluate.report import write_report
+
+    out_dir = wd / runs.EVAL_DIR
+    write_report(runs.to_json(report), out_dir)
+    for role in ("candidate", "champion"):
+        (out_dir / f"predictions_{role}.jsonl").write_bytes(dumps_jsonl(results[role].predictions))
+    for name, content_type in (
+        (runs.EVAL_HTML, "text/html"),
+        (runs.EVAL_CHART, "image/png"),
+        (runs.predictions_file("candidate"), "application/x-ndjson"),
+        (runs.predictions_file("champion"), "application/x-ndjson"),
+    ):
+        store.put_bytes(join_key(run_prefix, name), (wd / name).read_bytes(), content_type)
+    runs.write(store, join_key(run_prefix, runs.EVAL_REPORT), report)
 
 
 def run_evaluation(
@@ -369,18 +318,15 @@ def run_evaluation(
     *,
     workdir: str | Path | None = None,
     backend_factory: Any = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Evaluate candidate and champion for the run under ``run_prefix`` in ``bucket``.
 
-    Writes under ``<run_prefix>/eval/``: report.json =
-    ``{"run_id", "golden_hash", "golden_uri", "golden_sha256", "n", "labels", "decoding",
-    "base_model", "base_model_path", "candidate": R, "champion": R}`` where R is `metrics.score`'s dict plus
-    `score_outputs`'s fields plus ``name``, ``version``, ``adapter_uri``, ``adapter_hash``,
-    ``cached``, ``cache_key``; predictions_candidate.jsonl, predictions_champion.jsonl (one row
-    per golden example: index, input, gold, raw, pred, parse_ok, parse_error, new_tokens,
-    stopped), per_label_f1.png, report.html. Returns a summary: micro F1 of both, names, URIs.
-    ``backend_factory(backend, base_model, template=, adapter_dirs=)`` defaults to
-    `generate.make_backend`.
+    Writes under ``<run_prefix>/eval/`` (names: `retrain.runs`): report.json (`retrain.runs.EvalReport`:
+    each side is `metrics.score`'s dict plus `score_outputs`'s fields plus ``name``, ``version``,
+    ``adapter_uri``, ``adapter_digest``, ``cached``, ``cache_key``), predictions_candidate.jsonl,
+    predictions_champion.jsonl (one row per golden example: index, input, gold, raw, pred, parse_ok,
+    parse_error, new_tokens, stopped), per_label_f1.png, report.html. ``backend_factory(backend,
+    base_model, template=, adapter_dirs=)`` defaults to `generate.make_backend`.
     """
     stores: dict[str, ObjectStore] = {}
 
@@ -388,158 +334,74 @@ def run_evaluation(
         return stores.setdefault(name, ObjectStore(client, name))
 
     store = store_for(bucket)
-    request_key = join_key(run_prefix, EVAL_REQUEST)
-    request = EvalRequest.from_json(store.get_json(request_key), where=store.uri(request_key))
-    eval_prefix = join_key(run_prefix, "eval")
-
+    request_key = join_key(run_prefix, runs.EVAL_REQUEST)
+    if not store.exists(request_key):
+        raise EvalRequestError(f"{store.uri(request_key)} is missing")
+    request = parse_eval_request(store.get_json(request_key), where=store.uri(request_key))
     with _workdir(workdir) as wd:
-        g_bucket, g_key = parse_s3_uri(request.golden_uri)
-        golden_bytes = store_for(g_bucket).get_bytes(g_key)
-        golden = load_golden(golden_bytes, where=request.golden_uri)
-        if not golden.sha256.startswith(request.golden_hash.lower()):
-            raise ValueError(
-                f"{request.golden_uri}: sha256 {golden.sha256[:16]}… does not match golden_hash "
-                f"{request.golden_hash!r} in {store.uri(request_key)}: "
-                "the golden set changed after the request was made"
-            )
+        golden = _load_checked_golden(store_for, request, store.uri(request_key))
         base_dir = resolve_base_model(request.base_model, request.model_cache_dir)
         fingerprint = base_model_fingerprint(base_dir)
-        decoding = request.decoding()
-
-        cand_dir = fetch_adapter(
-            store_for, request.candidate.adapter_uri or "", Path(wd) / "adapters" / "candidate"
-        )
-        champ_dir = (
-            fetch_adapter(store_for, request.champion.adapter_uri, Path(wd) / "adapters" / "champion")
-            if request.champion.adapter_uri
-            else None
-        )
-        cand_hash = sha256_file(cand_dir / ADAPTER_WEIGHTS)
-        champ_hash = sha256_file(champ_dir / ADAPTER_WEIGHTS) if champ_dir else None
-        cand_key = cache_key(cand_hash, request.golden_hash, decoding, fingerprint, request.labels)
-        champ_key = cache_key(champ_hash, request.golden_hash, decoding, fingerprint, request.labels)
-
-        cached = _read_cache(store, champ_key)
+        candidate, champion = _sides(store_for, request, Path(wd), fingerprint)
+        cached = _read_cache(store, champion.key)
         factory = backend_factory
         if factory is None:
             from retrain.evaluate.generate import make_backend as factory
+        adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if cached is None else [])
         backend = factory(
-            request.backend,
-            str(base_dir),
-            template=request.template,
-            adapter_dirs=[cand_dir] + ([champ_dir] if cached is None else []),
+            request.backend, str(base_dir), template=request.template, adapter_dirs=adapter_dirs
         )
-
         results: dict[str, ModelResult] = {}
-        for role, spec, adapter_dir, a_hash, key in (
-            ("candidate", request.candidate, cand_dir, cand_hash, cand_key),
-            ("champion", request.champion, champ_dir, champ_hash, champ_key),
-        ):
-            if role == "champion" and cached is not None:
-                log.info("champion %s: cached result %s reused", spec.name, key[:12])
-                res = ModelResult(cached["metrics"], cached["predictions"])
-                res.metrics["cached"] = True
+        for side in (candidate, champion):
+            if side is champion and cached is not None:
+                log.info("champion %s: cached result %s reused", side.spec.name, side.key[:12])
+                res = ModelResult({**cached["metrics"], "cached": True}, cached["predictions"])
             else:
-                log.info("%s (%s): generating %d outputs", role, spec.name, golden.n)
-                from retrain.evaluate.generate import timed_generate
-
-                outs, secs = timed_generate(
-                    backend,
-                    golden.prompts,
-                    golden.systems,
-                    adapter_dir,
-                    request.max_new_tokens,
-                    request.batch_size,
-                )
-                res = score_outputs(
-                    golden,
-                    [o.text for o in outs],
-                    request.labels,
-                    new_tokens=[o.new_tokens for o in outs],
-                    stopped=[o.stopped for o in outs],
-                    latency_s=secs,
-                )
-                res.metrics["cached"] = False
-                _write_cache(
-                    store,
-                    key,
-                    res,
-                    {
-                        "adapter_hash": a_hash,
-                        "golden_hash": request.golden_hash,
-                        "decoding": decoding,
-                        "base_model": fingerprint,
-                    },
-                )
-            res.metrics.update(
-                {
-                    "name": spec.name,
-                    "version": spec.version,
-                    "adapter_uri": spec.adapter_uri,
-                    "adapter_hash": a_hash,
-                    "cache_key": key,
+                res = _examine(side, backend, golden, request)
+                material = {
+                    "adapter_digest": side.digest,
+                    "golden_hash": request.golden_hash,
+                    "decoding": request.decoding(),
+                    "base_model": fingerprint,
                 }
+                _write_cache(store, side.key, res, material)
+            res.metrics.update(
+                name=side.spec.name,
+                version=side.spec.version,
+                adapter_uri=side.spec.adapter_uri,
+                adapter_digest=side.digest,
+                cache_key=side.key,
             )
-            results[role] = res
-            m = res.metrics
-            log.info(
-                "%s (%s): micro F1 %s, macro F1 %s, CLUENER %s, parse failures %d/%d",
-                role,
-                spec.name,
-                _f(m["micro"]["f1"]),
-                _f(m["macro_f1"]),
-                _f(m["cluener_score"]),
-                m["n_parse_failures"],
-                golden.n,
-            )
+            results[side.role] = res
+            _log_scores(side, res.metrics, golden.n)
+        report = runs.EvalReport(
+            run_id=request.run_id,
+            golden_hash=request.golden_hash,
+            golden_uri=request.golden_uri,
+            golden_sha256=golden.sha256,
+            n=golden.n,
+            labels=request.labels,
+            decoding=request.decoding(),
+            base_model=request.base_model,
+            base_model_path=str(base_dir),
+            candidate=runs.ModelScores.model_validate(results["candidate"].metrics),
+            champion=runs.ModelScores.model_validate(results["champion"].metrics),
+        )
+        _publish(store, run_prefix, report, results, Path(wd))
+    return report
 
-        report = {
-            "run_id": request.run_id,
-            "golden_hash": request.golden_hash,
-            "golden_uri": request.golden_uri,
-            "golden_sha256": golden.sha256,
-            "n": golden.n,
-            "labels": request.labels,
-            "decoding": decoding,
-            "base_model": request.base_model,
-            "base_model_path": str(base_dir),
-            "candidate": results["candidate"].metrics,
-            "champion": results["champion"].metrics,
-        }
-        from retrain.evaluate.report import write_report
 
-        out_dir = Path(wd) / "eval"
-        write_report(report, out_dir)
-        for role in ("candidate", "champion"):
-            (out_dir / f"predictions_{role}.jsonl").write_bytes(dumps_jsonl(results[role].predictions))
-        uris = {}
-        for name, content_type in (
-            ("report.json", "application/json"),
-            ("report.html", "text/html"),
-            ("per_label_f1.png", "image/png"),
-            ("predictions_candidate.jsonl", "application/x-ndjson"),
-            ("predictions_champion.jsonl", "application/x-ndjson"),
-        ):
-            key = join_key(eval_prefix, name)
-            store.put_bytes(key, (out_dir / name).read_bytes(), content_type)
-            uris[name] = store.uri(key)
-
-    return {
-        "run_id": request.run_id,
-        "n": golden.n,
-        "candidate_micro_f1": results["candidate"].metrics["micro"]["f1"],
-        "champion_micro_f1": results["champion"].metrics["micro"]["f1"],
-        "candidate_parse_failure_rate": results["candidate"].metrics["parse_failure_rate"],
-        "champion_name": request.champion.name,
-        "champion_cached": bool(results["champion"].metrics.get("cached")),
-        "report_uri": uris["report.json"],
-        "html_uri": uris["report.html"],
-        "chart_uri": uris["per_label_f1.png"],
-        "predictions_uris": {
-            "candidate": uris["predictions_candidate.jsonl"],
-            "champion": uris["predictions_champion.jsonl"],
-        },
-    }
+def _log_scores(side: _Side, m: dict[str, Any], n: int) -> None:
+    log.info(
+        "%s (%s): micro F1 %s, macro F1 %s, CLUENER %s, parse failures %d/%d",
+        side.role,
+        side.spec.name,
+        _f(m["micro"]["f1"]),
+        _f(m["macro_f1"]),
+        _f(m["cluener_score"]),
+        m["n_parse_failures"],
+        n,
+    )
 
 
 def _f(value: Any) -> str:
