@@ -1,6 +1,6 @@
 """The Airflow plugin of the retraining platform's UI (Airflow loads this file from plugins/).
 
-- ``/retrain``: a FastAPI app (``retrain_airflow.ui``), every route behind the Airflow login;
+- ``/retrain``: a FastAPI app (``retrain_airflow.ui.routes``), every route behind the Airflow login;
 - "Retraining" in the navigation: champion history, F1 per label across runs, per-run intake with
   GX Data Docs, loss curves, decisions and a rollback form (an iframe of ``/retrain/``);
 - "Retrain report": a tab on each DAG-run page with that run's report.
@@ -16,12 +16,12 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-URL_PREFIX = "/retrain"  # the same as retrain_airflow.ui.URL_PREFIX (not imported: keep this file light)
+URL_PREFIX = "/retrain"  # as retrain_airflow.ui.links.URL_PREFIX (not imported: keep this file light)
 
 
 @cache
 def _app() -> Any:
-    from retrain_airflow.ui import create_app
+    from retrain_airflow.ui.routes import create_app
 
     return create_app()
 

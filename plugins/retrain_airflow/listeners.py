@@ -56,7 +56,7 @@ def on_dag_run_success(dag_run: Any, msg: str) -> None:
     if dag_id != DAG_ID:
         return
     try:
-        from retrain_airflow.ui import run_note
+        from retrain_airflow.run_notes import run_note
 
         _set_note(dag_run, run_note(_summary(run_id)))
     except Exception:  # never let a note break the scheduler

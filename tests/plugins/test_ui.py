@@ -1,4 +1,4 @@
-"""The Retraining UI plugin (plugins/retrain_airflow/ui.py, plugins/retrain_ui_plugin.py).
+"""The Retraining UI plugin (plugins/retrain_airflow/ui/, plugins/retrain_ui_plugin.py).
 
 Unit: the FastAPI app over a real moto S3 server (reached through the Airflow connection, as in the
 API server) and a real MLflow sqlite registry, seeded with two runs the way the pipeline writes them.
@@ -295,7 +295,7 @@ def world(moto_server, tmp_path_factory):
 
 
 def _app(world, *, authorized: bool):
-    from retrain_airflow.ui import create_app
+    from retrain_airflow.ui.routes import create_app
 
     app = create_app(settings_loader=lambda: world["settings"])
     if authorized:
@@ -591,51 +591,6 @@ def test_rollback_refuses_cross_site_posts(client, headers):
         follow_redirects=False,
     )
     assert r.status_code == 403 and "refused" in r.text
-
-
-def test_run_note():
-    from retrain_airflow.ui import run_note
-
-    assert run_note(None) == "skipped: no new data"
-    promoted = {
-        "registered_version": "7",
-        "champion_name": "champion v6",
-        "decision": {
-            "promote": True,
-            "candidate_f1": 0.812,
-            "champion_f1": 0.798,
-            "champion_name": "champion v6",
-            "rules": [{"rule": "beats_champion", "passed": True}],
-        },
-    }
-    assert run_note(promoted) == "promoted v7: micro F1 0.8120 (+0.0140 vs champion v6)"
-    kept = {
-        "registered_version": "8",
-        "decision": {
-            "promote": False,
-            "candidate_f1": 0.79,
-            "champion_f1": 0.798,
-            "champion_name": "champion v3",
-            "rules": [{"rule": "beats_champion", "passed": False}, {"rule": "min_f1", "passed": True}],
-        },
-    }
-    assert (
-        run_note(kept)
-        == "kept champion v3: candidate v8 micro F1 0.7900 (-0.0080 vs champion v3); failed beats_champion"
-    )
-    dry = {
-        "registered_version": None,
-        "decision": {
-            "promote": False,
-            "dry_run": True,
-            "candidate_f1": 0.5,
-            "champion_f1": 0.1,
-            "champion_name": "base model",
-            "rules": [],
-        },
-    }
-    assert run_note(dry) == "dry run: would promote: candidate micro F1 0.5000 (+0.4000 vs base model)"
-    assert "\n" not in run_note({"decision": {"promote": False, "rules": [], "champion_name": "a\nb"}})
 
 
 def test_plugin_declares_the_app_and_views_lazily():

@@ -1,0 +1,59 @@
+"""The one-line outcome of a ``ner_retrain`` run, from its ``summary.json``.
+
+The DAG-run listener (`retrain_airflow.listeners`) writes it as the run's note, and the Retraining UI
+shows the same line, so the run page and the plugin never disagree. Standard library only: the
+listener runs inside the scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def run_note(summary: dict[str, Any] | None) -> str:
+    """One line for a ``ner_retrain`` DAG-run note, from the run's ``summary.json`` (None: no summary,
+    i.e. the run found no new data and skipped training).
+
+    ``promoted v7: micro F1 0.8120 (+0.0140 vs champion v6)`` /
+    ``kept champion v3: candidate v8 micro F1 0.7900 (-0.0080); beats_champion failed`` /
+    ``dry run: would promote …`` / ``skipped: no new data``.
+    """
+    if not summary:
+        return "skipped: no new data"
+    decision = summary.get("decision") or {}
+    evaluation = summary.get("evaluation") or {}
+    cand = as_number(
+        decision.get("candidate_f1"), as_number((evaluation.get("candidate") or {}).get("micro_f1"))
+    )
+    champ = as_number(
+        decision.get("champion_f1"), as_number((evaluation.get("champion") or {}).get("micro_f1"))
+    )
+    against = decision.get("champion_name") or summary.get("champion_name") or "champion"
+    version = summary.get("registered_version")
+    delta = f" ({cand - champ:+.4f} vs {against})" if cand is not None and champ is not None else ""
+    f1 = f"micro F1 {cand:.4f}" if cand is not None else "micro F1 n/a"
+    failed = [r.get("rule", "?") for r in decision.get("rules") or [] if not r.get("passed")]
+    if decision.get("dry_run"):
+        verdict = "would promote" if not failed else "would keep " + against
+        return one_line(f"dry run: {verdict}: candidate {f1}{delta}")
+    if decision.get("promote"):
+        return one_line(f"promoted v{version}: {f1}{delta}" if version else f"promoted: {f1}{delta}")
+    who = f"candidate v{version}" if version else "candidate"
+    why = f"; failed {', '.join(failed)}" if failed else ""
+    return one_line(f"kept {against}: {who} {f1}{delta}{why}")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` with its whitespace (newlines included) collapsed, cut to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_number(value: Any, default: float | None = None) -> float | None:
+    """``value`` as a finite float, else ``default`` (summaries are JSON written by other processes)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if math.isfinite(out) else default

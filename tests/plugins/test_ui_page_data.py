@@ -1,0 +1,124 @@
+"""The UI's page data and report proxy helpers (plugins/retrain_airflow/ui/page_data.py, proxy.py) that
+need no server: run labels and ordering, URI masking, the object-store cache, key checks, content types.
+Reading runs from a real S3 API is tested through the app in test_ui.py."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_run_record_prefers_the_reports_run_id_and_the_intake_counts():
+    from retrain_airflow.ui.page_data import RunRecord
+
+    both = RunRecord("f", {"run_id": "from-summary", "intake": {"read": 1}}, {"run_id": "x", "read": 2}, None)
+    assert both.run_id == "from-summary" and both.intake_counts["read"] == 2
+    summary_only = RunRecord("f", {"intake": {"read": 1}}, None, None)
+    assert summary_only.run_id == "f" and summary_only.intake_counts == {"read": 1}
+    assert RunRecord("f", None, None, None).intake_counts == {}
+
+
+@pytest.mark.parametrize(
+    "run_id, folder, label",
+    [
+        ("scheduled__2026-11-27T02:00:00+00:00", "x", "11-27 02:00"),
+        ("x", "manual__2026-11-28T10_05_00_00_00", "11-28 10:05"),
+        ("a-run-id-without-any-date", "f", "a-run-id-without"),
+    ],
+)
+def test_run_label(run_id, folder, label):
+    from retrain_airflow.ui.page_data import RunRecord, run_label
+
+    assert run_label(RunRecord(folder, {"run_id": run_id}, None, None)) == label
+
+
+def test_folders_sort_by_the_date_in_their_run_id():
+    from retrain_airflow.ui.page_data import _folder_sort_key
+
+    folders = ["manual__2026-11-28T10_00_00", "zzz", "scheduled__2026-11-27T02_00_00", "asset_triggered"]
+    assert sorted(folders, key=_folder_sort_key) == [
+        "asset_triggered",
+        "zzz",
+        "scheduled__2026-11-27T02_00_00",
+        "manual__2026-11-28T10_00_00",
+    ]
+
+
+def test_mask_uri_hides_passwords():
+    from retrain_airflow.ui.page_data import mask_uri
+
+    assert mask_uri("postgresql://mlflow:s3cr3t@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
+    assert mask_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert mask_uri("http://host:5000") == "http://host:5000"
+    assert mask_uri(None) == ""
+
+
+def test_object_store_is_cached_per_connection_and_bucket(monkeypatch):
+    from retrain_airflow.ui import page_data
+
+    from retrain.config import load_settings
+
+    # a connection that is never contacted: making a boto3 client does not connect
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_CACHE_TEST",
+        '{"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": "http://127.0.0.1:9"}}',
+    )
+    monkeypatch.setattr(page_data, "_STORE_CACHE", {})
+    one = load_settings(
+        environ={"RETRAIN__AIRFLOW__AWS_CONN_ID": "aws_cache_test", "RETRAIN__S3__BUCKET": "b1"}
+    )
+    two = load_settings(
+        environ={"RETRAIN__AIRFLOW__AWS_CONN_ID": "aws_cache_test", "RETRAIN__S3__BUCKET": "b2"}
+    )
+    store = page_data.cached_object_store(one)
+    assert store.bucket == "b1" and page_data.cached_object_store(one) is store
+    assert page_data.cached_object_store(two).bucket == "b2"
+    now = page_data.time.monotonic()
+    monkeypatch.setattr(page_data.time, "monotonic", lambda: now + page_data.STORE_TTL_S + 1)
+    assert page_data.cached_object_store(one) is not store, "a stale client is replaced"
+
+
+def test_registry_for_refuses_names_that_are_not_model_names():
+    from retrain_airflow.ui.page_data import registry_for
+
+    from retrain.config import load_settings
+
+    with pytest.raises(ValueError, match="is not a registered model name"):
+        registry_for(load_settings(environ={}), "x' OR name LIKE '%")
+
+
+@pytest.mark.parametrize(
+    "key, error",
+    [
+        ("runs/a/summary.json", None),
+        ("reports/r/b/index.html", None),
+        ("runs/../state/ledger.json", "UnsafeKey"),
+        ("runs/./a", "UnsafeKey"),
+        ("runs//a", "UnsafeKey"),
+        ("/runs/a", "UnsafeKey"),
+        ("runs\\a", "UnsafeKey"),
+        ("runs/a\x00", "UnsafeKey"),
+        ("", "UnsafeKey"),
+        ("state/ledger.json", "PermissionError"),
+        ("runsX/a", "PermissionError"),
+    ],
+)
+def test_check_report_key(key, error):
+    from retrain_airflow.ui.proxy import UnsafeKey, check_report_key
+
+    prefixes = ("reports/", "quarantine", "runs/", "")
+    if error is None:
+        assert check_report_key(key, prefixes) == key
+    else:
+        with pytest.raises({"UnsafeKey": UnsafeKey, "PermissionError": PermissionError}[error]):
+            check_report_key(key, prefixes)
+
+
+def test_content_types_never_serve_text_reports_as_html():
+    from retrain_airflow.ui.proxy import content_type_for
+
+    assert content_type_for("r/index.HTML") == "text/html; charset=utf-8"
+    for key in ("q/report.md", "q/x.jsonl", "r/log.txt", "conf.yaml", "a.csv"):
+        assert content_type_for(key) == "text/plain; charset=utf-8", key
+    assert content_type_for("runs/a/summary.json") == "application/json"
+    assert content_type_for("runs/a/train/training_loss.png") == "image/png"
+    assert content_type_for("runs/a/adapter/adapter_model.safetensors") == "application/octet-stream"
