@@ -112,9 +112,11 @@ def run_folders(store: Any, runs_prefix: str) -> list[str]:
 
 def load_run(store: Any, runs_prefix: str, folder: str) -> RunRecord:
     """The summary and intake report of the run in ``runs_prefix/folder`` (None where missing)."""
+    from retrain import runs
+
     base = runs_prefix.rstrip("/") + "/" + folder
-    summary, s_at = _get_json(store, base + "/summary.json")
-    intake, i_at = _get_json(store, base + "/intake.json")
+    summary, s_at = _get_json(store, f"{base}/{runs.SUMMARY}")
+    intake, i_at = _get_json(store, f"{base}/{runs.INTAKE}")
     return RunRecord(folder=folder, summary=summary, intake=intake, written=s_at or i_at)
 
 

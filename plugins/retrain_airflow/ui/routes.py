@@ -137,7 +137,7 @@ def _add_report_routes(app: FastAPI, auth: AuthDeps, load: SettingsLoader) -> No
         dependencies=[Depends(auth.read_path_dag)],
     )
     def run_report(request: Request, dag_id: str, run_id: str) -> Response:
-        from retrain.ingest import safe_run_id
+        from retrain.runs import safe_run_id
 
         settings = load()
         links = links_for(request, settings)
