@@ -119,3 +119,9 @@ def test_rollback_refuses_version_without_adapter(reg, tmp_path):
     v = reg.register(adapter_uri="", adapter_digest="f" * 64, mlflow_run_id=run, airflow_run_id="x", tags={})
     with pytest.raises(RegistryError, match="no adapter"):
         reg.rollback(v, reason="x", actor="t")
+
+
+def test_describe_masks_the_tracking_password(reg):
+    """The description the UI and /api/overview serve never carries the tracking URI's password."""
+    reg.tracking_uri = "postgresql://mlflow:s3cr3t@db:5432/mlflow"
+    assert reg.describe()["tracking_uri"] == "postgresql://mlflow:***@db:5432/mlflow"

@@ -27,6 +27,7 @@ from retrain import runs
 from retrain.adapters import fetch_adapter, verify_adapter
 from retrain.config import Settings
 from retrain.gate import decide
+from retrain.redact import mask_uri
 from retrain.registry import PREVIOUS, Registry
 from retrain.runs import (
     DatasetRef,
@@ -310,7 +311,7 @@ def _summary(
         registered_version=version,
         registry=runs.RegistryState(
             model=registry.name,
-            tracking_uri=registry.tracking_uri,
+            tracking_uri=mask_uri(registry.tracking_uri),
             champion_version=champion["version"] if champion else None,
         ),
     )

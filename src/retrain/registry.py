@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain.config import Settings
+from retrain.redact import mask_uri
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Registry:
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": mask_uri(self.tracking_uri),
             "champion": self.champion(),
             "previous": self.get_alias(PREVIOUS),
             "versions": self.versions(),

@@ -43,13 +43,18 @@ def test_folders_sort_by_the_date_in_their_run_id():
     ]
 
 
-def test_mask_uri_hides_passwords():
-    from retrain_airflow.ui.page_data import mask_uri
+def test_registry_error_on_the_page_never_shows_the_tracking_password(monkeypatch):
+    """MLflow down (nothing listens on port 1): the overview keeps the error, password masked."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    from retrain_airflow.ui.page_data import read_registry
 
-    assert mask_uri("postgresql://mlflow:s3cr3t@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
-    assert mask_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
-    assert mask_uri("http://host:5000") == "http://host:5000"
-    assert mask_uri(None) == ""
+    from retrain.config import load_settings
+
+    uri = "http://mlflow:s3cr3t-pw@127.0.0.1:1/?token=s3cr3t-q"
+    settings = load_settings(environ={"RETRAIN__REGISTRY__TRACKING_URI": uri})
+    registry, error = read_registry(settings, None)
+    assert registry is None and "127.0.0.1" in error
+    assert "s3cr3t" not in error
 
 
 def test_object_store_is_cached_per_connection_and_bucket(monkeypatch):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from retrain.redact import mask_text
+
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 60  # runs shown on the overview (newest), each costs two small S3 reads
@@ -67,11 +69,6 @@ def run_label(run: RunRecord) -> str:
     if m:
         return f"{m.group(1)[5:]} {m.group(2)}:{m.group(3)}"
     return run.run_id[:16]
-
-
-def mask_uri(uri: str) -> str:
-    """A tracking URI without its password (``postgresql://user:***@host/db``)."""
-    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", uri or "")
 
 
 # --------------------------------------------------------------------------- S3
@@ -195,11 +192,18 @@ def read_overview(settings: Any, model: str | None) -> Overview:
     except Exception as exc:  # the page still shows the registry when S3 is down
         log.exception("reading run reports from S3 failed")
         runs, s3_error = [], f"{type(exc).__name__}: {exc}"
+    registry, error = read_registry(settings, model)
+    return Overview(runs=runs, registry=registry, registry_error=error, s3_error=s3_error)
+
+
+def read_registry(settings: Any, model: str | None) -> tuple[dict[str, Any] | None, str]:
+    """``({"describe": …, "history": …}, "")``, or ``(None, error)`` when MLflow cannot be read; the
+    error has the tracking URI's password masked."""
     try:
         reg = registry_for(settings, model)
-        registry: dict[str, Any] | None = {"describe": reg.describe(), "history": reg.history()}
-        error = ""
+        return {"describe": reg.describe(), "history": reg.history()}, ""
     except Exception as exc:  # the page still shows the S3 side when MLflow is down
-        log.exception("reading the MLflow registry failed")
-        registry, error = None, f"{type(exc).__name__}: {exc}"
-    return Overview(runs=runs, registry=registry, registry_error=error, s3_error=s3_error)
+        # no traceback: MLflow's errors can quote the tracking URI, password included
+        error = mask_text(f"{type(exc).__name__}: {exc}", settings.registry.tracking_uri)
+        log.error("reading the MLflow registry failed: %s", error)
+        return None, error

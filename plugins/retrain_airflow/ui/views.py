@@ -14,10 +14,11 @@ from typing import Any, NamedTuple
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from retrain.redact import mask_uri
 from retrain_airflow.run_notes import as_number, run_note
 from retrain_airflow.ui import charts
 from retrain_airflow.ui.links import RETRAIN_DAG_ID, ROLLBACK_DAG_ID, Links
-from retrain_airflow.ui.page_data import Overview, RunRecord, mask_uri
+from retrain_airflow.ui.page_data import Overview, RunRecord
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 METRICS = (
