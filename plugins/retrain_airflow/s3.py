@@ -9,14 +9,27 @@ from retrain.storage import ObjectStore
 
 
 def object_store(
-    settings: Settings, bucket: str | None = None, aws_conn_id: str | None = None
+    settings: Settings,
+    bucket: str | None = None,
+    aws_conn_id: str | None = None,
+    client_config: Any = None,
 ) -> ObjectStore:
     """The pipeline bucket (or ``bucket``) through the boto3 client of conf's connection (or
-    ``aws_conn_id``), endpoint_url from its extra."""
+    ``aws_conn_id``), endpoint_url from its extra; ``client_config`` a botocore ``Config``."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    hook = S3Hook(aws_conn_id=aws_conn_id or settings.airflow.aws_conn_id)
+    hook = S3Hook(aws_conn_id=aws_conn_id or settings.airflow.aws_conn_id, config=client_config)
     return ObjectStore(hook.get_conn(), bucket or settings.s3.bucket)
+
+
+def listener_object_store(settings: Settings) -> ObjectStore:
+    """The bucket for code that runs inside the scheduler (listeners): short timeouts, one attempt,
+    so a slow S3 cannot stall scheduling (``airflow.listener_s3_timeout_s``)."""
+    from botocore.config import Config
+
+    timeout = settings.airflow.listener_s3_timeout_s
+    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1})
+    return object_store(settings, client_config=config)
 
 
 def s3_environment(settings: Settings) -> dict[str, str]:

@@ -33,6 +33,7 @@ class ScheduleConfig(_Strict):
 
 class AirflowConfig(_Strict):
     aws_conn_id: str = "aws_default"
+    listener_s3_timeout_s: float = Field(3.0, gt=0)
 
 
 class S3Config(_Strict):
