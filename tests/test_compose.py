@@ -352,6 +352,18 @@ def test_worker_reaches_the_host_docker_engine(cfg):
             assert not any("docker.sock" in v for v in cfg["services"][name].get("volumes", [])), name
 
 
+def test_the_admin_password_file_is_mounted_only_where_it_is_used(cfg):
+    """airflow-init writes it, the api-server's auth manager reads it (read-only); no other container,
+    the worker that runs task code above all, can read the admin password."""
+    mounts = {
+        name: [v for v in svc.get("volumes", []) if str(v).startswith("airflow-auth:")]
+        for name, svc in cfg["services"].items()
+    }
+    assert mounts.pop("airflow-init") == ["airflow-auth:/opt/airflow/auth"]
+    assert mounts.pop("airflow-apiserver") == ["airflow-auth:/opt/airflow/auth:ro"]
+    assert {name: m for name, m in mounts.items() if m} == {}
+
+
 # -- MinIO and MLflow ------------------------------------------------------------------------------------
 def test_minio_init_creates_the_buckets_and_a_scoped_user(raw, cfg, filled):
     init = cfg["services"]["minio-init"]
