@@ -390,52 +390,66 @@ def test_mlflow_uses_postgres_and_s3_artifacts(cfg, filled):
     ):
         assert flag in cmd, flag
     assert "mlflow:5000" in cmd  # the Host header the workers send must be allowed
+    # behind authentication, on its own database role (not the Airflow one)
+    assert "exec mlflow server --app-name basic-auth" in cmd
+    assert "default_permission = NO_PERMISSIONS" in cmd
+    db_user = filled.get("MLFLOW_DB_USER", "mlflow")
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith(f"postgresql+psycopg2://{db_user}:")
+    assert db_user != filled["POSTGRES_USER"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == filled["MLFLOW_ADMIN_PASSWORD"]
+    for name in AIRFLOW_SERVICES:  # the pipeline signs in as the MLflow admin
+        airflow_env = _env(cfg["services"][name])
+        assert airflow_env["MLFLOW_TRACKING_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"], name
+        assert airflow_env["MLFLOW_TRACKING_PASSWORD"] == filled["MLFLOW_ADMIN_PASSWORD"], name
     # the database MLflow uses is created by the postgres init script (run below against a real server)
     pg = cfg["services"]["postgres"]
     assert _env(pg)["MLFLOW_DB"] == filled["MLFLOW_DB"]
     assert "./docker/compose/postgres-init.sh:/docker-entrypoint-initdb.d/10-mlflow.sh:ro" in pg["volumes"]
 
 
-def test_postgres_init_script_creates_the_mlflow_database_once():
-    """docker/compose/postgres-init.sh as the postgres image runs it, against this machine's PostgreSQL:
-    it creates the database (any name, quoted), and a second run is a no-op rather than an error."""
+def test_postgres_init_script_gives_mlflow_its_own_role_and_databases():
+    """docker/compose/postgres-init.sh as the postgres image runs it, against this machine's PostgreSQL
+    (throwaway names, all quoted): MLflow's role owns its two databases, cannot open Airflow's, and a
+    second run is a no-op rather than an error."""
     if not shutil.which("psql"):
         pytest.fail("psql is not installed (the script is a psql script)", pytrace=False)
-    name = f'mlflow test "{uuid.uuid4().hex[:8]}"'
+    tag = uuid.uuid4().hex[:8]
+    names = {"MLFLOW_DB": f'mlflow test "{tag}"', "MLFLOW_AUTH_DB": f"mlflow auth {tag}"}
+    airflow_db, role = f"airflow test {tag}", f"mlflow role {tag}"
     env = {
         **os.environ,
         "PGHOST": os.environ.get("RETRAIN_PG_HOST", "127.0.0.1"),
         "POSTGRES_USER": os.environ.get("RETRAIN_PG_USER", "postgres"),
         "POSTGRES_DB": "postgres",
-        "MLFLOW_DB": name,
+        "AIRFLOW_DB": airflow_db,
+        "MLFLOW_DB_USER": role,
+        "MLFLOW_DB_PASSWORD": f"pw-{tag}",
+        **names,
     }
     script = REPO / "docker" / "compose" / "postgres-init.sh"
 
-    def exists() -> bool:
-        q = subprocess.run(
-            ["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-tA", "-v", f"db={name}"],
-            input="SELECT count(*) FROM pg_database WHERE datname = :'db';\n",
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
-        return q.stdout.strip() == "1"
+    def psql(sql: str, user: str | None = None, db: str = "postgres") -> subprocess.CompletedProcess[str]:
+        cmd = ["psql", "-U", user or env["POSTGRES_USER"], "-d", db, "-tA", "-v", "ON_ERROR_STOP=1"]
+        return subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env)
+
+    def owner(db: str) -> str:
+        q = psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}';")
+        return q.stdout.strip()
 
     try:
+        assert psql(f'CREATE DATABASE "{airflow_db}";').returncode == 0
         for _ in range(2):
             run = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env)
             assert run.returncode == 0, run.stderr
-            assert exists()
+            assert owner(names["MLFLOW_DB"]) == owner(names["MLFLOW_AUTH_DB"]) == role
+        assert psql("SELECT 1;", user=role, db=names["MLFLOW_DB"]).returncode == 0
+        refused = psql("SELECT 1;", user=role, db=airflow_db)
+        assert refused.returncode != 0 and "permission denied" in refused.stderr
     finally:
-        subprocess.run(
-            ["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-v", f"db={name}"],
-            input='DROP DATABASE IF EXISTS :"db";\n',
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-    assert not exists()
+        for db in (*names.values(), airflow_db):
+            psql(f'DROP DATABASE IF EXISTS "{db.replace(chr(34), chr(34) * 2)}";')
+        psql(f'DROP ROLE IF EXISTS "{role}";')
+    assert owner(names["MLFLOW_DB"]) == ""
 
 
 # -- images ---------------------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ def auth_server(tmp_path_factory):
     log = (d / "server.log").open("w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, timeout=120)
+        wait_for_port(
+            port, timeout=600
+        )  # MLflow migrates two databases first: ~30 s idle, minutes under load
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:  # the port opens before the app has migrated its databases
