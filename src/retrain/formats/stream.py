@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
 
-from retrain.formats import cluener, doccano, label_studio
+from retrain.formats import cluener, doccano, hygiene, label_studio
 from retrain.formats._common import Converted, LabelResolver
 from retrain.formats._lines import (
     BOM,
@@ -45,7 +45,12 @@ REASONS: dict[str, str] = {
     "unknown_label": "a label neither canonical nor in conf/label_map.yaml",
     "no_annotation": "a Label Studio task without a non-cancelled annotation",
     "mixed_format": "a record in another format than the rest of its object",
-    "duplicate_record": "the same text and entities earlier in the same object (the first is kept)",
+    "duplicate_record": "an exact repeat of an earlier record of the same object: dropped (the first "
+    "is kept), reported, not a bad row (validation.duplicates_are_bad_rows)",
+    "conflicting_duplicate": "the same sentence earlier in the same object with other entities "
+    "(the first is kept; a person must say which is right)",
+    "invisible_characters": "zero-width, bidi or soft-hyphen characters "
+    "(intake.invisible_characters: quarantine)",
     "control_characters": "C0/C1 control characters (e.g. an escaped NUL or ESC) in the sentence",
 }
 
@@ -77,10 +82,11 @@ class _Judge:
     def __init__(self, key: str, etag: str, settings: Any, fmt: str | None, stats: dict[str, Any]) -> None:
         self.key, self.etag, self.stats = key, etag, stats
         self.labels = LabelResolver.from_settings(settings)
+        self.invisible_policy = settings.intake.invisible_characters
         self.fmt = fmt
         self.fmt_source = "conf intake.formats" if fmt else ""
-        self.seen: dict[bytes, int] = {}  # digest of (text, entities) -> first line
-        self.seen_text: dict[bytes, int] = {}
+        # digest of the normalised text -> (first line, digest of its entities): 32 bytes a sentence
+        self.seen_text: dict[bytes, tuple[int, bytes]] = {}
         self.bom_line: int | None = None
 
     def reject(self, line: int, reason: str, detail: str, fld: str = "", raw: bytes | str = b"") -> Rejection:
@@ -127,6 +133,7 @@ class _Judge:
                 raw,
             )
         out: Converted = _BY_NAME[fmt].convert(value, self.labels)
+        hygiene.apply(out, self.invisible_policy)
         if out.problems:
             first, rest = out.problems[0], out.problems[1:]
             detail = first.detail
@@ -142,21 +149,28 @@ class _Judge:
             text_key + b"\x00" + json.dumps([[e.start, e.end, e.label] for e in entities]).encode(),
             digest_size=16,
         ).digest()
-        if digest in self.seen:
+        text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
+        first_line, first_digest = self.seen_text.get(text_digest, (0, b""))
+        if first_line and first_digest == digest:
             return self.reject(
                 line,
                 "duplicate_record",
-                f"same text and entities as line {self.seen[digest]} (kept)",
+                f"same text and entities as line {first_line} (kept): dropped",
                 "",
                 raw,
             )
-        self.seen[digest] = line
+        if first_line:
+            return self.reject(
+                line,
+                "conflicting_duplicate",
+                f"the same sentence as line {first_line} (kept) with other entities "
+                f"({', '.join(f'[{e.start}, {e.end}) {e.label}' for e in entities) or 'none'}): "
+                "one of the two annotations is wrong; fix the file and upload it again",
+                "",
+                raw,
+            )
+        self.seen_text[text_digest] = (line, digest)
         warnings = list(out.warnings)
-        text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
-        if text_digest in self.seen_text:
-            warnings.append(f"same text as line {self.seen_text[text_digest]} with different entities")
-        else:
-            self.seen_text[text_digest] = line
         if self.bom_line == line:
             warnings.append("utf8_bom_stripped")
         return Record(
