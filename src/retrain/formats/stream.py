@@ -443,10 +443,52 @@ def _chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
         yield from iter(lambda: body.read(chunk_size), b"")
 
 
+def parse_chunks(
+    chunks: Iterable[bytes],
+    key: str,
+    etag: str,
+    size: int,
+    settings: Any,
+    fmt: str | None = None,
+    stats: dict[str, Any] | None = None,
+) -> Iterator[Record | Rejection]:
+    """`parse_stream` over an object's raw byte chunks (an S3 body, a local file), split into lines by
+    `iter_bounded_lines`: JSON lines with lines bounded by ``intake.max_line_bytes``, a JSON array
+    (first non-blank byte ``[``) read whole and refused unread above ``intake.max_object_bytes``
+    when ``size`` (the object's length) already says so. ``stats`` as for `parse_stream`."""
+    st = stats if stats is not None else {}
+    it = iter(chunks)
+    peeked: list[bytes] = []
+    lead = b""
+    for chunk in it:
+        peeked.append(chunk)
+        lead = b"".join(peeked).removeprefix(BOM).lstrip()
+        if lead:
+            break
+    stream = chain(peeked, it)
+    if lead.startswith(b"["):
+        limit = settings.intake.max_object_bytes
+        if size > limit:
+            st.update(_new_stats(key, etag, fmt), records=1, rejected=1, reasons={"object_too_large": 1})
+            yield Rejection(
+                key,
+                0,
+                "object_too_large",
+                f"{size} bytes > intake.max_object_bytes={limit}; "
+                "a JSON array is parsed whole; split the export",
+                raw=raw_excerpt(lead),
+            )
+            return
+        lines = iter_bounded_lines(stream, limit)
+    else:
+        lines = iter_bounded_lines(stream, settings.intake.max_line_bytes)
+    yield from parse_stream(lines, key, etag, settings, fmt=fmt, stats=st)
+
+
 def read_object(
     store: Any, obj: Any, settings: Any, *, chunk_size: int = 256 * 1024
 ) -> tuple[list[Record], list[Rejection], dict[str, Any]]:
-    """Stream one S3 object (``store.open_stream(key, etag)``) and parse it with `parse_stream`.
+    """Stream one S3 object (``store.open_stream(key, etag)``) and parse it with `parse_chunks`.
 
     The format comes from ``intake.formats`` for the key's prefix, else from the content. JSON
     lines are split by `iter_bounded_lines` (not botocore's ``iter_lines``, which re-copies a
@@ -465,36 +507,7 @@ def read_object(
     body = store.open_stream(obj.key, obj.etag or None)
     try:
         chunks = _chunks(body, chunk_size)
-        peeked: list[bytes] = []
-        lead = b""
-        for chunk in chunks:
-            peeked.append(chunk)
-            lead = b"".join(peeked).removeprefix(BOM).lstrip()
-            if lead:
-                break
-        stream = chain(peeked, chunks)
-        if lead.startswith(b"["):
-            limit = settings.intake.max_object_bytes
-            if obj.size > limit:
-                rejections.append(
-                    Rejection(
-                        obj.key,
-                        0,
-                        "object_too_large",
-                        f"{obj.size} bytes > intake.max_object_bytes={limit}; "
-                        "a JSON array is parsed whole; split the export",
-                        raw=raw_excerpt(lead),
-                    )
-                )
-                stats.update(
-                    _new_stats(obj.key, obj.etag, fmt), records=1, rejected=1, reasons={"object_too_large": 1}
-                )
-                stats["seconds"] = time.perf_counter() - t0
-                return records, rejections, stats
-            lines = iter_bounded_lines(stream, limit)
-        else:
-            lines = iter_bounded_lines(stream, settings.intake.max_line_bytes)
-        for item in parse_stream(lines, obj.key, obj.etag, settings, fmt=fmt, stats=stats):
+        for item in parse_chunks(chunks, obj.key, obj.etag, obj.size, settings, fmt=fmt, stats=stats):
             (records if isinstance(item, Record) else rejections).append(item)
     finally:
         body.close()
