@@ -58,6 +58,8 @@ class IntakeConfig(_Strict):
     formats: dict[str, AnnotationFormat] = {}
     # zero-width / bidi / soft-hyphen characters in a sentence or entity (retrain.formats.hygiene)
     invisible_characters: Literal["warn", "normalise", "quarantine"] = "normalise"
+    # Label Studio: from_name of the <Labels> controls holding the NER spans; empty = every labels result
+    label_studio_controls: list[str] = []
 
 
 Policy = Literal["accept", "warn", "reject"]

@@ -586,15 +586,15 @@ def count_parse_rejections(rejections: list[Rejection]) -> tuple[int, int]:
     return len(rejections) - dups, dups
 
 
-_SUMMARISED_WARNINGS = ("invisible_characters",)
+SUMMARISED_WARNINGS = ("invisible_characters",)
 
 
 def _record_warning_summary(records: list[Record]) -> list[str]:
-    """One batch warning per kind of parser warning in `_SUMMARISED_WARNINGS` (records carry the
+    """One batch warning per kind of parser warning in `SUMMARISED_WARNINGS` (records carry the
     detail), so the report shows it without listing every record."""
     by_kind: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        for kind in {w.split(" ", 1)[0] for w in r.warnings if w.startswith(_SUMMARISED_WARNINGS)}:
+        for kind in {w.split(" ", 1)[0] for w in r.warnings if w.startswith(SUMMARISED_WARNINGS)}:
             by_kind[kind].append(r)
     out = []
     for kind, recs in sorted(by_kind.items()):

@@ -22,7 +22,7 @@ import unicodedata
 from typing import Literal
 
 from retrain.formats._common import Converted
-from retrain.records import Entity, find_invisible, strip_invisible
+from retrain.records import INVISIBLE_CHARS, Entity, find_invisible, strip_invisible
 
 InvisiblePolicy = Literal["warn", "normalise", "quarantine"]
 REASON = "invisible_characters"
@@ -35,12 +35,17 @@ def describe(found: list[tuple[int, str]]) -> str:
     return shown + (f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
 
 
+def visible(text: str) -> str:
+    """``text`` quoted, its invisible characters written as ``\\u200b`` escapes (the rest as is)."""
+    return "'" + "".join(f"\\u{ord(ch):04x}" if ch in INVISIBLE_CHARS else ch for ch in text) + "'"
+
+
 def _mismatch_notes(out: Converted) -> list[tuple[str, str]]:
     """(field, message) for each span whose entity text differs only by invisible characters."""
     return [
         (
             fld,
-            f"span {shown} is {actual!a} but the entity text is {entity!a}: "
+            f"span {shown} is {visible(actual)} but the entity text is {visible(entity)}: "
             "they differ only by invisible characters",
         )
         for fld, shown, actual, entity in out.invisible_mismatches
@@ -96,7 +101,7 @@ def _normalise(out: Converted, found: list[tuple[int, str]], notes: list[tuple[s
             out.problem(
                 REASON,
                 "entities",
-                f"span [{e.start}, {e.end}) {e.label} is only invisible characters ({e.text!a})",
+                f"span [{e.start}, {e.end}) {e.label} is only invisible characters ({visible(e.text)})",
             )
             continue
         entities.append(Entity(start=start, end=end, label=e.label, text=clean[start:end]))

@@ -82,6 +82,7 @@ class _Judge:
     def __init__(self, key: str, etag: str, settings: Any, fmt: str | None, stats: dict[str, Any]) -> None:
         self.key, self.etag, self.stats = key, etag, stats
         self.labels = LabelResolver.from_settings(settings)
+        self.intake = settings.intake
         self.invisible_policy = settings.intake.invisible_characters
         self.fmt = fmt
         self.fmt_source = "conf intake.formats" if fmt else ""
@@ -132,7 +133,7 @@ class _Judge:
                 "",
                 raw,
             )
-        out: Converted = _BY_NAME[fmt].convert(value, self.labels)
+        out: Converted = _BY_NAME[fmt].convert(value, self.labels, self.intake)
         hygiene.apply(out, self.invisible_policy)
         if out.problems:
             first, rest = out.problems[0], out.problems[1:]
