@@ -172,6 +172,11 @@ class _Judge:
             )
         self.seen_text[text_digest] = (line, digest)
         warnings = list(out.warnings)
+        if not entities:
+            warnings.append(
+                "no_entities: the sentence has no entity; kept as a sentence without any, but a tool also "
+                "exports examples nobody annotated like this (doccano: export only approved examples)"
+            )
         if self.bom_line == line:
             warnings.append("utf8_bom_stripped")
         return Record(
