@@ -83,8 +83,9 @@ def convert(obj: dict[str, Any], labels: LabelResolver, intake: Any = None) -> C
     index, annotation = chosen
     live = sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled"))
     if live > 1:
+        which = "the ground_truth one" if annotation.get("ground_truth") is True else "the latest"
         out.warnings.append(
-            f"{live} live annotations; used the latest ({key}[{index}], id={annotation.get('id')})"
+            f"{live} live annotations; used {which} ({key}[{index}], id={annotation.get('id')})"
         )
     results = annotation.get("result")
     if not isinstance(results, list):
@@ -111,55 +112,58 @@ def convert(obj: dict[str, Any], labels: LabelResolver, intake: Any = None) -> C
         if controls and item.get("from_name") not in controls:
             skipped[f"labels from {item.get('from_name')!r}"] += 1  # another <Labels> control
             continue
-        start, end, span_labels = value.get("start"), value.get("end"), value.get("labels")
-        if not (is_int(start) and is_int(end)):
-            out.problem(
-                "wrong_type" if "start" in value and "end" in value else "missing_field",
-                f"{fld}.value",
-                f"value.start/value.end must be integers, got {start!r}, {end!r}",
-            )
-            continue
-        if not (
-            isinstance(span_labels, list) and span_labels and all(isinstance(x, str) for x in span_labels)
-        ):
-            out.problem(
-                "wrong_type",
-                f"{fld}.value.labels",
-                f"must be a non-empty list of strings, got {span_labels!r:.60}",
-            )
-            continue
-        entity_text = value.get("text")
-        if entity_text is not None and not isinstance(entity_text, str):
-            out.problem(
-                "wrong_type", f"{fld}.value.text", f"must be a string, got {type(entity_text).__name__}"
-            )
-            continue
-        if text is not None and entity_text is not None and text[start:end] != entity_text:
-            s16, e16 = utf16_to_str_offset(text, start), utf16_to_str_offset(text, end)
-            if (
-                s16 is not None
-                and e16 is not None
-                and (s16, e16) != (start, end)
-                and text[s16:e16] == entity_text
-            ):
-                out.warnings.append(f"{fld}: UTF-16 offsets [{start}, {end}) converted to [{s16}, {e16})")
-                start, end = s16, e16
-        for raw_label in span_labels:
-            label = labels.resolve_or_report(out, raw_label, f"{fld}.value.labels")
-            if label is None:
-                last = out.problems[-1]
-                out.problems[-1] = type(last)(
-                    last.reason,
-                    last.field,
-                    f"{last.detail} (control {item.get('from_name')!r}; intake.label_studio_controls "
-                    "names the controls that hold NER spans)",
-                )
-                continue
-            if text is not None:
-                add_span(out, text, start, end, label, entity_text, fld, inclusive=False)
+        _add_result(out, text, value, str(item.get("from_name")), fld, labels)
     if skipped:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
         out.warnings.append(f"ignored {sum(skipped.values())} results that are not NER spans ({kinds})")
     if "id" in obj:
         out.problems = [type(p)(p.reason, p.field, f"task id={obj['id']}: {p.detail}") for p in out.problems]
     return out
+
+
+def _add_result(
+    out: Converted, text: str | None, value: dict[str, Any], control: str, fld: str, labels: LabelResolver
+) -> None:
+    """One ``labels`` result: its span under each of its labels, or the problems with it."""
+    start, end, span_labels = value.get("start"), value.get("end"), value.get("labels")
+    if not (is_int(start) and is_int(end)):
+        out.problem(
+            "wrong_type" if "start" in value and "end" in value else "missing_field",
+            f"{fld}.value",
+            f"value.start/value.end must be integers, got {start!r}, {end!r}",
+        )
+        return
+    if not (isinstance(span_labels, list) and span_labels and all(isinstance(x, str) for x in span_labels)):
+        out.problem(
+            "wrong_type",
+            f"{fld}.value.labels",
+            f"must be a non-empty list of strings, got {span_labels!r:.60}",
+        )
+        return
+    entity_text = value.get("text")
+    if entity_text is not None and not isinstance(entity_text, str):
+        out.problem("wrong_type", f"{fld}.value.text", f"must be a string, got {type(entity_text).__name__}")
+        return
+    if text is not None and entity_text is not None and text[start:end] != entity_text:
+        s16, e16 = utf16_to_str_offset(text, start), utf16_to_str_offset(text, end)
+        if (
+            s16 is not None
+            and e16 is not None
+            and (s16, e16) != (start, end)
+            and text[s16:e16] == entity_text
+        ):
+            out.warnings.append(f"{fld}: UTF-16 offsets [{start}, {end}) converted to [{s16}, {e16})")
+            start, end = s16, e16
+    for raw_label in span_labels:
+        label = labels.resolve_or_report(out, raw_label, f"{fld}.value.labels")
+        if label is None:
+            last = out.problems[-1]
+            out.problems[-1] = type(last)(
+                last.reason,
+                last.field,
+                f"{last.detail} (control {control!r}; intake.label_studio_controls names the controls "
+                "that hold NER spans)",
+            )
+            continue
+        if text is not None:
+            add_span(out, text, start, end, label, entity_text, fld, inclusive=False)

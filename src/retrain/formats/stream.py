@@ -145,32 +145,9 @@ class _Judge:
             return self.reject(line, first.reason, detail, first.field, raw)
         assert out.text is not None
         entities = sorted(out.entities)
-        text_key = normalise_text(out.text).encode("utf-8")
-        digest = hashlib.blake2b(
-            text_key + b"\x00" + json.dumps([[e.start, e.end, e.label] for e in entities]).encode(),
-            digest_size=16,
-        ).digest()
-        text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
-        first_line, first_digest = self.seen_text.get(text_digest, (0, b""))
-        if first_line and first_digest == digest:
-            return self.reject(
-                line,
-                "duplicate_record",
-                f"same text and entities as line {first_line} (kept): dropped",
-                "",
-                raw,
-            )
-        if first_line:
-            return self.reject(
-                line,
-                "conflicting_duplicate",
-                f"the same sentence as line {first_line} (kept) with other entities "
-                f"({', '.join(f'[{e.start}, {e.end}) {e.label}' for e in entities) or 'none'}): "
-                "one of the two annotations is wrong; fix the file and upload it again",
-                "",
-                raw,
-            )
-        self.seen_text[text_digest] = (line, digest)
+        dup = self._duplicate(out.text, entities, line, raw)
+        if dup is not None:
+            return dup
         warnings = list(out.warnings)
         if not entities:
             warnings.append(
@@ -188,6 +165,38 @@ class _Judge:
             fmt=fmt,
             warnings=warnings,
         )
+
+    def _duplicate(self, text: str, entities: list[Any], line: int, raw: bytes | str) -> Rejection | None:
+        """A Rejection when this sentence came earlier in the object (an exact repeat is a dropped
+        ``duplicate_record``; other entities are a ``conflicting_duplicate``), else None (and it is
+        remembered: 32 bytes a sentence)."""
+        text_key = normalise_text(text).encode("utf-8")
+        digest = hashlib.blake2b(
+            text_key + b"\x00" + json.dumps([[e.start, e.end, e.label] for e in entities]).encode(),
+            digest_size=16,
+        ).digest()
+        text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
+        first_line, first_digest = self.seen_text.get(text_digest, (0, b""))
+        if first_line and first_digest == digest:
+            return self.reject(
+                line,
+                "duplicate_record",
+                f"same text and entities as line {first_line} (kept): dropped",
+                "",
+                raw,
+            )
+        if first_line:
+            spans = ", ".join(f"[{e.start}, {e.end}) {e.label}" for e in entities) or "none"
+            return self.reject(
+                line,
+                "conflicting_duplicate",
+                f"the same sentence as line {first_line} (kept) with other entities ({spans}): "
+                "one of the two annotations is wrong; fix the file and upload it again",
+                "",
+                raw,
+            )
+        self.seen_text[text_digest] = (line, digest)
+        return None
 
 
 def _new_stats(key: str, etag: str, fmt: str | None) -> dict[str, Any]:
