@@ -209,6 +209,17 @@ def test_duplicate_records_keep_the_first(parse):
     )
 
 
+def test_leading_blanks_do_not_make_another_sentence(parse):
+    indented = {
+        "text": "  " + GOOD["text"],
+        "label": {"name": {"叶老桂": [[11, 13]]}, "company": {"浙商银行": [[2, 5]]}},
+    }
+    shifted = {"text": "  " + GOOD["text"], "label": {"name": {"叶老桂": [[11, 13]]}}}  # one entity less
+    p = parse(jl(GOOD, indented, shifted))
+    p.assert_accounted(3)
+    assert p.reasons() == ["duplicate_record", "conflicting_duplicate"]
+
+
 def test_several_problems_one_rejection_with_all_in_detail(parse):
     p = parse(
         jl(

@@ -162,3 +162,15 @@ def test_normalised_twins_are_duplicates_and_share_an_id(parse):
     p = parse(jl(clean, dirty))
     assert p.reasons() == ["duplicate_record"]
     assert text_id(dirty["text"]) == text_id(clean["text"])  # one sentence for dedup and the split
+
+
+def test_twins_are_duplicates_when_kept_as_written(parse, settings):
+    """warn keeps the zero-width space and its offsets; the twin is still the same record."""
+    clean = {"text": "张伟在北京", "label": {"name": {"张伟": [[0, 1]]}, "address": {"北京": [[3, 4]]}}}
+    dirty = {
+        "text": "张\u200b伟在北京",
+        "label": {"name": {"张\u200b伟": [[0, 2]]}, "address": {"北京": [[4, 5]]}},
+    }
+    moved = {"text": "张\u200b伟在北京", "label": {"name": {"张\u200b伟": [[0, 2]]}}}
+    p = parse(jl(clean, dirty, moved), conf=policy(settings, "warn"))
+    assert p.reasons() == ["duplicate_record", "conflicting_duplicate"]

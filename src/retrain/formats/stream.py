@@ -170,9 +170,10 @@ class _Judge:
         """A Rejection when this sentence came earlier in the object (an exact repeat is a dropped
         ``duplicate_record``; other entities are a ``conflicting_duplicate``), else None (and it is
         remembered: 32 bytes a sentence)."""
-        text_key = normalise_text(text).encode("utf-8")
+        norm = normalise_text(text)
+        text_key = norm.encode("utf-8")
         digest = hashlib.blake2b(
-            text_key + b"\x00" + json.dumps([[e.start, e.end, e.label] for e in entities]).encode(),
+            text_key + b"\x00" + json.dumps(_spans_in_normalised(text, norm, entities)).encode(),
             digest_size=16,
         ).digest()
         text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
@@ -197,6 +198,18 @@ class _Judge:
             )
         self.seen_text[text_digest] = (line, digest)
         return None
+
+
+def _spans_in_normalised(text: str, norm: str, entities: list[Any]) -> list[list[Any]]:
+    """[start, end, label] of each entity in the coordinates of ``norm`` = `normalise_text` (text),
+    so a sentence and its twin with leading blanks or a kept zero-width space compare equal."""
+    if norm == text:
+        return [[e.start, e.end, e.label] for e in entities]
+
+    def pos(i: int) -> int:
+        return len(normalise_text(text[:i] + "\x00")) - 1  # the NUL keeps trailing blanks from the strip
+
+    return [[pos(e.start), pos(e.end), e.label] for e in entities]
 
 
 def _new_stats(key: str, etag: str, fmt: str | None) -> dict[str, Any]:
