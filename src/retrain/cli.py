@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -93,6 +94,33 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from retrain import check
+    from retrain.config import load_settings
+
+    try:
+        paths = check.expand_paths(args.paths)
+    except FileNotFoundError as exc:
+        print(f"retrain check: error: {exc}", file=sys.stderr)
+        return 2
+    if not paths:
+        print("retrain check: error: no .json/.jsonl/.ndjson files under the paths given", file=sys.stderr)
+        return 2
+    if not args.verbose:  # GX logs its own set-up at INFO; the report is what an annotator reads
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    settings = load_settings(args.conf)
+    progress = None if args.quiet else check.Progress()
+    docs = Path(args.data_docs) if args.data_docs else None
+    results = check.check_paths(paths, settings, fmt=args.format, docs_dir=docs, progress=progress)
+    code = check.exit_code(results, strict=args.strict)
+    if args.json:
+        out = {"ok": code == 0, "files": [r.to_json() for r in results]}
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        print(check.render_text(results, details=args.details), end="")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retrain", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -123,6 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dry-run", action="store_true", help="decide only: register nothing, move no alias")
     pr.add_argument("--actor", default="cli")
     pr.set_defaults(func=_cmd_promote)
+
+    ck = sub.add_parser(
+        "check",
+        help="pre-flight: judge local annotation files as intake would (no S3, Airflow or MLflow)",
+        description="Parse and validate local files with the pipeline's parsers, label map, text-hygiene "
+        "policy and Great Expectations suite; one batch per file. Exit 0: everything would be accepted; "
+        "1: something would be quarantined (or, with --strict, warned about or dropped as a duplicate); "
+        "2: a path does not exist.",
+    )
+    ck.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders (their .json/.jsonl/.ndjson)")
+    ck.add_argument(
+        "--format",
+        choices=["cluener", "label_studio", "doccano"],
+        default=None,
+        help="the files' format (default: detected from the content, as intake does)",
+    )
+    ck.add_argument(
+        "--data-docs",
+        metavar="DIR",
+        default=None,
+        help="write the Great Expectations Data Docs of each file under DIR/<file>/",
+    )
+    ck.add_argument("--json", action="store_true", help="print a JSON report (every rejection and warning)")
+    ck.add_argument("--strict", action="store_true", help="exit 1 on warnings and dropped duplicates too")
+    ck.add_argument("--details", type=int, default=20, help="quarantined records and warnings shown per file")
+    ck.add_argument(
+        "--conf", default=None, help="the conf/ folder (default: $RETRAIN_CONF_DIR, else the repo's)"
+    )
+    ck.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr for large files")
+    ck.set_defaults(func=_cmd_check)
 
     rg = sub.add_parser("registry", help="model registry: history, rollback, show")
     rg.add_argument("--base-model", default=None)

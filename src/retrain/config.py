@@ -57,6 +57,10 @@ class IntakeConfig(_Strict):
     page_size: int = 1000
     # key prefix -> format; the longest matching prefix wins, "auto" (or no match) = detect by content
     formats: dict[str, AnnotationFormat] = {}
+    # zero-width / bidi / soft-hyphen characters in a sentence or entity (retrain.formats.hygiene)
+    invisible_characters: Literal["warn", "normalise", "quarantine"] = "normalise"
+    # Label Studio: from_name of the <Labels> controls holding the NER spans; empty = every labels result
+    label_studio_controls: list[str] = []
 
 
 Policy = Literal["accept", "warn", "reject"]
@@ -70,6 +74,7 @@ class ValidationConfig(_Strict):
     output_tokens_per_char: float = Field(1.0, ge=0)
     min_rows: int = Field(1, ge=0)
     max_bad_fraction: float = Field(0.5, ge=0, le=1)
+    duplicates_are_bad_rows: bool = False  # exact repeats (duplicate_record) in the bad share?
     drift_min_spans: int = Field(200, ge=1)
     drift_warn: float = Field(0.15, ge=0, le=1)
     drift_fail: float = Field(0.35, ge=0, le=1)

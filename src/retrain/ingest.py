@@ -175,13 +175,15 @@ def process_batches(
             records, parse_rejections, _stats = formats.read_object(store, obj, settings)
             read = len(records) + len(parse_rejections)
             docs_dir = Path(tmp) / slug
+            parse_bad, parse_dups = validate.count_parse_rejections(parse_rejections)
             check = validate.validate_batch(
                 records,
                 settings,
                 batch_name=slug,
                 docs_dir=docs_dir,
                 history_label_counts=_history_excluding(by_object, pending.key),
-                parse_rejected=len(parse_rejections),
+                parse_rejected=parse_bad,
+                parse_duplicates=parse_dups,
             )
             rejected: list[Rejection] = parse_rejections + check.rejected
             accepted: list[Record] = check.accepted

@@ -368,11 +368,15 @@ def validate_batch(
     docs_dir: Path | None,
     history_label_counts: dict[str, int] | None = None,
     parse_rejected: int = 0,
+    parse_duplicates: int = 0,
 ) -> BatchValidation:
     """Validate one batch with Great Expectations; see the module docstring.
 
-    ``parse_rejected`` is how many of the batch's input records the parser already quarantined:
-    they count as bad rows for ``validation.max_bad_fraction`` (they are not returned again).
+    ``parse_rejected`` is how many of the batch's input records the parser already quarantined
+    as bad: they count as bad rows for ``validation.max_bad_fraction`` (they are not returned
+    again). ``parse_duplicates`` is how many exact duplicates (``duplicate_record``) the parser
+    dropped: reported in the batch frame, and bad rows only when
+    ``validation.duplicates_are_bad_rows``; `count_parse_rejections` splits a rejection list so.
     ``docs_dir``: where GX Data Docs are built (None: none are built). ``history_label_counts``:
     span counts per label of the data accepted so far, for the drift check (None: not judged).
     """
@@ -497,8 +501,10 @@ def validate_batch(
     drift, drift_note = _drift(label_counts, history_label_counts, v.drift_min_spans)
     if drift_note:
         warnings.append(drift_note)
-    rows_total = len(records) + parse_rejected
-    rows_rejected = len(rejected) + parse_rejected
+    dup_bad = parse_duplicates if v.duplicates_are_bad_rows else 0
+    rows_total = len(records) + parse_rejected + dup_bad
+    rows_rejected = len(rejected) + parse_rejected + dup_bad
+    warnings.extend(_record_warning_summary(accepted))
     import pandas as pd
 
     batch_df = pd.DataFrame(
@@ -507,6 +513,7 @@ def validate_batch(
                 "rows_total": rows_total,
                 "rows_rejected": rows_rejected,
                 "rows_accepted": len(accepted),
+                "rows_duplicate": parse_duplicates,
                 "bad_fraction": rows_rejected / rows_total if rows_total else 0.0,
                 "label_drift_tv": drift if drift is not None else float("nan"),
             }
@@ -567,6 +574,35 @@ def validate_batch(
         max_text_chars=limit,
         max_text_chars_how=limit_how,
     )
+
+
+DUPLICATE_RECORD = "duplicate_record"
+
+
+def count_parse_rejections(rejections: list[Rejection]) -> tuple[int, int]:
+    """(bad rows, exact duplicates) among the parser's rejections of one batch: the
+    ``parse_rejected`` and ``parse_duplicates`` arguments of `validate_batch`."""
+    dups = sum(1 for r in rejections if r.reason == DUPLICATE_RECORD)
+    return len(rejections) - dups, dups
+
+
+SUMMARISED_WARNINGS = ("invisible_characters",)
+
+
+def _record_warning_summary(records: list[Record]) -> list[str]:
+    """One batch warning per kind of parser warning in `SUMMARISED_WARNINGS` (records carry the
+    detail), so the report shows it without listing every record."""
+    by_kind: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        for kind in {w.split(" ", 1)[0] for w in r.warnings if w.startswith(SUMMARISED_WARNINGS)}:
+            by_kind[kind].append(r)
+    out = []
+    for kind, recs in sorted(by_kind.items()):
+        where = ", ".join(f"{r.source_key}:{r.line}" for r in recs[:3])
+        more = "" if len(recs) <= 3 else f", … ({len(recs)} records)"
+        first = next(w for w in recs[0].warnings if w.startswith(kind))
+        out.append(f"{kind}: {len(recs)} records, e.g. {where}{more}: {first}")
+    return out
 
 
 def _raw(record: Record) -> str:

@@ -154,7 +154,7 @@ def test_labels_in_other_languages_and_cases_are_mapped_or_rejected(parse):
     p = parse(
         jl(
             {"text": "叶老桂博士", "label": {"人名": {"叶老桂": [[0, 2]]}}},
-            {"text": "叶老桂博士", "label": {"PER": {"叶老桂": [[0, 2]]}, "Position": {"博士": [[3, 4]]}}},
+            {"text": "叶老桂博士说", "label": {"PER": {"叶老桂": [[0, 2]]}, "Position": {"博士": [[3, 4]]}}},
             {"text": "叶老桂先生", "label": {"未知类": {"叶老桂": [[0, 2]]}}},
         )
     )
@@ -199,10 +199,25 @@ def test_duplicate_records_keep_the_first(parse):
     }
     p = parse(jl(GOOD, GOOD, other, reordered))
     p.assert_accounted(4)
-    assert [r.line for r in p.records] == [1, 3]
-    assert p.reasons() == ["duplicate_record", "duplicate_record"]
-    assert "line 1" in p.rejections[0].detail
-    assert any("same text as line 1" in w for w in p.records[1].warnings)
+    assert [r.line for r in p.records] == [1]
+    # exact repeats (entity order does not matter) are dropped duplicates; other entities conflict
+    assert p.reasons() == ["duplicate_record", "conflicting_duplicate", "duplicate_record"]
+    assert [r.line for r in p.rejections] == [2, 3, 4]
+    assert all("line 1 (kept)" in r.detail for r in p.rejections)
+    assert "[9, 12) name" in p.rejections[1].detail and "one of the two annotations is wrong" in (
+        p.rejections[1].detail
+    )
+
+
+def test_leading_blanks_do_not_make_another_sentence(parse):
+    indented = {
+        "text": "  " + GOOD["text"],
+        "label": {"name": {"叶老桂": [[11, 13]]}, "company": {"浙商银行": [[2, 5]]}},
+    }
+    shifted = {"text": "  " + GOOD["text"], "label": {"name": {"叶老桂": [[11, 13]]}}}  # one entity less
+    p = parse(jl(GOOD, indented, shifted))
+    p.assert_accounted(3)
+    assert p.reasons() == ["duplicate_record", "conflicting_duplicate"]
 
 
 def test_several_problems_one_rejection_with_all_in_detail(parse):
@@ -369,7 +384,7 @@ def test_doccano_both_shapes(parse):
             {"id": 1, "text": "叶老桂在浙商银行", "label": [[0, 3, "PER"], [4, 8, "公司"]]},
             {
                 "id": 2,
-                "text": "叶老桂在浙商银行",
+                "text": "叶老桂在浙商银行工作",
                 "entities": [{"id": 5, "start_offset": 4, "end_offset": 8, "label": "company"}],
                 "relations": [],
             },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrain.records import Entity
+from retrain.records import Entity, strip_invisible
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class Converted:
     entities: list[Entity] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # spans whose entity text differs from the sentence's characters only by invisible characters:
+    # (field, span as written, sentence characters, entity text); `formats.hygiene` applies the policy
+    invisible_mismatches: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def problem(self, reason: str, fld: str, detail: str) -> None:
         self.problems.append(Problem(reason, fld, detail))
@@ -66,8 +69,8 @@ def is_int(value: Any) -> bool:
 
 
 def _is_control(ch: str) -> bool:
-    """C0/C1 control characters other than tab/newline/CR (zero-width and RTL marks are format
-    characters, not controls, and are kept as annotated)."""
+    """C0/C1 control characters other than tab/newline/CR (zero-width and bidi marks are format
+    characters, not controls: `formats.hygiene` applies intake.invisible_characters to them)."""
     o = ord(ch)
     return (o < 0x20 and ch not in "\t\n\r") or 0x7F <= o <= 0x9F
 
@@ -121,7 +124,13 @@ def add_span(
         out.problem("offsets_out_of_range", fld, f"span {shown} outside the sentence ({why})")
         return
     actual = text[start:end_exclusive]
-    if entity_text is not None and actual != entity_text:
+    if (
+        entity_text is not None
+        and actual != entity_text
+        and strip_invisible(actual) == strip_invisible(entity_text)
+    ):
+        out.invisible_mismatches.append((fld, shown, actual, entity_text))
+    elif entity_text is not None and actual != entity_text:
         out.problem(
             "span_text_mismatch", fld, _mismatch_detail(text, start, src_end, entity_text, actual, inclusive)
         )
@@ -143,6 +152,12 @@ def _mismatch_detail(text: str, start: int, src_end: int, entity: str, actual: s
             f"(expected [{start}, {src_end + 1}))"
         )
     found = text.find(entity) if entity else -1
+    clean = strip_invisible(text)
+    if found < 0 and clean != text and clean[start : src_end + (1 if inclusive else 0)] == entity:
+        return (
+            f"{base}: the offsets fit the sentence with its invisible characters removed "
+            "(zero-width/bidi/soft hyphen); compute them on the sentence as stored"
+        )
     if found >= 0:
         at = _fmt_span(found, found + len(entity) - (1 if inclusive else 0), inclusive)
         return f"{base}: the entity text occurs at {at}"

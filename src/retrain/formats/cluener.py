@@ -17,7 +17,7 @@ def looks_like(obj: dict[str, Any]) -> bool:
     return isinstance(obj.get("label"), dict)
 
 
-def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
+def convert(obj: dict[str, Any], labels: LabelResolver, intake: Any = None) -> Converted:
     out = Converted()
     text = check_text(out, obj.get("text"), "text")
     spans = obj.get("label")

@@ -19,7 +19,7 @@ def looks_like(obj: dict[str, Any]) -> bool:
     return any(isinstance(obj.get(k), list) for k in ("entities", "label", "labels"))
 
 
-def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
+def convert(obj: dict[str, Any], labels: LabelResolver, intake: Any = None) -> Converted:
     out = Converted()
     text_field = "data" if "text" not in obj and isinstance(obj.get("data"), str) else "text"
     text = check_text(out, obj.get(text_field), text_field)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
 
-from retrain.formats import cluener, doccano, label_studio
+from retrain.formats import cluener, doccano, hygiene, label_studio
 from retrain.formats._common import Converted, LabelResolver
 from retrain.formats._lines import (
     BOM,
@@ -45,7 +45,12 @@ REASONS: dict[str, str] = {
     "unknown_label": "a label neither canonical nor in conf/label_map.yaml",
     "no_annotation": "a Label Studio task without a non-cancelled annotation",
     "mixed_format": "a record in another format than the rest of its object",
-    "duplicate_record": "the same text and entities earlier in the same object (the first is kept)",
+    "duplicate_record": "an exact repeat of an earlier record of the same object: dropped (the first "
+    "is kept), reported, not a bad row (validation.duplicates_are_bad_rows)",
+    "conflicting_duplicate": "the same sentence earlier in the same object with other entities "
+    "(the first is kept; a person must say which is right)",
+    "invisible_characters": "zero-width, bidi or soft-hyphen characters "
+    "(intake.invisible_characters: quarantine)",
     "control_characters": "C0/C1 control characters (e.g. an escaped NUL or ESC) in the sentence",
 }
 
@@ -77,10 +82,12 @@ class _Judge:
     def __init__(self, key: str, etag: str, settings: Any, fmt: str | None, stats: dict[str, Any]) -> None:
         self.key, self.etag, self.stats = key, etag, stats
         self.labels = LabelResolver.from_settings(settings)
+        self.intake = settings.intake
+        self.invisible_policy = settings.intake.invisible_characters
         self.fmt = fmt
         self.fmt_source = "conf intake.formats" if fmt else ""
-        self.seen: dict[bytes, int] = {}  # digest of (text, entities) -> first line
-        self.seen_text: dict[bytes, int] = {}
+        # digest of the normalised text -> (first line, digest of its entities): 32 bytes a sentence
+        self.seen_text: dict[bytes, tuple[int, bytes]] = {}
         self.bom_line: int | None = None
 
     def reject(self, line: int, reason: str, detail: str, fld: str = "", raw: bytes | str = b"") -> Rejection:
@@ -126,7 +133,8 @@ class _Judge:
                 "",
                 raw,
             )
-        out: Converted = _BY_NAME[fmt].convert(value, self.labels)
+        out: Converted = _BY_NAME[fmt].convert(value, self.labels, self.intake)
+        hygiene.apply(out, self.invisible_policy)
         if out.problems:
             first, rest = out.problems[0], out.problems[1:]
             detail = first.detail
@@ -137,26 +145,15 @@ class _Judge:
             return self.reject(line, first.reason, detail, first.field, raw)
         assert out.text is not None
         entities = sorted(out.entities)
-        text_key = normalise_text(out.text).encode("utf-8")
-        digest = hashlib.blake2b(
-            text_key + b"\x00" + json.dumps([[e.start, e.end, e.label] for e in entities]).encode(),
-            digest_size=16,
-        ).digest()
-        if digest in self.seen:
-            return self.reject(
-                line,
-                "duplicate_record",
-                f"same text and entities as line {self.seen[digest]} (kept)",
-                "",
-                raw,
-            )
-        self.seen[digest] = line
+        dup = self._duplicate(out.text, entities, line, raw)
+        if dup is not None:
+            return dup
         warnings = list(out.warnings)
-        text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
-        if text_digest in self.seen_text:
-            warnings.append(f"same text as line {self.seen_text[text_digest]} with different entities")
-        else:
-            self.seen_text[text_digest] = line
+        if not entities:
+            warnings.append(
+                "no_entities: the sentence has no entity; kept as a sentence without any, but a tool also "
+                "exports examples nobody annotated like this (doccano: export only approved examples)"
+            )
         if self.bom_line == line:
             warnings.append("utf8_bom_stripped")
         return Record(
@@ -168,6 +165,51 @@ class _Judge:
             fmt=fmt,
             warnings=warnings,
         )
+
+    def _duplicate(self, text: str, entities: list[Any], line: int, raw: bytes | str) -> Rejection | None:
+        """A Rejection when this sentence came earlier in the object (an exact repeat is a dropped
+        ``duplicate_record``; other entities are a ``conflicting_duplicate``), else None (and it is
+        remembered: 32 bytes a sentence)."""
+        norm = normalise_text(text)
+        text_key = norm.encode("utf-8")
+        digest = hashlib.blake2b(
+            text_key + b"\x00" + json.dumps(_spans_in_normalised(text, norm, entities)).encode(),
+            digest_size=16,
+        ).digest()
+        text_digest = hashlib.blake2b(text_key, digest_size=16).digest()
+        first_line, first_digest = self.seen_text.get(text_digest, (0, b""))
+        if first_line and first_digest == digest:
+            return self.reject(
+                line,
+                "duplicate_record",
+                f"same text and entities as line {first_line} (kept): dropped",
+                "",
+                raw,
+            )
+        if first_line:
+            spans = ", ".join(f"[{e.start}, {e.end}) {e.label}" for e in entities) or "none"
+            return self.reject(
+                line,
+                "conflicting_duplicate",
+                f"the same sentence as line {first_line} (kept) with other entities ({spans}): "
+                "one of the two annotations is wrong; fix the file and upload it again",
+                "",
+                raw,
+            )
+        self.seen_text[text_digest] = (line, digest)
+        return None
+
+
+def _spans_in_normalised(text: str, norm: str, entities: list[Any]) -> list[list[Any]]:
+    """[start, end, label] of each entity in the coordinates of ``norm`` = `normalise_text` (text),
+    so a sentence and its twin with leading blanks or a kept zero-width space compare equal."""
+    if norm == text:
+        return [[e.start, e.end, e.label] for e in entities]
+
+    def pos(i: int) -> int:
+        return len(normalise_text(text[:i] + "\x00")) - 1  # the NUL keeps trailing blanks from the strip
+
+    return [[pos(e.start), pos(e.end), e.label] for e in entities]
 
 
 def _new_stats(key: str, etag: str, fmt: str | None) -> dict[str, Any]:
@@ -429,10 +471,52 @@ def _chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
         yield from iter(lambda: body.read(chunk_size), b"")
 
 
+def parse_chunks(
+    chunks: Iterable[bytes],
+    key: str,
+    etag: str,
+    size: int,
+    settings: Any,
+    fmt: str | None = None,
+    stats: dict[str, Any] | None = None,
+) -> Iterator[Record | Rejection]:
+    """`parse_stream` over an object's raw byte chunks (an S3 body, a local file), split into lines by
+    `iter_bounded_lines`: JSON lines with lines bounded by ``intake.max_line_bytes``, a JSON array
+    (first non-blank byte ``[``) read whole and refused unread above ``intake.max_object_bytes``
+    when ``size`` (the object's length) already says so. ``stats`` as for `parse_stream`."""
+    st = stats if stats is not None else {}
+    it = iter(chunks)
+    peeked: list[bytes] = []
+    lead = b""
+    for chunk in it:
+        peeked.append(chunk)
+        lead = b"".join(peeked).removeprefix(BOM).lstrip()
+        if lead:
+            break
+    stream = chain(peeked, it)
+    if lead.startswith(b"["):
+        limit = settings.intake.max_object_bytes
+        if size > limit:
+            st.update(_new_stats(key, etag, fmt), records=1, rejected=1, reasons={"object_too_large": 1})
+            yield Rejection(
+                key,
+                0,
+                "object_too_large",
+                f"{size} bytes > intake.max_object_bytes={limit}; "
+                "a JSON array is parsed whole; split the export",
+                raw=raw_excerpt(lead),
+            )
+            return
+        lines = iter_bounded_lines(stream, limit)
+    else:
+        lines = iter_bounded_lines(stream, settings.intake.max_line_bytes)
+    yield from parse_stream(lines, key, etag, settings, fmt=fmt, stats=st)
+
+
 def read_object(
     store: Any, obj: Any, settings: Any, *, chunk_size: int = 256 * 1024
 ) -> tuple[list[Record], list[Rejection], dict[str, Any]]:
-    """Stream one S3 object (``store.open_stream(key, etag)``) and parse it with `parse_stream`.
+    """Stream one S3 object (``store.open_stream(key, etag)``) and parse it with `parse_chunks`.
 
     The format comes from ``intake.formats`` for the key's prefix, else from the content. JSON
     lines are split by `iter_bounded_lines` (not botocore's ``iter_lines``, which re-copies a
@@ -451,36 +535,7 @@ def read_object(
     body = store.open_stream(obj.key, obj.etag or None)
     try:
         chunks = _chunks(body, chunk_size)
-        peeked: list[bytes] = []
-        lead = b""
-        for chunk in chunks:
-            peeked.append(chunk)
-            lead = b"".join(peeked).removeprefix(BOM).lstrip()
-            if lead:
-                break
-        stream = chain(peeked, chunks)
-        if lead.startswith(b"["):
-            limit = settings.intake.max_object_bytes
-            if obj.size > limit:
-                rejections.append(
-                    Rejection(
-                        obj.key,
-                        0,
-                        "object_too_large",
-                        f"{obj.size} bytes > intake.max_object_bytes={limit}; "
-                        "a JSON array is parsed whole; split the export",
-                        raw=raw_excerpt(lead),
-                    )
-                )
-                stats.update(
-                    _new_stats(obj.key, obj.etag, fmt), records=1, rejected=1, reasons={"object_too_large": 1}
-                )
-                stats["seconds"] = time.perf_counter() - t0
-                return records, rejections, stats
-            lines = iter_bounded_lines(stream, limit)
-        else:
-            lines = iter_bounded_lines(stream, settings.intake.max_line_bytes)
-        for item in parse_stream(lines, obj.key, obj.etag, settings, fmt=fmt, stats=stats):
+        for item in parse_chunks(chunks, obj.key, obj.etag, obj.size, settings, fmt=fmt, stats=stats):
             (records if isinstance(item, Record) else rejections).append(item)
     finally:
         body.close()
