@@ -28,6 +28,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias
 
 from retrain.config import Settings
+from retrain_airflow.settings import settings as load
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,6 @@ def validate_new_champion() -> dict[str, Any]:
     from airflow.sdk import get_current_context
 
     from retrain.registry import Registry
-    from retrain_airflow.tasks import settings as load
 
     s = load()
     context = get_current_context()

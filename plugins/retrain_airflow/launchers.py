@@ -41,7 +41,7 @@ def _run_store(run_uri: str, aws_conn_id: str | None) -> tuple[Any, str]:
     """The run's bucket through the Airflow connection (conf's when None) and the run's prefix."""
     from retrain.storage import parse_s3_uri
     from retrain_airflow.s3 import object_store
-    from retrain_airflow.tasks import settings
+    from retrain_airflow.settings import settings
 
     bucket, prefix = parse_s3_uri(run_uri)
     return object_store(settings(), bucket, aws_conn_id), prefix
@@ -68,7 +68,7 @@ def after_stage(stage: str, run_uri: str, aws_conn_id: str | None = None) -> Non
 def run_local_stage(stage: str, run_uri: str) -> str:
     """Run a trainer stage as a subprocess of the trainer env; stream its output into the task log."""
     from retrain_airflow.s3 import s3_environment
-    from retrain_airflow.tasks import settings
+    from retrain_airflow.settings import settings
 
     s = settings()
     python = trainer_python(s)

@@ -22,7 +22,7 @@ DAG_ID = "ner_retrain"
 def _summary(run_id: str) -> dict[str, Any] | None:
     from retrain import runs
     from retrain_airflow.s3 import object_store
-    from retrain_airflow.tasks import settings
+    from retrain_airflow.settings import settings
 
     s = settings()
     store = object_store(s)
