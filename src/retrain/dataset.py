@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain.config import Settings
+from retrain.errors import InputError
 from retrain.prompt import alpaca_example
 from retrain.records import Record, normalise_text
 from retrain.storage import ObjectStore, join_key
@@ -32,7 +33,7 @@ VALIDATION_NAME = "alpaca_clue_validation"
 GOLDEN_NAME = "alpaca_clue_golden"
 
 
-class EmptyDatasetError(RuntimeError):
+class EmptyDatasetError(InputError, RuntimeError):
     """No accepted record is available to train on."""
 
 

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrain.errors import InputError
 
-class UnsafeKeyError(ValueError):
+
+class UnsafeKeyError(InputError, ValueError):
     """An object key or relative path would escape its prefix or work directory."""
 
 

@@ -48,6 +48,7 @@ import yaml
 
 from retrain import runs
 from retrain.adapters import ADAPTER_FILES, publish_adapter
+from retrain.errors import InputError
 from retrain.runs import TrainRequest, TrainResult
 from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
@@ -145,7 +146,7 @@ class TrainingInterrupted(TrainingFailed):
     """This process was told to stop (SIGTERM, e.g. a task timeout or ``docker stop``) mid-training."""
 
 
-class TrainInputError(TrainingFailed):
+class TrainInputError(InputError, TrainingFailed):
     """The request, the dataset or the base model is missing or invalid: retrying will not help."""
 
 

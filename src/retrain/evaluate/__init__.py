@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from retrain import runs
 from retrain.adapters import fetch_adapter
+from retrain.errors import InputError
 from retrain.evaluate.metrics import METRICS_VERSION, score
 from retrain.evaluate.parsing import PARSER_VERSION, GoldFormatError, parse_entities, parse_gold
 from retrain.prompt import user_message
@@ -49,7 +50,7 @@ CACHE_PREFIX = "eval_cache"
 MAX_FAILURES_IN_REPORT = 200
 
 
-class EvalRequestError(ValueError):
+class EvalRequestError(InputError, ValueError):
     """eval_request.json is missing a field or has a wrong value; the message names it."""
 
 

@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrain.errors import InputError
+
 Pair = tuple[str, str]
 
 # Bump when parsing behaviour changes: cached evaluation results depend on it.
@@ -142,7 +144,7 @@ class ParseResult:
     notes: list[str] = field(default_factory=list)
 
 
-class GoldFormatError(ValueError):
+class GoldFormatError(InputError, ValueError):
     """A golden-set answer is not a JSON list of {"label": str, "text": str}."""
 
 
