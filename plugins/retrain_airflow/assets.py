@@ -28,7 +28,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias
 
 from retrain.config import Settings
-from retrain_airflow.settings import settings as load
+from retrain_airflow import settings as glue
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def validate_new_champion() -> dict[str, Any]:
 
     from retrain.registry import Registry
 
-    s = load()
+    s = glue.settings()
     context = get_current_context()
     events = list(context["triggering_asset_events"].get(champion_asset(s), []))
     if not events:
