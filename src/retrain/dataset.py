@@ -95,7 +95,7 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
         from retrain.storage import parse_s3_uri
 
         bucket, key = parse_s3_uri(path)
-        data = ObjectStore(store.client, bucket).get_bytes(key)
+        data = store.for_bucket(bucket).get_bytes(key)
     else:
         data = Path(path).read_bytes()
     records, rejections = [], []

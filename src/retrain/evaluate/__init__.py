@@ -174,23 +174,6 @@ def score_outputs(
 # --- files and hashes -------------------------------------------------------------------------
 
 
-def resolve_base_model(base_model: str, model_cache_dir: str | None) -> Path:
-    """A local model directory as it is; otherwise a ModelScope id resolved (cache first, then a
-    download) into ``model_cache_dir`` by the training stage's own `retrain.train.resolve_base_model`."""
-    path = Path(base_model)
-    if (path / "config.json").is_file():
-        return path
-    if path.is_absolute() or base_model.startswith("."):
-        raise FileNotFoundError(f"base_model {base_model}: not a local model directory (no config.json)")
-    if not model_cache_dir:
-        raise FileNotFoundError(
-            f"base_model {base_model!r} is not a local directory and the request has no model_cache_dir"
-        )
-    from retrain.train import resolve_base_model as resolve
-
-    return Path(resolve(base_model, model_cache_dir))
-
-
 def base_model_fingerprint(base_model_dir: str | Path) -> str:
     """Cheap identity of a local base model: config.json and tokenizer files' bytes, weight
     files' names and sizes (hashing many GB of weights on every run would cost minutes)."""
@@ -341,6 +324,8 @@ def run_evaluation(
     request = parse_eval_request(store.get_json(request_key), where=store.uri(request_key))
     with _workdir(workdir) as wd:
         golden = _load_checked_golden(store_for, request, store.uri(request_key))
+        from retrain.train import resolve_base_model  # the one resolver, shared with train and export
+
         base_dir = resolve_base_model(request.base_model, request.model_cache_dir)
         fingerprint = base_model_fingerprint(base_dir)
         candidate, champion = _sides(store_for, request, Path(wd), fingerprint)
