@@ -98,9 +98,13 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
         data = store.for_bucket(bucket).get_bytes(key)
     else:
         data = Path(path).read_bytes()
-    records, rejections = [], []
+    records: list[Record] = []
+    rejections: list[Any] = []
     for item in formats.parse_stream(data.splitlines(), path, "", settings, fmt="cluener"):
-        (records if isinstance(item, Record) else rejections).append(item)
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            rejections.append(item)
     if rejections:
         raise ValueError(
             f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}"

@@ -249,7 +249,7 @@ def _iter_json_values(text: str, errors: list[str]) -> Iterator[tuple[Any, str]]
 def _following_objects(text: str, pos: int) -> tuple[list[Any], int]:
     """Objects that follow at top level, separated only by whitespace/commas (JSON lines);
     returns them and the position after the last one."""
-    out = []
+    out: list[Any] = []
     while True:
         nxt = pos
         while nxt < len(text) and text[nxt] in " \t\r\n,":

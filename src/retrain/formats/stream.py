@@ -418,8 +418,8 @@ def _array(
         yield judge.reject(0, "empty_object", "the JSON array is empty")
         return
     for index, element in enumerate(value, start=1):
-        raw = json.dumps(element, ensure_ascii=False)[:400]
-        yield judge.judge(element, index, raw)
+        excerpt = json.dumps(element, ensure_ascii=False)[:400]
+        yield judge.judge(element, index, excerpt)
 
 
 def _chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
@@ -481,7 +481,10 @@ def read_object(
         else:
             lines = iter_bounded_lines(stream, settings.intake.max_line_bytes)
         for item in parse_stream(lines, obj.key, obj.etag, settings, fmt=fmt, stats=stats):
-            (records if isinstance(item, Record) else rejections).append(item)
+            if isinstance(item, Record):
+                records.append(item)
+            else:
+                rejections.append(item)
     finally:
         body.close()
     stats["seconds"] = time.perf_counter() - t0
