@@ -35,6 +35,52 @@ def _latest(annotations: list[Any]) -> tuple[int, dict[str, Any]] | None:
     return max(live, key=lambda ia: (str(ia[1].get("updated_at") or ia[1].get("created_at") or ""), ia[0]))
 
 
+def _add_result(out: Converted, labels: LabelResolver, text: str | None, item: Any, fld: str) -> bool:
+    """Add one ``result`` entry's spans (or its problems) to ``out``; True when it is not a span."""
+    value = item.get("value") if isinstance(item, dict) else None
+    if not isinstance(value, dict):
+        out.problem("wrong_type", fld, f"a result must be an object with a 'value', got {item!r:.60}")
+        return False
+    if item.get("type") not in (None, "labels") or "labels" not in value:
+        return True  # choices, relations, text areas: not spans
+    start, end, span_labels = value.get("start"), value.get("end"), value.get("labels")
+    if not (is_int(start) and is_int(end)):
+        out.problem(
+            "wrong_type" if "start" in value and "end" in value else "missing_field",
+            f"{fld}.value",
+            f"value.start/value.end must be integers, got {start!r}, {end!r}",
+        )
+        return False
+    if not (isinstance(span_labels, list) and span_labels and all(isinstance(x, str) for x in span_labels)):
+        out.problem(
+            "wrong_type",
+            f"{fld}.value.labels",
+            f"must be a non-empty list of strings, got {span_labels!r:.60}",
+        )
+        return False
+    entity_text = value.get("text")
+    if entity_text is not None and not isinstance(entity_text, str):
+        out.problem("wrong_type", f"{fld}.value.text", f"must be a string, got {type(entity_text).__name__}")
+        return False
+    if text is not None and entity_text is not None and text[start:end] != entity_text:
+        s16, e16 = utf16_to_str_offset(text, start), utf16_to_str_offset(text, end)
+        if (
+            s16 is not None
+            and e16 is not None
+            and (s16, e16) != (start, end)
+            and text[s16:e16] == entity_text
+        ):
+            out.warnings.append(f"{fld}: UTF-16 offsets [{start}, {end}) converted to [{s16}, {e16})")
+            start, end = s16, e16
+    for raw_label in span_labels:
+        label = labels.resolve_or_report(out, raw_label, f"{fld}.value.labels")
+        if label is None:
+            continue
+        if text is not None:
+            add_span(out, text, start, end, label, entity_text, fld, inclusive=False)
+    return False
+
+
 def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
     out = Converted()
     data = obj.get("data")
@@ -71,53 +117,7 @@ def convert(obj: dict[str, Any], labels: LabelResolver) -> Converted:
         return out
     skipped = 0
     for k, item in enumerate(results):
-        fld = f"{key}[{index}].result[{k}]"
-        value = item.get("value") if isinstance(item, dict) else None
-        if not isinstance(value, dict):
-            out.problem("wrong_type", fld, f"a result must be an object with a 'value', got {item!r:.60}")
-            continue
-        if item.get("type") not in (None, "labels") or "labels" not in value:
-            skipped += 1  # choices, relations, text areas: not spans
-            continue
-        start, end, span_labels = value.get("start"), value.get("end"), value.get("labels")
-        if not (is_int(start) and is_int(end)):
-            out.problem(
-                "wrong_type" if "start" in value and "end" in value else "missing_field",
-                f"{fld}.value",
-                f"value.start/value.end must be integers, got {start!r}, {end!r}",
-            )
-            continue
-        if not (
-            isinstance(span_labels, list) and span_labels and all(isinstance(x, str) for x in span_labels)
-        ):
-            out.problem(
-                "wrong_type",
-                f"{fld}.value.labels",
-                f"must be a non-empty list of strings, got {span_labels!r:.60}",
-            )
-            continue
-        entity_text = value.get("text")
-        if entity_text is not None and not isinstance(entity_text, str):
-            out.problem(
-                "wrong_type", f"{fld}.value.text", f"must be a string, got {type(entity_text).__name__}"
-            )
-            continue
-        if text is not None and entity_text is not None and text[start:end] != entity_text:
-            s16, e16 = utf16_to_str_offset(text, start), utf16_to_str_offset(text, end)
-            if (
-                s16 is not None
-                and e16 is not None
-                and (s16, e16) != (start, end)
-                and text[s16:e16] == entity_text
-            ):
-                out.warnings.append(f"{fld}: UTF-16 offsets [{start}, {end}) converted to [{s16}, {e16})")
-                start, end = s16, e16
-        for raw_label in span_labels:
-            label = labels.resolve_or_report(out, raw_label, f"{fld}.value.labels")
-            if label is None:
-                continue
-            if text is not None:
-                add_span(out, text, start, end, label, entity_text, fld, inclusive=False)
+        skipped += _add_result(out, labels, text, item, f"{key}[{index}].result[{k}]")
     if skipped:
         out.warnings.append(f"ignored {skipped} non-span results (choices, relations, ...)")
     if "id" in obj:
