@@ -39,10 +39,14 @@ test-fast: install
 scheduler-test: install
 	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py
 
-## Lint and format checks (ruff, configured in pyproject.toml); part of `make test`.
+## Lint, format, type and size checks (ruff and mypy, configured in pyproject.toml; functions of src/ and
+## plugins/ at most 80 lines); part of `make test`. The same hooks run before each commit with pre-commit
+## (.pre-commit-config.yaml).
 lint: install
 	$(AF_VENV)/bin/ruff check .
 	$(AF_VENV)/bin/ruff format --check .
+	$(AF_VENV)/bin/mypy
+	$(AF_PY) scripts/check_function_length.py src plugins
 
 bench: install
 	$(AF_PY) bench/run_all.py

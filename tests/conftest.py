@@ -15,16 +15,32 @@ sys.path.insert(0, str(REPO / "plugins"))
 CLUENER = REPO.parent / "shared" / "data" / "cluener"
 
 # Two environments (see README): the Airflow env (.venv-af) runs most tests, the trainer env
-# (.venv-tr: torch, LLaMA-Factory) runs the modules marked `pytestmark = pytest.mark.trainer`.
+# (.venv-tr: torch, LLaMA-Factory) runs the modules listed in TRAINER_MODULES and only those.
 # `make test` runs pytest once in each; each run collects only the modules its environment can run.
+# A trainer module is declared here by path (it cannot even be imported in the Airflow env) and marks
+# itself `pytestmark = pytest.mark.trainer`; tests/test_environments.py checks the two agree.
+TESTS = Path(__file__).resolve().parent
+TRAINER_MODULES = frozenset(
+    {
+        "evaluate/test_generate.py",
+        "evaluate/test_run_evaluation.py",
+        "support/test_tiny_model.py",
+        "test_export.py",
+        "train/test_train.py",
+    }
+)
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_AIRFLOW = importlib.util.find_spec("airflow") is not None
+
+
+def is_trainer_module(path: Path) -> bool:
+    return path.resolve().relative_to(TESTS).as_posix() in TRAINER_MODULES
 
 
 def pytest_ignore_collect(collection_path, config):
     if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
-    needs_trainer = "pytest.mark.trainer" in collection_path.read_text(encoding="utf-8")
+    needs_trainer = is_trainer_module(collection_path)
     if needs_trainer and not HAS_TORCH:
         return True
     if not needs_trainer and not HAS_AIRFLOW:

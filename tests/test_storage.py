@@ -46,3 +46,25 @@ def test_listing_is_paginated_and_roundtrips(store, tmp_path):
     store.upload_dir(src, "runs/x")
     got = store.download_prefix("runs/x", tmp_path / "dst")
     assert [p.read_text() for p in got] == ["hello"]
+
+
+def test_get_object_is_none_when_missing_and_the_response_otherwise(store):
+    assert store.get_object("runs/nothing.json") is None
+    store.put_json("runs/r1/summary.json", {"a": 1})
+    obj = store.get_object("runs/r1/summary.json")
+    assert obj is not None and obj["Body"].read() == b'{\n  "a": 1\n}' and obj["LastModified"]
+
+
+def test_folders_lists_one_level_and_delete_removes_one_object(store):
+    for key in ("runs/b/x.json", "runs/a/y.json", "runs/a/z/deeper.json", "runs/top.json"):
+        store.put_json(key, {})
+    assert sorted(store.folders("runs")) == ["a", "b"] == sorted(store.folders("runs/"))
+    store.delete("runs/top.json")
+    store.delete("runs/never-there.json")  # as S3: no error
+    assert not store.exists("runs/top.json") and store.exists("runs/b/x.json")
+
+
+def test_for_bucket_shares_the_client(store):
+    assert store.for_bucket(store.bucket) is store
+    other = store.for_bucket("another-bucket")
+    assert other.bucket == "another-bucket" and other.client is store.client

@@ -28,6 +28,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias
 
 from retrain.config import Settings
+from retrain_airflow import settings as glue
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,8 @@ def validate_new_champion() -> dict[str, Any]:
     from airflow.sdk import get_current_context
 
     from retrain.registry import Registry
-    from retrain_airflow.tasks import settings as load
 
-    s = load()
+    s = glue.settings()
     context = get_current_context()
     events = list(context["triggering_asset_events"].get(champion_asset(s), []))
     if not events:

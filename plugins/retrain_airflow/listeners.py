@@ -21,10 +21,10 @@ DAG_ID = "ner_retrain"
 
 def _summary(run_id: str) -> dict[str, Any] | None:
     from retrain import runs
+    from retrain_airflow import settings as glue
     from retrain_airflow.s3 import listener_object_store
-    from retrain_airflow.tasks import settings
 
-    s = settings()
+    s = glue.settings()
     store = listener_object_store(s)
     key = runs.RunFolder.for_run(s.s3.bucket, s.s3.runs_prefix, run_id).key(runs.SUMMARY)
     return store.get_json(key) if store.exists(key) else None

@@ -32,20 +32,33 @@ def listener_object_store(settings: Settings) -> ObjectStore:
     return object_store(settings, client_config=config)
 
 
-def s3_environment(settings: Settings) -> dict[str, str]:
-    """AWS_* variables for a trainer process/container, from the connection (secrets: pass privately)."""
+#: The variables of `s3_environment` that are secrets (masked in a trainer's output).
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def s3_environment(aws_conn_id: str) -> dict[str, str]:
+    """AWS_* variables (credentials, region, endpoint) for a trainer process or container, from the
+    Airflow AWS connection ``aws_conn_id``; a clear error when there are no credentials at all.
+
+    Secrets: give them to a process privately (its environment, DockerOperator's
+    ``private_environment``), never through a template field.
+    """
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    hook = S3Hook(aws_conn_id=settings.airflow.aws_conn_id)
-    creds = hook.get_credentials()
-    env: dict[str, Any] = {
+    hook = S3Hook(aws_conn_id=aws_conn_id)
+    # Without the connection, the hook falls back to boto3's own credential chain (an instance
+    # role, for instance); with neither there is nothing to give the trainer.
+    if hook.get_session().get_credentials() is None:
+        raise RuntimeError(
+            f"no S3 credentials for the trainer: the Airflow connection {aws_conn_id!r} "
+            "(conf airflow.aws_conn_id) does not exist or has none, and boto3 found none either"
+        )
+    creds = hook.get_credentials()  # also masks the secret key and token in task logs
+    env = {
         "AWS_ACCESS_KEY_ID": creds.access_key,
         "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_SESSION_TOKEN": creds.token,
         "AWS_DEFAULT_REGION": hook.conn_region_name or "us-east-1",
+        "AWS_ENDPOINT_URL": hook.conn_config.endpoint_url,
     }
-    if creds.token:
-        env["AWS_SESSION_TOKEN"] = creds.token
-    endpoint = hook.conn_config.endpoint_url
-    if endpoint:
-        env["AWS_ENDPOINT_URL"] = endpoint
     return {k: str(v) for k, v in env.items() if v}

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import lru_cache
 from typing import Any
 
 from retrain import runs
-from retrain.config import Settings, load_settings
 from retrain.storage import ObjectStore
+from retrain_airflow import assets, notify
+from retrain_airflow.s3 import object_store
+from retrain_airflow.settings import settings
 
 log = logging.getLogger(__name__)
 
-
-@lru_cache(maxsize=1)
-def settings() -> Settings:
-    return load_settings()
+__all__ = ["settings"]  # re-exported: callers that knew it here keep working
 
 
 def _context() -> Any:
@@ -36,8 +34,6 @@ def _run_id() -> str:
 
 
 def _store() -> ObjectStore:
-    from retrain_airflow.s3 import object_store
-
     return object_store(settings())
 
 
@@ -80,8 +76,6 @@ def ingest_batches(plan: dict[str, Any]) -> dict[str, Any]:
     from retrain.ingest import PendingObject, process_batches
 
     objects = [PendingObject(**o) for o in plan.get("objects", [])]
-    from retrain_airflow import notify
-
     result = process_batches(_store(), settings(), objects, _run_id())
     out = {
         "read": result.read,
@@ -102,8 +96,6 @@ def build_dataset() -> dict[str, Any]:
     s = settings()
     if golden:
         s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"golden_file": golden})})
-    from retrain_airflow import assets
-
     store = _store()
     result = runs.DatasetRef.model_validate(build(store, s).to_json())
     runs.write(store, _run().key(runs.DATASET), result)
@@ -193,8 +185,6 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
         dry_run=bool(params.get("dry_run")),
     )
     summary_json = runs.to_json(summary)
-    from retrain_airflow import assets, notify
-
     assets.record_champion_event(s, summary_json, base_model=_base_model())
     notify.notify_promotion(s, summary_json)
     d = summary.decision
@@ -246,8 +236,6 @@ def rollback() -> dict[str, Any]:
     target = str(params["target"]).strip()
     actor = f"ner_rollback/{ctx['run_id']}"
     event = roll_back(_store(), registry, target, reason=params["reason"], actor=actor)
-    from retrain_airflow import assets
-
     assets.record_rollback_event(settings(), event, base_model=params.get("base_model") or None)
     log.info("rollback: %s", json.dumps(event, ensure_ascii=False))
     return event

@@ -3,6 +3,10 @@
 The same entry point runs on a laptop, in the local launcher's subprocess, and as the trainer
 container's command (``retrain train --run-uri s3://…/runs/<id>``). Heavy imports happen inside
 each command, so ``retrain --help`` is instant in either environment.
+
+Exit status: 0 done; 65 (``EX_DATAERR``, `retrain.errors.INPUT_ERROR_EXIT`) for an input error
+(`retrain.errors.InputError`: a bad request, conf or dataset, which a retry cannot mend); 1 for any
+other error; 130 when interrupted. The launchers fail the task without retrying on 65.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from retrain.errors import INPUT_ERROR_EXIT, InputError
 
 
 def _print(model: Any) -> None:
@@ -205,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except InputError as exc:  # retrying will not help: a status of its own tells launchers so
+        if args.verbose:
+            raise
+        print(f"retrain {args.cmd}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return INPUT_ERROR_EXIT
     except Exception as exc:  # a clear one-line error for users; traceback with -v
         if args.verbose:
             raise

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain.config import Settings
+from retrain.errors import InputError
 from retrain.prompt import alpaca_example
 from retrain.records import Record, normalise_text
 from retrain.storage import ObjectStore, join_key
@@ -32,7 +33,7 @@ VALIDATION_NAME = "alpaca_clue_validation"
 GOLDEN_NAME = "alpaca_clue_golden"
 
 
-class EmptyDatasetError(RuntimeError):
+class EmptyDatasetError(InputError, RuntimeError):
     """No accepted record is available to train on."""
 
 
@@ -94,12 +95,16 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
         from retrain.storage import parse_s3_uri
 
         bucket, key = parse_s3_uri(path)
-        data = ObjectStore(store.client, bucket).get_bytes(key)
+        data = store.for_bucket(bucket).get_bytes(key)
     else:
         data = Path(path).read_bytes()
-    records, rejections = [], []
+    records: list[Record] = []
+    rejections: list[Any] = []
     for item in formats.parse_stream(data.splitlines(), path, "", settings, fmt="cluener"):
-        (records if isinstance(item, Record) else rejections).append(item)
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            rejections.append(item)
     if rejections:
         raise ValueError(
             f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}"
@@ -107,12 +112,9 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
     return records
 
 
-def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
-    """Build (or find) the dataset version for the current accepted history and upload it."""
-    rows, sources = load_accepted(store, settings)
-    if not rows:
-        raise EmptyDatasetError(f"no accepted records under {store.uri(settings.s3.accepted_prefix)}")
-    # Later ingest wins for the same normalised text; count relabelings as conflicts.
+def _latest_records(rows: list[dict[str, Any]]) -> tuple[dict[str, Record], int, int]:
+    """One record per normalised text, the later ingest winning; (records, conflicts, duplicates):
+    a relabeled text counts as a conflict, the same labels again as a duplicate."""
     rows.sort(key=lambda r: (r.get("ingested_at", ""), r["source_key"], r["line"]))
     latest: dict[str, Record] = {}
     conflicts = duplicates = 0
@@ -126,9 +128,15 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
             else:
                 duplicates += 1
         latest[key] = rec
+    return latest, conflicts, duplicates
 
+
+def _split_records(
+    latest: dict[str, Record], settings: Settings, store: ObjectStore
+) -> tuple[dict[str, list[Record]], int]:
+    """train/validation/golden by the hash split, or a fixed golden file (its texts removed from
+    training); returns the parts and how many golden texts were removed."""
     cfg = settings.dataset
-    instruction = settings.prompt.render_instruction()
     parts: dict[str, list[Record]] = {"train": [], "validation": [], "golden": []}
     golden_removed = 0
     if cfg.golden_file:
@@ -148,7 +156,12 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
             )
     if not parts["train"]:
         raise EmptyDatasetError("all accepted records fell into validation/golden; nothing to train on")
+    return parts, golden_removed
 
+
+def _dataset_files(parts: dict[str, list[Record]], instruction: str, settings: Settings) -> dict[str, bytes]:
+    """The version's files: train/validation/golden.json (alpaca) and LLaMA-Factory's dataset_info.json."""
+    cfg = settings.dataset
     files: dict[str, bytes] = {}
     for name, recs in parts.items():
         recs.sort(key=lambda r: r.id)
@@ -164,6 +177,19 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
             GOLDEN_NAME: {"file_name": "golden.json", "columns": columns},
         }
     )
+    return files
+
+
+def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
+    """Build (or find) the dataset version for the current accepted history and upload it."""
+    rows, sources = load_accepted(store, settings)
+    if not rows:
+        raise EmptyDatasetError(f"no accepted records under {store.uri(settings.s3.accepted_prefix)}")
+    latest, conflicts, duplicates = _latest_records(rows)
+    cfg = settings.dataset
+    instruction = settings.prompt.render_instruction()
+    parts, golden_removed = _split_records(latest, settings, store)
+    files = _dataset_files(parts, instruction, settings)
     label_counts: dict[str, int] = {}
     for rec in parts["train"]:
         for e in rec.entities:

@@ -66,7 +66,7 @@ def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> Expo
     request = runs.read(store, join_key(run_prefix, runs.EXPORT_REQUEST), ExportRequest)
     work = Path(workdir)
     adapter_dir, _ = fetch_adapter(
-        lambda bucket: ObjectStore(store.client, bucket),
+        store.for_bucket,
         request.adapter_uri,
         work / "adapter",
         request.adapter_digest,

@@ -154,6 +154,82 @@ def _history_excluding(by_object: dict[str, dict[str, int]], key: str) -> dict[s
     return total
 
 
+def _process_object(
+    store: ObjectStore,
+    settings: Settings,
+    pending: PendingObject,
+    *,
+    run_id: str,
+    now: str,
+    tmp: str,
+    by_object: dict[str, dict[str, int]],
+) -> ObjectOutcome:
+    """Parse + validate one object; write its accepted and quarantined records and its Data Docs;
+    update ``by_object`` with its accepted label counts. Every record read is accounted for."""
+    from retrain import formats, validate
+
+    rid = safe_run_id(run_id)
+    slug = object_slug(pending.key)
+    obj = ObjectInfo(pending.key, pending.etag, pending.size)
+    records, parse_rejections, _stats = formats.read_object(store, obj, settings)
+    read = len(records) + len(parse_rejections)
+    docs_dir = Path(tmp) / slug
+    parse_bad, parse_dups = validate.count_parse_rejections(parse_rejections)
+    check = validate.validate_batch(
+        records,
+        settings,
+        batch_name=slug,
+        docs_dir=docs_dir,
+        history_label_counts=_history_excluding(by_object, pending.key),
+        parse_rejected=parse_bad,
+        parse_duplicates=parse_dups,
+    )
+    rejected: list[Rejection] = parse_rejections + check.rejected
+    accepted: list[Record] = check.accepted
+    if len(accepted) + len(rejected) != read:
+        raise AccountingError(
+            f"{pending.key}: read {read} records but accepted {len(accepted)} + "
+            f"quarantined {len(rejected)} = {len(accepted) + len(rejected)}"
+        )
+    accepted_key = join_key(settings.s3.accepted_prefix, f"{slug}.jsonl")
+    rows = []
+    for r in accepted:
+        d = r.to_json()
+        d.update(source_etag=pending.etag, ingested_at=now, run_id=run_id)
+        rows.append(d)
+    store.put_bytes(accepted_key, dumps_jsonl(rows), "application/x-ndjson")
+    quarantine_key = join_key(settings.s3.quarantine_prefix, rid, f"{slug}.jsonl")
+    store.put_bytes(quarantine_key, dumps_jsonl([q.to_json() for q in rejected]), "application/x-ndjson")
+    docs_uri = ""
+    if check.docs_index is not None and Path(check.docs_index).exists():
+        prefix = join_key(settings.s3.reports_prefix, rid, slug)
+        store.upload_dir(docs_dir, prefix)
+        docs_uri = store.uri(join_key(prefix, Path(check.docs_index).relative_to(docs_dir).as_posix()))
+    reasons: dict[str, int] = {}
+    for q in rejected:
+        reasons[q.reason] = reasons.get(q.reason, 0) + 1
+    counts: dict[str, int] = {}
+    for r in accepted:
+        for e in r.entities:
+            counts[e.label] = counts.get(e.label, 0) + 1
+    by_object[pending.key] = counts
+    outcome = ObjectOutcome(
+        key=pending.key,
+        etag=pending.etag,
+        change=pending.change,
+        read=read,
+        accepted=len(accepted),
+        quarantined=len(rejected),
+        reasons=reasons,
+        batch_quarantined=check.batch_quarantined,
+        warnings=list(check.warnings),
+        accepted_uri=store.uri(accepted_key),
+        quarantine_uri=store.uri(quarantine_key),
+        docs_uri=docs_uri,
+    )
+    return outcome
+
+
 def process_batches(
     store: ObjectStore,
     settings: Settings,
@@ -162,75 +238,14 @@ def process_batches(
     workdir: str | Path | None = None,
 ) -> IntakeResult:
     """Parse + validate each object, write accepted/quarantined records and reports, then the ledger."""
-    from retrain import formats, validate
-
     rid = safe_run_id(run_id)
     result = IntakeResult(run_id=run_id)
     by_object = _label_counts_by_object(store, settings)
     now = datetime.now(UTC).isoformat(timespec="microseconds")  # orders corrections: later wins
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for i, pending in enumerate(objects, 1):
-            slug = object_slug(pending.key)
-            obj = ObjectInfo(pending.key, pending.etag, pending.size)
-            records, parse_rejections, _stats = formats.read_object(store, obj, settings)
-            read = len(records) + len(parse_rejections)
-            docs_dir = Path(tmp) / slug
-            parse_bad, parse_dups = validate.count_parse_rejections(parse_rejections)
-            check = validate.validate_batch(
-                records,
-                settings,
-                batch_name=slug,
-                docs_dir=docs_dir,
-                history_label_counts=_history_excluding(by_object, pending.key),
-                parse_rejected=parse_bad,
-                parse_duplicates=parse_dups,
-            )
-            rejected: list[Rejection] = parse_rejections + check.rejected
-            accepted: list[Record] = check.accepted
-            if len(accepted) + len(rejected) != read:
-                raise AccountingError(
-                    f"{pending.key}: read {read} records but accepted {len(accepted)} + "
-                    f"quarantined {len(rejected)} = {len(accepted) + len(rejected)}"
-                )
-            accepted_key = join_key(settings.s3.accepted_prefix, f"{slug}.jsonl")
-            rows = []
-            for r in accepted:
-                d = r.to_json()
-                d.update(source_etag=pending.etag, ingested_at=now, run_id=run_id)
-                rows.append(d)
-            store.put_bytes(accepted_key, dumps_jsonl(rows), "application/x-ndjson")
-            quarantine_key = join_key(settings.s3.quarantine_prefix, rid, f"{slug}.jsonl")
-            store.put_bytes(
-                quarantine_key, dumps_jsonl([q.to_json() for q in rejected]), "application/x-ndjson"
-            )
-            docs_uri = ""
-            if check.docs_index is not None and Path(check.docs_index).exists():
-                prefix = join_key(settings.s3.reports_prefix, rid, slug)
-                store.upload_dir(docs_dir, prefix)
-                docs_uri = store.uri(
-                    join_key(prefix, Path(check.docs_index).relative_to(docs_dir).as_posix())
-                )
-            reasons: dict[str, int] = {}
-            for q in rejected:
-                reasons[q.reason] = reasons.get(q.reason, 0) + 1
-            counts: dict[str, int] = {}
-            for r in accepted:
-                for e in r.entities:
-                    counts[e.label] = counts.get(e.label, 0) + 1
-            by_object[pending.key] = counts
-            outcome = ObjectOutcome(
-                key=pending.key,
-                etag=pending.etag,
-                change=pending.change,
-                read=read,
-                accepted=len(accepted),
-                quarantined=len(rejected),
-                reasons=reasons,
-                batch_quarantined=check.batch_quarantined,
-                warnings=list(check.warnings),
-                accepted_uri=store.uri(accepted_key),
-                quarantine_uri=store.uri(quarantine_key),
-                docs_uri=docs_uri,
+            outcome = _process_object(
+                store, settings, pending, run_id=run_id, now=now, tmp=tmp, by_object=by_object
             )
             result.objects.append(outcome)
             log.info(
@@ -239,13 +254,13 @@ def process_batches(
                 len(objects),
                 pending.key,
                 pending.change,
-                read,
-                len(accepted),
-                len(rejected),
-                json.dumps(reasons, ensure_ascii=False),
-                f" — Data Docs: {docs_uri}" if docs_uri else "",
+                outcome.read,
+                outcome.accepted,
+                outcome.quarantined,
+                json.dumps(outcome.reasons, ensure_ascii=False),
+                f" — Data Docs: {outcome.docs_uri}" if outcome.docs_uri else "",
             )
-            for w in check.warnings:
+            for w in outcome.warnings:
                 log.warning("%s: %s", pending.key, w)
         report_key = join_key(settings.s3.quarantine_prefix, rid, "report.md")
         store.put_bytes(report_key, render_intake_report(result).encode("utf-8"), "text/markdown")

@@ -205,9 +205,7 @@ def _register(
     }
     with tempfile.TemporaryDirectory(prefix="retrain-promote-") as tmp:
         work = Path(tmp)
-        fetch_adapter(
-            lambda b: ObjectStore(store.client, b), train.adapter_uri, work / "adapter", train.adapter_digest
-        )
+        fetch_adapter(store.for_bucket, train.adapter_uri, work / "adapter", train.adapter_digest)
         for sub in (runs.TRAIN_DIR, runs.EVAL_DIR):
             store.download_prefix(run.key(sub), work / sub)
         store.download_file(dataset.manifest_key, work / "manifest.json")
@@ -323,7 +321,5 @@ def rollback(
     """Move ``champion`` to ``target`` (a version or 'previous') after checking that the version's adapter
     is still there and hashes to its registered digest (`Registry.rollback` records the event)."""
     info = registry.resolve(target)
-    verify_adapter(
-        lambda b: ObjectStore(store.client, b), info["adapter_uri"], info["adapter_digest"] or None
-    )
+    verify_adapter(store.for_bucket, info["adapter_uri"], info["adapter_digest"] or None)
     return registry.rollback(info["version"], reason=reason, actor=actor)

@@ -77,7 +77,7 @@ class Registry:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        kwargs = (
+        kwargs: dict[str, Any] = (
             {"artifact_location": f"{self.artifact_location.rstrip('/')}/{name}"}
             if self.artifact_location
             else {}

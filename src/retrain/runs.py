@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from retrain.errors import InputError
 from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
 # -- file names (relative to the run prefix) ---------------------------------------------------------
@@ -69,7 +70,7 @@ def safe_run_id(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:200] or "run"
 
 
-class ContractError(ValueError):
+class ContractError(InputError, ValueError):
     """A run-folder file is missing or does not have its contract's shape; the message names both."""
 
 

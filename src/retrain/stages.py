@@ -76,7 +76,7 @@ def _train_problems(store: ObjectStore, run_prefix: str, problems: list[str]) ->
         )
         return
     bucket, prefix = parse_s3_uri(result.adapter_uri)
-    a_store = store if bucket == store.bucket else ObjectStore(store.client, bucket)
+    a_store = store.for_bucket(bucket)
     for name in ADAPTER_FILES:
         if not a_store.exists(join_key(prefix.rstrip("/"), name)):
             problems.append(f"{a_store.uri(join_key(prefix.rstrip('/'), name))} is missing")

@@ -19,9 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrain.errors import InputError
 
-class UnsafeKeyError(ValueError):
+
+class UnsafeKeyError(InputError, ValueError):
     """An object key or relative path would escape its prefix or work directory."""
+
+
+#: The error codes S3 (and MinIO/moto) answer for an object or bucket that is not there.
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")
+
+
+def is_missing(exc: Exception) -> bool:
+    """True when ``exc`` is botocore's ClientError for a missing object (`MISSING_CODES`)."""
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") in MISSING_CODES
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,10 @@ class ObjectStore:
         self.client = client
         self.bucket = bucket
 
+    def for_bucket(self, bucket: str) -> ObjectStore:
+        """This store when ``bucket`` is its own, else the same client on ``bucket``."""
+        return self if bucket == self.bucket else ObjectStore(self.client, bucket)
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
@@ -120,13 +136,37 @@ class ObjectStore:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing(exc):
                 return False
             raise
 
     def head(self, key: str) -> ObjectInfo:
         r = self.client.head_object(Bucket=self.bucket, Key=key)
         return ObjectInfo(key=key, etag=r["ETag"].strip('"'), size=int(r["ContentLength"]))
+
+    def get_object(self, key: str) -> dict[str, Any] | None:
+        """boto3's ``get_object`` response (streaming ``Body``, ``LastModified``, ``ContentLength``),
+        or None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return dict(self.client.get_object(Bucket=self.bucket, Key=key))
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the "folders" right under ``prefix`` (one listing with a delimiter)."""
+        base = prefix.rstrip("/") + "/" if prefix else ""
+        names = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+            for cp in page.get("CommonPrefixes", []):
+                name = cp["Prefix"][len(base) :].rstrip("/")
+                if name:
+                    names.append(name)
+        return names
 
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

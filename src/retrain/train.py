@@ -48,6 +48,7 @@ import yaml
 
 from retrain import runs
 from retrain.adapters import ADAPTER_FILES, publish_adapter
+from retrain.errors import InputError
 from retrain.runs import TrainRequest, TrainResult
 from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
@@ -145,7 +146,7 @@ class TrainingInterrupted(TrainingFailed):
     """This process was told to stop (SIGTERM, e.g. a task timeout or ``docker stop``) mid-training."""
 
 
-class TrainInputError(TrainingFailed):
+class TrainInputError(InputError, TrainingFailed):
     """The request, the dataset or the base model is missing or invalid: retrying will not help."""
 
 
@@ -353,11 +354,11 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
 # --------------------------------------------------------------------------- base model
 
 
-def resolve_base_model(name: str, cache_dir: str | Path, *, connect_timeout_s: float = 10.0) -> Path:
-    """The local directory of the base model ``name``.
+def resolve_base_model(name: str, cache_dir: str | Path | None, *, connect_timeout_s: float = 10.0) -> Path:
+    """The local directory of the base model ``name``: the one resolver of train, evaluate and export.
 
-    An existing local directory is used as is. Anything else must be a ModelScope id
-    (``owner/name``): taken from the cache under ``cache_dir`` when already there, otherwise
+    An existing local directory is used as is when it holds a ``config.json``. Anything else must be a
+    ModelScope id (``owner/name``): taken from the cache under ``cache_dir`` when already there, otherwise
     downloaded with ``modelscope.snapshot_download``. Before downloading, the hub endpoint is
     probed with a ``connect_timeout_s`` TCP connect, so an unreachable hub fails within seconds
     (modelscope itself retries for ~20 s and has no setting to stop that) with a
@@ -365,10 +366,16 @@ def resolve_base_model(name: str, cache_dir: str | Path, *, connect_timeout_s: f
     """
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BaseModelUnavailable(f"base model {name!r}: a directory without config.json, not a model")
         return path.resolve()
     if name.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         raise BaseModelUnavailable(
             f"base model {name!r}: no such local directory, and not a ModelScope id of the form owner/name"
+        )
+    if not cache_dir:
+        raise BaseModelUnavailable(
+            f"base model {name!r} is not a local directory and the request has no model_cache_dir"
         )
     cache = Path(cache_dir).expanduser()
     from modelscope import snapshot_download
@@ -595,7 +602,7 @@ def load_train_request(store: ObjectStore, run_prefix: str) -> TrainRequest:
 def download_dataset(store: ObjectStore, dataset_uri: str, dest: Path) -> dict[str, Any]:
     """Download the dataset version into ``dest``; return its dataset_info.json mapping."""
     bucket, prefix = parse_s3_uri(dataset_uri)
-    ds_store = store if bucket == store.bucket else ObjectStore(store.client, bucket)
+    ds_store = store.for_bucket(bucket)
     files = ds_store.download_prefix(prefix.rstrip("/"), dest)
     if not files:
         raise TrainInputError(
@@ -784,7 +791,7 @@ def _commit(store: ObjectStore, run_prefix: str, attempt: _Attempt, wall_s: floa
     out, request = attempt.output_dir, attempt.request
     arts = read_artifacts(out)
     a_bucket, a_prefix = parse_s3_uri(request.adapter_store_uri)
-    a_store = store if a_bucket == store.bucket else ObjectStore(store.client, a_bucket)
+    a_store = store.for_bucket(a_bucket)
     uri, digest = publish_adapter(a_store, a_prefix, out)
     train_prefix = join_key(run_prefix, runs.TRAIN_DIR)
     for name in (TRAINER_LOG, "all_results.json", "training_loss.png"):

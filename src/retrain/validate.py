@@ -360,6 +360,169 @@ def _severity(cfg: Any) -> str:
 # The batch
 
 
+@dataclass
+class _Findings:
+    """What the expectations of one batch found, gathered across suites."""
+
+    expectations: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    #: record index -> (reason, field, detail) of each rejecting expectation
+    problems: dict[int, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
+    record_warnings: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: record index -> indices of entities to drop (duplicates kept once under a non-reject policy)
+    drop_entities: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+
+    def add(self, suite_name: str, er: Any, policy: str | None, action: str) -> dict[str, Any] | None:
+        """Record one expectation's entry; None when it passed or raised (then it is an error)."""
+        cfg = er.expectation_config
+        entry = {
+            "name": f"{suite_name}:{cfg.type}({','.join(_columns(cfg.kwargs))})",
+            "success": bool(er.success),
+            "unexpected_count": int((er.result or {}).get("unexpected_count") or 0),
+            "severity": _severity(cfg),
+            "policy": policy,
+            "action": action,
+        }
+        self.expectations.append(entry)
+        raised = _exception(er)
+        if raised:
+            self.errors.append(f"{entry['name']} raised: {raised}")
+            return None
+        return None if er.success else entry
+
+
+def _judge_rows(
+    er: Any, suite_name: str, frame: str, df: Any, records: list[Record], settings: Settings, f: _Findings
+) -> None:
+    """One record-level expectation: blame each unexpected row's record (reject, warn or drop per policy)."""
+    cfg = er.expectation_config
+    meta = cfg.meta or {}
+    policy_key = meta.get("policy")
+    action = getattr(settings.validation, policy_key) if policy_key else "reject"
+    entry = f.add(suite_name, er, policy_key, action)
+    if entry is None:
+        return
+    rows = (er.result or {}).get("unexpected_index_list") or []
+    if not rows:  # failed, but no rows to blame: never let that pass silently
+        f.errors.append(f"{entry['name']} failed without an unexpected_index_list")
+        return
+    cols = _columns(cfg.kwargs)
+    explain = meta.get("explain", cfg.type)
+    reason = f"gx:{cfg.type}"
+    seen_keys: set[tuple[Any, ...]] = set()
+    affected: set[int] = set()
+    for row_idx in sorted(rows):
+        row = df.loc[row_idx]
+        rec = int(row["record_idx"])
+        values = ", ".join(f"{c}={_show(row[c])}" for c in cols)
+        if frame == "spans":
+            ent = int(row["entity_idx"])
+            values = (
+                f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} "
+                f"{_show(row['entity_text'])}: {values}"
+            )
+            shown = [c for c in cols if c != "record_idx"]
+            fld = f"entities[{ent}].{shown[0]}" if len(shown) == 1 else f"entities[{ent}]"
+            if cfg.type == "expect_compound_columns_to_be_unique":
+                key = tuple(row[c] for c in cols)
+                if key not in seen_keys:  # the first of a duplicate group is kept
+                    seen_keys.add(key)
+                    continue
+                if action != "reject":
+                    f.drop_entities[rec].add(ent)
+        else:
+            fld = cols[0]
+        detail = f"{values}: {explain}"
+        affected.add(rec)
+        if action == "reject":
+            f.problems[rec].append((reason, fld, detail))
+        elif action == "warn":
+            f.record_warnings[rec].append(f"{policy_key}: {fld}: {detail}")
+    if affected and action == "warn":
+        where = ", ".join(f"{records[i].source_key}:{records[i].line}" for i in sorted(affected)[:3])
+        more = "" if len(affected) <= 3 else f", … ({len(affected)} records)"
+        f.warnings.append(
+            f"{policy_key} (warn): {len(rows)} spans in {len(affected)} records, e.g. {where}{more}"
+        )
+
+
+def _sort_records(records: list[Record], f: _Findings) -> tuple[list[Record], list[Rejection]]:
+    """Accepted records (warnings attached, dropped entities removed) and rejected ones (every
+    problem named: the first as the reason, up to five more in the detail)."""
+    accepted: list[Record] = []
+    rejected: list[Rejection] = []
+    for i, record in enumerate(records):
+        if i in f.problems:
+            (reason, fld, detail), *rest = f.problems[i]
+            if rest:
+                detail += "; also: " + "; ".join(f"{f_}: {r}: {d}" for r, f_, d in rest[:5])
+                if len(rest) > 5:
+                    detail += f"; and {len(rest) - 5} more"
+            rejected.append(
+                Rejection(record.source_key, record.line, reason, detail, field=fld, raw=_raw(record))
+            )
+            continue
+        if i in f.record_warnings or i in f.drop_entities:
+            record = dataclasses.replace(
+                record,
+                entities=[e for j, e in enumerate(record.entities) if j not in f.drop_entities.get(i, set())],
+                warnings=list(record.warnings) + f.record_warnings.get(i, []),
+            )
+        accepted.append(record)
+    return accepted, rejected
+
+
+def _batch_frame(
+    rows_total: int, rows_rejected: int, rows_accepted: int, drift: float | None, rows_duplicate: int = 0
+) -> Any:
+    """The one-row frame the batch suites judge."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "rows_total": rows_total,
+                "rows_rejected": rows_rejected,
+                "rows_accepted": rows_accepted,
+                "rows_duplicate": rows_duplicate,
+                "bad_fraction": rows_rejected / rows_total if rows_total else 0.0,
+                "label_drift_tv": drift if drift is not None else float("nan"),
+            }
+        ]
+    )
+
+
+def _judge_batch(
+    ctx: Any,
+    suites: list[dict[str, Any]],
+    batch_df: Any,
+    params: dict[str, Any],
+    batch_name: str,
+    f: _Findings,
+) -> list[str]:
+    """Run the batch-level suites; critical failures (and every expectation error) quarantine the batch."""
+    batch_failures: list[str] = []
+    for suite_dict in (s for s in suites if s["meta"]["frame"] == "batch"):
+        result = _run_suite(ctx, suite_dict, batch_df, params, batch_name)
+        for er in result.results:
+            entry = f.add(suite_dict["name"], er, None, "batch")
+            if entry is None:
+                continue
+            cfg = er.expectation_config
+            cols = _columns(cfg.kwargs)
+            lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
+            bound = f"> {hi}" if lo is None else f"< {lo}" if hi is None else f"outside [{lo}, {hi}]"
+            explain = (cfg.meta or {}).get("explain", cfg.type)
+            msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {explain}"
+            if entry["severity"] == "critical":
+                batch_failures.append(msg)
+            else:
+                f.warnings.append(msg)
+    batch_failures.extend(f"expectation error: {e}" for e in f.errors)
+    return batch_failures
+
+
 def validate_batch(
     records: list[Record],
     settings: Settings,
@@ -398,157 +561,24 @@ def validate_batch(
         "drift_fail": v.drift_fail,
     }
     frames = {"sentences": sentences, "spans": spans}
-
-    expectations: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    problems: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
-    record_warnings: dict[int, list[str]] = defaultdict(list)
-    drop_entities: dict[int, set[int]] = defaultdict(set)
-    errors: list[str] = []
-
+    f = _Findings()
     for suite_dict in (s for s in suites if s["meta"]["frame"] in frames):
         frame = suite_dict["meta"]["frame"]
-        df = frames[frame]
-        result = _run_suite(ctx, suite_dict, df, params, batch_name)
+        result = _run_suite(ctx, suite_dict, frames[frame], params, batch_name)
         for er in result.results:
-            cfg = er.expectation_config
-            meta = cfg.meta or {}
-            policy_key = meta.get("policy")
-            action = getattr(v, policy_key) if policy_key else "reject"
-            res = er.result or {}
-            entry = {
-                "name": f"{suite_dict['name']}:{cfg.type}({','.join(_columns(cfg.kwargs))})",
-                "success": bool(er.success),
-                "unexpected_count": int(res.get("unexpected_count") or 0),
-                "severity": _severity(cfg),
-                "policy": policy_key,
-                "action": action,
-            }
-            expectations.append(entry)
-            raised = _exception(er)
-            if raised:
-                errors.append(f"{entry['name']} raised: {raised}")
-                continue
-            if er.success:
-                continue
-            rows = res.get("unexpected_index_list") or []
-            if not rows:  # failed, but no rows to blame: never let that pass silently
-                errors.append(f"{entry['name']} failed without an unexpected_index_list")
-                continue
-            cols = _columns(cfg.kwargs)
-            explain = meta.get("explain", cfg.type)
-            reason = f"gx:{cfg.type}"
-            seen_keys: set[tuple[Any, ...]] = set()
-            affected: set[int] = set()
-            for row_idx in sorted(rows):
-                row = df.loc[row_idx]
-                rec = int(row["record_idx"])
-                values = ", ".join(f"{c}={_show(row[c])}" for c in cols)
-                if frame == "spans":
-                    ent = int(row["entity_idx"])
-                    values = (
-                        f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} "
-                        f"{_show(row['entity_text'])}: {values}"
-                    )
-                    shown = [c for c in cols if c != "record_idx"]
-                    fld = f"entities[{ent}].{shown[0]}" if len(shown) == 1 else f"entities[{ent}]"
-                    if cfg.type == "expect_compound_columns_to_be_unique":
-                        key = tuple(row[c] for c in cols)
-                        if key not in seen_keys:  # the first of a duplicate group is kept
-                            seen_keys.add(key)
-                            continue
-                        if action != "reject":
-                            drop_entities[rec].add(ent)
-                else:
-                    fld = cols[0]
-                detail = f"{values}: {explain}"
-                affected.add(rec)
-                if action == "reject":
-                    problems[rec].append((reason, fld, detail))
-                elif action == "warn":
-                    record_warnings[rec].append(f"{policy_key}: {fld}: {detail}")
-            if affected and action != "reject":
-                where = ", ".join(f"{records[i].source_key}:{records[i].line}" for i in sorted(affected)[:3])
-                more = "" if len(affected) <= 3 else f", … ({len(affected)} records)"
-                if action == "warn":
-                    warnings.append(
-                        f"{policy_key} (warn): {len(rows)} spans in {len(affected)} records, "
-                        f"e.g. {where}{more}"
-                    )
-
-    accepted: list[Record] = []
-    rejected: list[Rejection] = []
-    for i, record in enumerate(records):
-        if i in problems:
-            (reason, fld, detail), *rest = problems[i]
-            if rest:
-                detail += "; also: " + "; ".join(f"{f}: {r}: {d}" for r, f, d in rest[:5])
-                if len(rest) > 5:
-                    detail += f"; and {len(rest) - 5} more"
-            rejected.append(
-                Rejection(record.source_key, record.line, reason, detail, field=fld, raw=_raw(record))
-            )
-            continue
-        if i in record_warnings or i in drop_entities:
-            record = dataclasses.replace(
-                record,
-                entities=[e for j, e in enumerate(record.entities) if j not in drop_entities.get(i, set())],
-                warnings=list(record.warnings) + record_warnings.get(i, []),
-            )
-        accepted.append(record)
+            _judge_rows(er, suite_dict["name"], frame, frames[frame], records, settings, f)
+    accepted, rejected = _sort_records(records, f)
 
     label_counts = dict(Counter(e.label for r in accepted for e in r.entities))
     drift, drift_note = _drift(label_counts, history_label_counts, v.drift_min_spans)
     if drift_note:
-        warnings.append(drift_note)
+        f.warnings.append(drift_note)
     dup_bad = parse_duplicates if v.duplicates_are_bad_rows else 0
     rows_total = len(records) + parse_rejected + dup_bad
     rows_rejected = len(rejected) + parse_rejected + dup_bad
-    warnings.extend(_record_warning_summary(accepted))
-    import pandas as pd
-
-    batch_df = pd.DataFrame(
-        [
-            {
-                "rows_total": rows_total,
-                "rows_rejected": rows_rejected,
-                "rows_accepted": len(accepted),
-                "rows_duplicate": parse_duplicates,
-                "bad_fraction": rows_rejected / rows_total if rows_total else 0.0,
-                "label_drift_tv": drift if drift is not None else float("nan"),
-            }
-        ]
-    )
-    batch_failures: list[str] = []
-    for suite_dict in (s for s in suites if s["meta"]["frame"] == "batch"):
-        result = _run_suite(ctx, suite_dict, batch_df, params, batch_name)
-        for er in result.results:
-            cfg = er.expectation_config
-            cols = _columns(cfg.kwargs)
-            entry = {
-                "name": f"{suite_dict['name']}:{cfg.type}({','.join(cols)})",
-                "success": bool(er.success),
-                "unexpected_count": int((er.result or {}).get("unexpected_count") or 0),
-                "severity": _severity(cfg),
-                "policy": None,
-                "action": "batch",
-            }
-            expectations.append(entry)
-            raised = _exception(er)
-            if raised:
-                errors.append(f"{entry['name']} raised: {raised}")
-                continue
-            if er.success:
-                continue
-            lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
-            bound = f"> {hi}" if lo is None else f"< {lo}" if hi is None else f"outside [{lo}, {hi}]"
-            explain = (cfg.meta or {}).get("explain", cfg.type)
-            msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {explain}"
-            if entry["severity"] == "critical":
-                batch_failures.append(msg)
-            else:
-                warnings.append(msg)
-    batch_failures.extend(f"expectation error: {e}" for e in errors)
+    f.warnings.extend(_record_warning_summary(accepted))
+    batch_df = _batch_frame(rows_total, rows_rejected, len(accepted), drift, parse_duplicates)
+    batch_failures = _judge_batch(ctx, suites, batch_df, params, batch_name, f)
 
     quarantined = bool(batch_failures)
     reason = "; ".join(batch_failures)
@@ -559,12 +589,12 @@ def validate_batch(
         )
         accepted = []
 
-    docs_index = _build_docs(ctx, docs_dir, warnings) if docs_dir is not None else None
+    docs_index = _build_docs(ctx, docs_dir, f.warnings) if docs_dir is not None else None
     return BatchValidation(
         accepted=accepted,
         rejected=rejected,
-        warnings=warnings,
-        expectations=expectations,
+        warnings=f.warnings,
+        expectations=f.expectations,
         docs_index=docs_index,
         batch_quarantined=quarantined,
         reason=reason,

@@ -131,9 +131,9 @@ def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
 
 def test_a_failing_container_fails_the_task(trainer_image: str, s3_connection: MotoS3, caplog) -> None:
     from airflow.providers.docker.exceptions import DockerContainerFailedException
-    from retrain_airflow.container_launchers import docker_stage_operator
+    from retrain_airflow.launchers.docker import DockerStageOperator
 
-    op = docker_stage_operator(
+    op = DockerStageOperator.from_settings(
         "train",
         f"s3://{BUCKET}/runs/x",
         _settings(RETRAIN__DOCKER__NETWORK_MODE="none"),
@@ -156,13 +156,13 @@ def test_a_container_that_exits_0_without_an_adapter_fails_the_task(
 ) -> None:
     """Exit status 0 is not success: the task reads the stage's commit from S3. A train_result.json an
     earlier attempt left is removed before the container starts, so it cannot pass for this one's."""
-    from retrain_airflow.container_launchers import docker_stage_operator
+    from retrain_airflow.launchers.docker import DockerStageOperator
 
     from retrain.stages import StageNotCommitted
 
     client = s3_connection.client()
     client.put_object(Bucket=BUCKET, Key="runs/silent/train_result.json", Body=b'{"status": "succeeded"}')
-    op = docker_stage_operator(
+    op = DockerStageOperator.from_settings(
         "train",
         f"s3://{BUCKET}/runs/silent",
         _settings(RETRAIN__DOCKER__NETWORK_MODE="none"),
@@ -173,26 +173,31 @@ def test_a_container_that_exits_0_without_an_adapter_fails_the_task(
     assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/silent/")
 
 
-def test_a_stage_that_errors_fails_the_task(trainer_image: str, s3_connection: MotoS3) -> None:
-    """The real command on a run that has no train request: `retrain train` exits 1, the task fails."""
-    from airflow.providers.docker.exceptions import DockerContainerFailedException
-    from retrain_airflow.container_launchers import docker_stage_operator
+def test_a_stage_with_bad_input_fails_the_task_without_retries(
+    trainer_image: str, s3_connection: MotoS3
+) -> None:
+    """The real command on a run that has no train request: `retrain train` exits 65 (an input error),
+    and the task fails with StageInputError, an AirflowFailException: Airflow does not retry it."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from retrain_airflow.launchers.base import StageInputError
+    from retrain_airflow.launchers.docker import DockerStageOperator
 
     run_uri = f"s3://{BUCKET}/runs/no-such-run"
-    op = docker_stage_operator("train", run_uri, _settings(RETRAIN__DOCKER__NETWORK_MODE="host"))
-    with pytest.raises(DockerContainerFailedException, match="'StatusCode': 1") as failed:
+    op = DockerStageOperator.from_settings("train", run_uri, _settings(RETRAIN__DOCKER__NETWORK_MODE="host"))
+    with pytest.raises(StageInputError, match="exited with code 65") as failed:
         op.execute({})
-    text = "\n".join(failed.value.logs)
+    assert isinstance(failed.value, AirflowFailException)
+    text = "\n".join(str(line) for line in failed.value.__cause__.logs)
     assert "retrain train: error:" in text and "train_request.json" in text, text[-2000:]
 
 
 PROBE_DAG = """
 from airflow.sdk import DAG
 from retrain.config import load_settings
-from retrain_airflow.container_launchers import docker_stage_operator
+from retrain_airflow.launchers.docker import DockerStageOperator
 
 with DAG("docker_launcher_probe", schedule=None, catchup=False):
-    docker_stage_operator(
+    DockerStageOperator.from_settings(
         "train", "s3://{bucket}/runs/{{{{ ds_nodash }}}}-missing", load_settings(), retries=0
     )
 """
@@ -268,7 +273,7 @@ def test_a_failing_stage_is_a_failed_task_under_airflow(
 def test_train_in_the_container_commits_an_adapter_to_s3(
     trainer_image: str, tiny_model_host_dir: Path, s3_connection: MotoS3, tmp_path: Path
 ) -> None:
-    from retrain_airflow.container_launchers import docker_stage_operator
+    from retrain_airflow.launchers.docker import DockerStageOperator
 
     client = s3_connection.client()
     version = f"v-docker-{tmp_path.name[-8:]}"
@@ -291,7 +296,7 @@ def test_train_in_the_container_commits_an_adapter_to_s3(
         RETRAIN__DOCKER__SCRATCH_HOST_PATH=str(scratch),
         RETRAIN__DOCKER__MOUNTS=json.dumps([{"source": str(tiny_model_host_dir), "target": "/models/tiny"}]),
     )
-    op = docker_stage_operator("train", run_uri, s)
+    op = DockerStageOperator.from_settings("train", run_uri, s)
     model_before = _snapshot(tiny_model_host_dir)
     started = time.monotonic()
     assert op.execute({}) == run_uri

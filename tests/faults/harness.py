@@ -196,6 +196,7 @@ class Pipeline:
 
     # -- what Airflow would provide ------------------------------------------------------------
     def _install(self, mp: Any) -> None:
+        from retrain_airflow import settings as glue
         from retrain_airflow import tasks
 
         import retrain.train
@@ -205,6 +206,7 @@ class Pipeline:
         # The task callables read these at call time; they answer for the pipeline the calling
         # thread works for (two pipelines may promote at once in threads).
         mp.setattr(tasks, "settings", lambda: _active().settings)
+        mp.setattr(glue, "settings", lambda: _active().settings)  # launchers, assets, listeners
         mp.setattr(tasks, "_store", lambda: _active().store)
         mp.setattr(tasks, "_context", lambda: _active()._ctx)
         import airflow.sdk

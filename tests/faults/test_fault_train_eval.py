@@ -85,9 +85,10 @@ def test_trainer_death_promotes_nothing_and_the_retry_resumes(pipeline, monkeypa
 
 
 def test_local_launcher_fails_the_task_on_exit_137(pipeline, moto_server, tmp_path, monkeypatch):
-    """`run_local_stage` (train.launcher: local) runs the trainer env's python; an OOM-killed
+    """The local launcher (train.launcher: local) runs the trainer env's python; an OOM-killed
     trainer (exit 137) fails the task with the code and the last output lines."""
-    from retrain_airflow.launchers import run_local_stage
+    from retrain_airflow.launchers.local import LocalStageOperator
+    from retrain_airflow.settings import settings
 
     p = pipeline
     trainer = tmp_path / "oom-python"
@@ -102,7 +103,7 @@ def test_local_launcher_fails_the_task_on_exit_137(pipeline, moto_server, tmp_pa
     p.use_settings(RETRAIN__TRAIN__TRAINER_PYTHON=str(trainer))
 
     with pytest.raises(RuntimeError) as info:
-        run_local_stage("train", f"s3://{p.bucket}/runs/manual__x")
+        LocalStageOperator.from_settings("train", f"s3://{p.bucket}/runs/manual__x", settings()).execute({})
     message = str(info.value)
     assert "`retrain train` exited with code 137" in message
     assert "S3 credentials given: True" in message and "Killed" in message
@@ -114,7 +115,8 @@ def test_local_launcher_fails_a_stage_that_exits_0_without_committing(
 ):
     """A trainer that exits 0 but commits nothing fails the task: the launcher removed the marker an
     earlier attempt left, so that one cannot pass for this attempt's output."""
-    from retrain_airflow.launchers import run_local_stage
+    from retrain_airflow.launchers.local import LocalStageOperator
+    from retrain_airflow.settings import settings
 
     from retrain.stages import StageNotCommitted
 
@@ -131,7 +133,7 @@ def test_local_launcher_fails_a_stage_that_exits_0_without_committing(
         StageNotCommitted,
         match=f"`retrain train` exited 0 but did not commit its output: s3://{p.bucket}/{stale} is missing",
     ):
-        run_local_stage("train", f"s3://{p.bucket}/runs/manual__y")
+        LocalStageOperator.from_settings("train", f"s3://{p.bucket}/runs/manual__y", settings()).execute({})
 
 
 def test_evaluation_crash_before_the_champion_is_scored(pipeline):

@@ -96,25 +96,27 @@ def test_registry_for_refuses_names_that_are_not_model_names():
     [
         ("runs/a/summary.json", None),
         ("reports/r/b/index.html", None),
-        ("runs/../state/ledger.json", "UnsafeKey"),
-        ("runs/./a", "UnsafeKey"),
-        ("runs//a", "UnsafeKey"),
-        ("/runs/a", "UnsafeKey"),
-        ("runs\\a", "UnsafeKey"),
-        ("runs/a\x00", "UnsafeKey"),
-        ("", "UnsafeKey"),
+        ("runs/../state/ledger.json", "UnsafeKeyError"),
+        ("runs/./a", "UnsafeKeyError"),
+        ("runs//a", "UnsafeKeyError"),
+        ("/runs/a", "UnsafeKeyError"),
+        ("runs\\a", "UnsafeKeyError"),
+        ("runs/a\x00", "UnsafeKeyError"),
+        ("", "UnsafeKeyError"),
         ("state/ledger.json", "PermissionError"),
         ("runsX/a", "PermissionError"),
     ],
 )
 def test_check_report_key(key, error):
-    from retrain_airflow.ui.proxy import UnsafeKey, check_report_key
+    from retrain_airflow.ui.proxy import check_report_key
+
+    from retrain.storage import UnsafeKeyError
 
     prefixes = ("reports/", "quarantine", "runs/", "")
     if error is None:
         assert check_report_key(key, prefixes) == key
     else:
-        with pytest.raises({"UnsafeKey": UnsafeKey, "PermissionError": PermissionError}[error]):
+        with pytest.raises({"UnsafeKeyError": UnsafeKeyError, "PermissionError": PermissionError}[error]):
             check_report_key(key, prefixes)
 
 

@@ -47,10 +47,10 @@ def _mount_tuple(m) -> tuple[str, str, str, bool]:
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
 def test_docker_trainer_runs_unprivileged_as_a_non_root_user(stage):
-    from retrain_airflow.container_launchers import docker_stage_operator
+    from retrain_airflow.launchers.docker import DockerStageOperator
 
     s = _settings()
-    op = docker_stage_operator(stage, "s3://ner-retrain/runs/x", s)
+    op = DockerStageOperator.from_settings(stage, "s3://ner-retrain/runs/x", s)
 
     user = op.user if op.user is not None else _image_user()
     assert user not in ROOT_USERS and not user.startswith("0:"), user
@@ -65,10 +65,10 @@ def test_docker_trainer_runs_unprivileged_as_a_non_root_user(stage):
 
 
 def test_docker_trainer_gets_only_the_mounts_it_needs():
-    from retrain_airflow.container_launchers import docker_stage_operator
+    from retrain_airflow.launchers.docker import DockerStageOperator
 
     s = _settings()
-    op = docker_stage_operator("train", "s3://ner-retrain/runs/x", s)
+    op = DockerStageOperator.from_settings("train", "s3://ner-retrain/runs/x", s)
     assert [_mount_tuple(m) for m in op.mounts] == [
         (s.docker.model_cache_host_path, s.train.model_cache_dir, "bind", False)
     ]
@@ -77,7 +77,7 @@ def test_docker_trainer_gets_only_the_mounts_it_needs():
         RETRAIN__DOCKER__SCRATCH_HOST_PATH="/srv/retrain/scratch",
         RETRAIN__DOCKER__MOUNTS="[{source: /srv/golden, target: /golden, read_only: true}]",
     )
-    op = docker_stage_operator("train", "s3://ner-retrain/runs/x", s)
+    op = DockerStageOperator.from_settings("train", "s3://ner-retrain/runs/x", s)
     mounts = [_mount_tuple(m) for m in op.mounts]
     assert mounts == [
         (s.docker.model_cache_host_path, "/models", "bind", False),
@@ -89,9 +89,9 @@ def test_docker_trainer_gets_only_the_mounts_it_needs():
 
 
 def test_kubernetes_trainer_pod_drops_every_capability_and_uses_no_host_resources():
-    from retrain_airflow.container_launchers import kubernetes_stage_operator
+    from retrain_airflow.launchers.kubernetes import KubernetesStageOperator
 
-    op = kubernetes_stage_operator("train", "s3://ner-retrain/runs/x", _settings())
+    op = KubernetesStageOperator.from_settings("train", "s3://ner-retrain/runs/x", _settings())
     pod = op.build_pod_request_obj(dry_run=True)
     (container,) = pod.spec.containers
     assert pod.spec.security_context.run_as_non_root is True and pod.spec.security_context.run_as_user != 0

@@ -7,7 +7,7 @@
   and every text object the runs wrote to S3 (requests, results, reports) are scanned for the moto
   server's S3 secret key. In run A the trainer itself prints the secret it was given; that line is
   the one place it may appear, and whether the task output masks it is tested separately.
-(Also: the docker launcher's private environment, tests/plugins/test_container_launchers.py;
+(Also: the docker launcher's private environment, tests/plugins/launchers/test_launcher_docker.py;
 the UI plugin refuses unauthenticated requests on every route, tests/plugins/test_ui.py.)
 """
 

@@ -158,6 +158,11 @@ def test_resolve_base_model_local_dir_and_bad_names(tiny_model_dir: Path, tmp_pa
         resolve_base_model(str(tmp_path / "absent"), tmp_path)
     with pytest.raises(BaseModelUnavailable, match="not a ModelScope id"):
         resolve_base_model("not an id", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BaseModelUnavailable, match="a directory without config.json"):
+        resolve_base_model(str(tmp_path / "empty"), tmp_path)
+    with pytest.raises(BaseModelUnavailable, match="the request has no model_cache_dir"):
+        resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", None)
 
 
 def test_resolve_base_model_without_a_hub_fails_fast_and_clearly(tmp_path: Path) -> None:
@@ -293,7 +298,7 @@ def test_missing_dataset_fails_with_a_clear_message(moto_s3, tiny_model_dir: Pat
         model_cache_dir=str(tmp_path),
     )
     proc = _retrain_train(run_uri, moto_s3.env(), timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 65  # an input error (retrain.errors.INPUT_ERROR_EXIT): not retried
     assert f"TrainInputError: dataset {missing}: no objects there" in proc.stderr
     run_prefix = run_uri.split(f"s3://{BUCKET}/", 1)[1] + "/"
     assert "train_result.json" not in _keys(client, run_prefix)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retrain.redact import mask_text
+from retrain.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ MAX_RUNS = 60  # runs shown on the overview (newest), each costs two small S3 re
 STORE_TTL_S = 300.0  # how long one boto3 client (and the connection it was made from) is reused
 MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")  # what retrain.registry.model_name produces
 DATE_IN_RUN_ID = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[_:](\d{2})[_:](\d{2})")
-_MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 @dataclass
@@ -77,15 +77,12 @@ def _folder_sort_key(folder: str) -> tuple[str, str]:
     return (f"{m.group(1)}T{m.group(2)}:{m.group(3)}:{m.group(4)}" if m else "", folder)
 
 
-def _get_json(store: Any, key: str) -> tuple[dict[str, Any] | None, datetime | None]:
-    from botocore.exceptions import ClientError
-
-    try:
-        obj = store.client.get_object(Bucket=store.bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in _MISSING:
-            return None, None
-        raise
+def _get_json(store: ObjectStore, key: str) -> tuple[dict[str, Any] | None, datetime | None]:
+    """The JSON object at ``key`` and when it was written; (None, None) when missing, a warning and
+    None for the document when it is not a JSON object (the page shows what it can)."""
+    obj = store.get_object(key)
+    if obj is None:
+        return None, None
     try:
         doc = json.loads(obj["Body"].read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -94,17 +91,9 @@ def _get_json(store: Any, key: str) -> tuple[dict[str, Any] | None, datetime | N
     return (doc if isinstance(doc, dict) else None), obj.get("LastModified")
 
 
-def run_folders(store: Any, runs_prefix: str) -> list[str]:
+def run_folders(store: ObjectStore, runs_prefix: str) -> list[str]:
     """The run folders under ``runs_prefix`` (one S3 listing with a delimiter: no per-file walk)."""
-    prefix = runs_prefix.rstrip("/") + "/"
-    folders = []
-    paginator = store.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix, Delimiter="/"):
-        for cp in page.get("CommonPrefixes", []):
-            name = cp["Prefix"][len(prefix) :].rstrip("/")
-            if name:
-                folders.append(name)
-    return folders
+    return store.folders(runs_prefix)
 
 
 def load_run(store: Any, runs_prefix: str, folder: str) -> RunRecord:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from retrain.storage import ObjectStore, UnsafeKeyError
+
 # Proxied S3 content (GX Data Docs, reports) is user-influenced HTML: no script may run on the Airflow
 # origin. Styles, fonts and images still load, so server-rendered tables stay readable.
 PROXY_CSP = (
@@ -21,22 +23,18 @@ PROXY_CSP = (
     "frame-ancestors 'self'"
 )
 TEXT_SUFFIXES = {".md", ".jsonl", ".txt", ".log", ".yaml", ".yml", ".csv"}
-_MISSING = ("404", "NoSuchKey", "NotFound")
-
-
-class UnsafeKey(ValueError):
-    """A proxied key is malformed or climbs out of its prefix (``..``)."""
 
 
 def check_report_key(key: str, allowed_prefixes: Iterable[str]) -> str:
     """``key`` if it is a plain object key under one of ``allowed_prefixes``.
 
-    Raises `UnsafeKey` for ``..``/``.``/empty segments, a leading slash, backslashes or NUL, and
+    Raises `retrain.storage.UnsafeKeyError` for ``..``/``.``/empty segments, a leading slash,
+    backslashes or NUL, and
     `PermissionError` for a well-formed key outside the prefixes. Keys come from the URL: untrusted."""
     if not key or "\x00" in key or "\\" in key or key.startswith("/"):
-        raise UnsafeKey(f"unsafe key {key!r}")
+        raise UnsafeKeyError(f"unsafe key {key!r}")
     if any(seg in ("", ".", "..") for seg in key.split("/")):
-        raise UnsafeKey(f"key {key!r} has an empty, '.' or '..' segment")
+        raise UnsafeKeyError(f"key {key!r} has an empty, '.' or '..' segment")
     prefixes = tuple(p.rstrip("/") + "/" for p in allowed_prefixes if p.strip("/"))
     if not key.startswith(prefixes):
         raise PermissionError(f"key {key!r} is outside {', '.join(prefixes)}")
@@ -65,17 +63,12 @@ class ProxiedObject:
     headers: dict[str, str]
 
 
-def open_report(store: Any, key: str) -> ProxiedObject | None:
+def open_report(store: ObjectStore, key: str) -> ProxiedObject | None:
     """The object ``key`` of the store's bucket, streamed (None: no such object). Check the key first
     (`check_report_key`)."""
-    from botocore.exceptions import ClientError
-
-    try:
-        obj = store.client.get_object(Bucket=store.bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in _MISSING:
-            return None
-        raise
+    obj = store.get_object(key)
+    if obj is None:
+        return None
     ctype = content_type_for(key)
     headers = {
         "Content-Security-Policy": PROXY_CSP,

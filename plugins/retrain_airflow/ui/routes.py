@@ -22,6 +22,7 @@ from airflow.api_fastapi.core_api.security import (
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
+from retrain.storage import UnsafeKeyError
 from retrain_airflow.run_notes import run_note
 from retrain_airflow.ui import page_data, proxy, rollback, views
 from retrain_airflow.ui.links import RETRAIN_DAG_ID, ROLLBACK_DAG_ID, Links
@@ -164,7 +165,7 @@ def _add_report_routes(app: FastAPI, auth: AuthDeps, load: SettingsLoader) -> No
         prefixes = (settings.s3.reports_prefix, settings.s3.quarantine_prefix, settings.s3.runs_prefix)
         try:
             proxy.check_report_key(key, prefixes)
-        except proxy.UnsafeKey as exc:
+        except UnsafeKeyError as exc:
             raise HTTPException(400, str(exc)) from None
         except PermissionError as exc:
             raise HTTPException(403, str(exc)) from None

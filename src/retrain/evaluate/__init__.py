@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from retrain import runs
 from retrain.adapters import fetch_adapter
+from retrain.errors import InputError
 from retrain.evaluate.metrics import METRICS_VERSION, score
 from retrain.evaluate.parsing import PARSER_VERSION, GoldFormatError, parse_entities, parse_gold
 from retrain.prompt import user_message
@@ -49,7 +50,7 @@ CACHE_PREFIX = "eval_cache"
 MAX_FAILURES_IN_REPORT = 200
 
 
-class EvalRequestError(ValueError):
+class EvalRequestError(InputError, ValueError):
     """eval_request.json is missing a field or has a wrong value; the message names it."""
 
 
@@ -171,23 +172,6 @@ def score_outputs(
 
 
 # --- files and hashes -------------------------------------------------------------------------
-
-
-def resolve_base_model(base_model: str, model_cache_dir: str | None) -> Path:
-    """A local model directory as it is; otherwise a ModelScope id resolved (cache first, then a
-    download) into ``model_cache_dir`` by the training stage's own `retrain.train.resolve_base_model`."""
-    path = Path(base_model)
-    if (path / "config.json").is_file():
-        return path
-    if path.is_absolute() or base_model.startswith("."):
-        raise FileNotFoundError(f"base_model {base_model}: not a local model directory (no config.json)")
-    if not model_cache_dir:
-        raise FileNotFoundError(
-            f"base_model {base_model!r} is not a local directory and the request has no model_cache_dir"
-        )
-    from retrain.train import resolve_base_model as resolve
-
-    return Path(resolve(base_model, model_cache_dir))
 
 
 def base_model_fingerprint(base_model_dir: str | Path) -> str:
@@ -340,6 +324,8 @@ def run_evaluation(
     request = parse_eval_request(store.get_json(request_key), where=store.uri(request_key))
     with _workdir(workdir) as wd:
         golden = _load_checked_golden(store_for, request, store.uri(request_key))
+        from retrain.train import resolve_base_model  # the one resolver, shared with train and export
+
         base_dir = resolve_base_model(request.base_model, request.model_cache_dir)
         fingerprint = base_model_fingerprint(base_dir)
         candidate, champion = _sides(store_for, request, Path(wd), fingerprint)

@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrain.errors import InputError
+
 Pair = tuple[str, str]
 
 # Bump when parsing behaviour changes: cached evaluation results depend on it.
@@ -142,7 +144,7 @@ class ParseResult:
     notes: list[str] = field(default_factory=list)
 
 
-class GoldFormatError(ValueError):
+class GoldFormatError(InputError, ValueError):
     """A golden-set answer is not a JSON list of {"label": str, "text": str}."""
 
 
@@ -247,7 +249,7 @@ def _iter_json_values(text: str, errors: list[str]) -> Iterator[tuple[Any, str]]
 def _following_objects(text: str, pos: int) -> tuple[list[Any], int]:
     """Objects that follow at top level, separated only by whitespace/commas (JSON lines);
     returns them and the position after the last one."""
-    out = []
+    out: list[Any] = []
     while True:
         nxt = pos
         while nxt < len(text) and text[nxt] in " \t\r\n,":

@@ -460,8 +460,8 @@ def _array(
         yield judge.reject(0, "empty_object", "the JSON array is empty")
         return
     for index, element in enumerate(value, start=1):
-        raw = json.dumps(element, ensure_ascii=False)[:400]
-        yield judge.judge(element, index, raw)
+        excerpt = json.dumps(element, ensure_ascii=False)[:400]
+        yield judge.judge(element, index, excerpt)
 
 
 def _chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
