@@ -145,7 +145,10 @@ def check_file(
     records: list[Record] = []
     parse_rejections: list[Rejection] = []
     for item in parse_chunks(chunks, name, "", size, settings, fmt=fmt, stats=stats):
-        (records if isinstance(item, Record) else parse_rejections).append(item)
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            parse_rejections.append(item)
     if progress is not None:
         progress.note(name, size, f"validating {len(records)} records with Great Expectations")
     bad, dups = count_parse_rejections(parse_rejections)

@@ -536,7 +536,10 @@ def read_object(
     try:
         chunks = _chunks(body, chunk_size)
         for item in parse_chunks(chunks, obj.key, obj.etag, obj.size, settings, fmt=fmt, stats=stats):
-            (records if isinstance(item, Record) else rejections).append(item)
+            if isinstance(item, Record):
+                records.append(item)
+            else:
+                rejections.append(item)
     finally:
         body.close()
     stats["seconds"] = time.perf_counter() - t0
