@@ -173,9 +173,10 @@ def score_outputs(
 # --- files and hashes -------------------------------------------------------------------------
 
 
-def resolve_base_model(base_model: str, model_cache_dir: str | None) -> Path:
-    """A local model directory as it is; otherwise a ModelScope id resolved (cache first, then a
-    download) into ``model_cache_dir`` by the training stage's own `retrain.train.resolve_base_model`."""
+def resolve_base_model(base_model: str, model_cache_dir: str | None, revision: str | None = None) -> Path:
+    """A local model directory as it is; otherwise a ModelScope id pinned to ``revision`` resolved
+    (cache first, then a download) into ``model_cache_dir`` by `retrain.base_models.resolve_base_model`,
+    the same function the training stage uses."""
     path = Path(base_model)
     if (path / "config.json").is_file():
         return path
@@ -185,9 +186,9 @@ def resolve_base_model(base_model: str, model_cache_dir: str | None) -> Path:
         raise FileNotFoundError(
             f"base_model {base_model!r} is not a local directory and the request has no model_cache_dir"
         )
-    from retrain.train import resolve_base_model as resolve
+    from retrain.base_models import resolve_base_model as resolve
 
-    return Path(resolve(base_model, model_cache_dir))
+    return Path(resolve(base_model, model_cache_dir, revision))
 
 
 def base_model_fingerprint(base_model_dir: str | Path) -> str:
@@ -340,7 +341,9 @@ def run_evaluation(
     request = parse_eval_request(store.get_json(request_key), where=store.uri(request_key))
     with _workdir(workdir) as wd:
         golden = _load_checked_golden(store_for, request, store.uri(request_key))
-        base_dir = resolve_base_model(request.base_model, request.model_cache_dir)
+        base_dir = resolve_base_model(
+            request.base_model, request.model_cache_dir, request.base_model_revision
+        )
         fingerprint = base_model_fingerprint(base_dir)
         candidate, champion = _sides(store_for, request, Path(wd), fingerprint)
         cached = _read_cache(store, champion.key)
@@ -349,7 +352,11 @@ def run_evaluation(
             from retrain.evaluate.generate import make_backend as factory
         adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if cached is None else [])
         backend = factory(
-            request.backend, str(base_dir), template=request.template, adapter_dirs=adapter_dirs
+            request.backend,
+            str(base_dir),
+            template=request.template,
+            adapter_dirs=adapter_dirs,
+            trust_remote_code=request.trust_remote_code,
         )
         results: dict[str, ModelResult] = {}
         for side in (candidate, champion):
