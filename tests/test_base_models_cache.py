@@ -10,6 +10,7 @@ at a closed local port, so any download attempt would fail at once instead of pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -91,7 +92,7 @@ def test_train_and_evaluate_from_the_cache(moto_s3, tiny_model_dir: Path, tmp_pa
         dataset_version="v-cache",
         base_model=MODEL_ID,
         model_cache_dir=str(cache),
-        llamafactory_overrides={"num_train_epochs": 1.0},
+        llamafactory_overrides={"num_train_epochs": 1.0, "logging_steps": 1},  # 2 steps: log each
     )
     prefix = run_uri.split(f"s3://{BUCKET}/", 1)[1]
     request = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/train_request.json")["Body"].read())
@@ -106,10 +107,12 @@ def test_train_and_evaluate_from_the_cache(moto_s3, tiny_model_dir: Path, tmp_pa
     assert train["base_model"] == MODEL_ID
 
     golden = f"{dataset_uri}golden.json"
+    golden_key = golden.split(f"s3://{BUCKET}/", 1)[1]
+    golden_bytes = client.get_object(Bucket=BUCKET, Key=golden_key)["Body"].read()
     eval_request = {
         "run_id": request["run_id"],
         "golden_uri": golden,
-        "golden_hash": "cache-test",
+        "golden_hash": hashlib.sha256(golden_bytes).hexdigest()[:16],
         "base_model": MODEL_ID,
         "base_model_revision": REVISION,
         "model_cache_dir": str(cache),
