@@ -54,7 +54,7 @@ def _base_model() -> str:
 def _base_model_choice() -> Any:
     """This run's base model checked against conf ``models`` (`retrain.base_models`). A refused name
     fails the task without retries (retrying cannot make it allowed), naming the allowlist."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from retrain.base_models import BaseModelRefused, check_base_model
 
