@@ -2,7 +2,7 @@
 
 No model hub is reachable from CI or the demo machines, so the project builds its own base model:
 a random Qwen2 (hidden 64, 2 layers, 4 query / 2 key-value heads; ~210k parameters; the demo's
-"demo" size is hidden 128) with a
+"demo" size, hidden 128, is not used yet) with a
 byte-level BPE tokenizer trained here with `tokenizers`, the Qwen special tokens
 (<|endoftext|>, <|im_start|>, <|im_end|>) and a ChatML chat template that renders exactly what
 LLaMA-Factory's ``qwen`` template trains on. Byte-level BPE means every string tokenizes (unseen
@@ -255,7 +255,7 @@ def build_tiny_model(
 ) -> Path:
     """Build the tiny random Qwen2 model + tokenizer into ``out_dir`` and return its path.
 
-    ``size``: a key of `SIZES` ("tiny" for tests, "demo" for the demo). Deterministic for ``seed``
+    ``size``: a key of `SIZES` ("tiny", used by tests and demo; "demo", wider). Deterministic for ``seed``
     and ``size`` (same weights, same tokenizer). If ``out_dir`` already holds a
     complete build with the same seed it is returned untouched; a non-empty directory that is
     not a complete build is refused rather than overwritten.
