@@ -28,7 +28,8 @@ golden set, and promotes it in the MLflow registry when it passes the gate.
 - `force`: run training even when no new data arrived.
 - `dry_run`: evaluate and decide, but register nothing and move no alias.
 - `epochs`, `learning_rate`, `lora_rank`, `max_samples`: override the LLaMA-Factory profile for this run.
-- `base_model`: a local path or a ModelScope id (default from conf `train.base_model`).
+- `base_model`: a local path or a ModelScope id (default from conf `train.base_model`); it must match conf
+  `models.allow` (and an id needs a pinned `models.revisions` entry), else `prepare_training` fails.
 - `golden_set`: a fixed golden file (local path or s3:// URI, CLUENER json lines) instead of the hash split.
 """
 
@@ -58,7 +59,11 @@ with DAG(
             None, type=["null", "integer"], minimum=1, maximum=256, description="lora_rank override"
         ),
         "max_samples": Param(None, type=["null", "integer"], minimum=1, description="max_samples override"),
-        "base_model": Param(None, type=["null", "string"], description="Local path or ModelScope id"),
+        "base_model": Param(
+            None,
+            type=["null", "string"],
+            description="Local path or ModelScope id (must match conf models.allow)",
+        ),
         "golden_set": Param(
             None, type=["null", "string"], description="Fixed golden file (path or s3:// URI)"
         ),

@@ -47,6 +47,20 @@ def _base_model() -> str:
     return _params().get("base_model") or settings().train.base_model
 
 
+def _base_model_choice() -> Any:
+    """This run's base model checked against conf ``models`` (`retrain.base_models`). A refused name
+    fails the task without retries (retrying cannot make it allowed), naming the allowlist."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from retrain.base_models import BaseModelRefused, check_base_model
+
+    where = "DAG param base_model" if _params().get("base_model") else "conf train.base_model"
+    try:
+        return check_base_model(_base_model(), settings().models, where=where)
+    except BaseModelRefused as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 # -- stage 1 ---------------------------------------------------------------------------------
 def find_new_batches() -> dict[str, Any]:
     """Short-circuit callable: a falsy result skips every downstream task (no new data, no force)."""
@@ -116,7 +130,9 @@ PARAM_TO_LLAMAFACTORY = {
 def prepare_training(dataset: dict[str, Any]) -> str:
     """Write ``runs/<run>/train_request.json`` (conf + per-run params) and return the run URI."""
     s, store, params = settings(), _store(), _params()
+    choice = _base_model_choice()  # before anything is written or downloaded
     cfg = s.llamafactory_config()
+    cfg["trust_remote_code"] = choice.trust_remote_code
     for param, key in PARAM_TO_LLAMAFACTORY.items():
         if params.get(param) is not None:
             cfg[key] = params[param]
@@ -126,7 +142,8 @@ def prepare_training(dataset: dict[str, Any]) -> str:
         adapter_store_uri=store.uri(s.s3.adapters_prefix),
         dataset_uri=dataset["uri"],
         dataset_version=dataset["version"],
-        base_model=_base_model(),
+        base_model=choice.name,
+        base_model_revision=choice.revision,
         model_cache_dir=s.train.model_cache_dir,
         llamafactory=cfg,
     )
@@ -206,10 +223,13 @@ def prepare_export(decision: dict[str, Any], run_uri: str) -> str:
     s, store = settings(), _store()
     run = runs.RunFolder.from_uri(run_uri)
     train = runs.read(store, run.key(runs.TRAIN_RESULT), runs.TrainResult)
+    trained = runs.read(store, run.key(runs.TRAIN_REQUEST), runs.TrainRequest)
     request = runs.ExportRequest(
         adapter_uri=train.adapter_uri,
         adapter_digest=train.adapter_digest,
-        base_model=_base_model(),
+        base_model=trained.base_model,
+        base_model_revision=trained.base_model_revision,
+        trust_remote_code=bool(trained.llamafactory.get("trust_remote_code", False)),
         model_cache_dir=s.train.model_cache_dir,
         template=s.llamafactory_config().get("template", "qwen"),
     )

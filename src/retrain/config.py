@@ -103,6 +103,17 @@ class TrainConfig(_Strict):
     trainer_python: str | None = None
 
 
+class ModelsConfig(_Strict):
+    """Which base models a run may load (`retrain.base_models`): an allowlist, pinned revisions and
+    whether a model's own Python code may run."""
+
+    # ModelScope ids or local directories, exact or shell-style patterns (fnmatch: * also matches /).
+    allow: list[str] = []
+    # ModelScope id -> revision (tag or commit id); an id without a revision here is refused.
+    revisions: dict[str, str | None] = {}
+    trust_remote_code: bool = False
+
+
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -268,6 +279,7 @@ class Settings(_Strict):
     validation: ValidationConfig = ValidationConfig()
     dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()
+    models: ModelsConfig = ModelsConfig()
     docker: DockerConfig = DockerConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

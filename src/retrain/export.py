@@ -29,15 +29,21 @@ class ExportFailed(RuntimeError):
 
 
 def export_config(
-    base_model: str, adapter_dir: str, export_dir: str, template: str = "qwen"
+    base_model: str,
+    adapter_dir: str,
+    export_dir: str,
+    template: str = "qwen",
+    *,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """The ``llamafactory-cli export`` YAML (LLaMA-Factory's merge_lora example, without a hub push)."""
+    """The ``llamafactory-cli export`` YAML (LLaMA-Factory's merge_lora example, without a hub push).
+    ``trust_remote_code``: conf models.trust_remote_code, carried by the export request."""
     return {
         "model_name_or_path": base_model,
         "adapter_name_or_path": adapter_dir,
         "template": template,
         "finetuning_type": "lora",
-        "trust_remote_code": True,
+        "trust_remote_code": trust_remote_code,
         "export_dir": export_dir,
         "export_size": 5,
         "export_device": "cpu",
@@ -61,7 +67,8 @@ def check_export(export_dir: str | Path) -> list[str]:
 def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> ExportResult:
     """Merge the adapter ``export_request.json`` names (digest verified) into its base model and upload
     the merged model under ``merged/``; ``export_result.json`` last (the commit marker)."""
-    from retrain.train import resolve_base_model, run_llamafactory
+    from retrain.base_models import resolve_base_model
+    from retrain.train import run_llamafactory
 
     request = runs.read(store, join_key(run_prefix, runs.EXPORT_REQUEST), ExportRequest)
     work = Path(workdir)
@@ -71,10 +78,16 @@ def run_export(store: ObjectStore, run_prefix: str, workdir: str | Path) -> Expo
         work / "adapter",
         request.adapter_digest,
     )
-    base = resolve_base_model(request.base_model, request.model_cache_dir)
+    base = resolve_base_model(request.base_model, request.model_cache_dir, request.base_model_revision)
     export_dir = work / runs.MERGED_DIR
     cfg_path = work / "export.yaml"
-    cfg = export_config(str(base), str(adapter_dir), str(export_dir), request.template)
+    cfg = export_config(
+        str(base),
+        str(adapter_dir),
+        str(export_dir),
+        request.template,
+        trust_remote_code=request.trust_remote_code,
+    )
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.monotonic()
     run_llamafactory(cfg_path, work / "export.log", cwd=work, subcommand="export")

@@ -115,6 +115,7 @@ def plan_evaluation(
     except runs.ContractError as exc:
         raise TrainingNotCommitted(f"training did not commit its artifacts: {exc}") from exc
     dataset = runs.read(store, run.key(runs.DATASET), DatasetRef)
+    trained = runs.read(store, run.key(runs.TRAIN_REQUEST), runs.TrainRequest)
     baseline = choose_baseline(registry, run_id)
     request = EvalRequest(
         run_id=run_id,
@@ -130,6 +131,9 @@ def plan_evaluation(
         batch_size=settings.evaluate.batch_size,
         backend=settings.evaluate.backend,
         model_cache_dir=settings.train.model_cache_dir,
+        # the base model as trained (`retrain.base_models`): same pinned revision, same code policy
+        base_model_revision=trained.base_model_revision,
+        trust_remote_code=bool(trained.llamafactory.get("trust_remote_code", False)),
     )
     runs.write(store, run.key(runs.EVAL_REQUEST), request)
     log.info(

@@ -211,6 +211,8 @@ class TrainRequest(Contract):
     dataset_uri: str
     dataset_version: str
     base_model: str
+    # the pinned ModelScope revision (conf models.revisions); None for a local directory
+    base_model_revision: str | None = None
     model_cache_dir: str
     llamafactory: dict[str, Any]
 
@@ -261,6 +263,8 @@ class EvalRequest(Contract):
     backend: Literal["hf", "vllm"] = "hf"
     template: str = "qwen"
     model_cache_dir: str | None = None
+    base_model_revision: str | None = None  # as in the train request (`retrain.base_models`)
+    trust_remote_code: bool = False  # conf models.trust_remote_code
 
     @model_validator(mode="after")
     def _candidate_has_adapter(self) -> EvalRequest:
@@ -415,6 +419,8 @@ class ExportRequest(Contract):
     adapter_uri: str
     adapter_digest: str | None = None
     base_model: str
+    base_model_revision: str | None = None  # as in the train request (`retrain.base_models`)
+    trust_remote_code: bool = False  # conf models.trust_remote_code
     model_cache_dir: str = "/models"
     template: str = "qwen"
 

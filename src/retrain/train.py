@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
 from retrain import runs
 from retrain.adapters import ADAPTER_FILES, publish_adapter
+from retrain.base_models import (  # noqa: F401  (BaseModel* re-exported: callers import them from here)
+    BaseModelRefused,
+    BaseModelUnavailable,
+    resolve_base_model,
+)
 from retrain.errors import InputError
 from retrain.runs import TrainRequest, TrainResult
 from retrain.storage import ObjectStore, join_key, parse_s3_uri
@@ -148,10 +151,6 @@ class TrainingInterrupted(TrainingFailed):
 
 class TrainInputError(InputError, TrainingFailed):
     """The request, the dataset or the base model is missing or invalid: retrying will not help."""
-
-
-class BaseModelUnavailable(TrainInputError):
-    """The base model is neither a local directory nor obtainable from ModelScope."""
 
 
 @dataclass(frozen=True)
@@ -352,80 +351,6 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- base model
-
-
-def resolve_base_model(name: str, cache_dir: str | Path | None, *, connect_timeout_s: float = 10.0) -> Path:
-    """The local directory of the base model ``name``: the one resolver of train, evaluate and export.
-
-    An existing local directory is used as is when it holds a ``config.json``. Anything else must be a
-    ModelScope id (``owner/name``): taken from the cache under ``cache_dir`` when already there, otherwise
-    downloaded with ``modelscope.snapshot_download``. Before downloading, the hub endpoint is
-    probed with a ``connect_timeout_s`` TCP connect, so an unreachable hub fails within seconds
-    (modelscope itself retries for ~20 s and has no setting to stop that) with a
-    `BaseModelUnavailable` naming the id and the cache directory.
-    """
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BaseModelUnavailable(f"base model {name!r}: a directory without config.json, not a model")
-        return path.resolve()
-    if name.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise BaseModelUnavailable(
-            f"base model {name!r}: no such local directory, and not a ModelScope id of the form owner/name"
-        )
-    if not cache_dir:
-        raise BaseModelUnavailable(
-            f"base model {name!r} is not a local directory and the request has no model_cache_dir"
-        )
-    cache = Path(cache_dir).expanduser()
-    from modelscope import snapshot_download
-
-    try:
-        cached = Path(snapshot_download(name, cache_dir=str(cache), local_files_only=True))
-        if (cached / "config.json").is_file():
-            log.info("base model %s found in the ModelScope cache: %s", name, cached)
-            return cached
-    except Exception as exc:  # modelscope raises its own CacheNotFound (an Exception subclass)
-        log.info("base model %s is not in the ModelScope cache %s (%s)", name, cache, type(exc).__name__)
-    endpoint = _modelscope_endpoint()
-    problem = _unreachable(endpoint, connect_timeout_s)
-    if problem:
-        raise BaseModelUnavailable(
-            f"base model {name!r} is not in the ModelScope cache {cache} and the hub {endpoint} is "
-            f"unreachable ({problem}). Download it there first (`modelscope download --model {name} "
-            f"--cache_dir {cache}`) or set train.base_model to a local model directory."
-        )
-    log.info("downloading base model %s from %s into %s", name, endpoint, cache)
-    try:
-        return Path(snapshot_download(name, cache_dir=str(cache)))
-    except Exception as exc:
-        raise BaseModelUnavailable(
-            f"base model {name!r}: download from {endpoint} into {cache} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _modelscope_endpoint() -> str:
-    try:
-        from modelscope.hub.api import HubApi
-
-        return str(HubApi().endpoint)
-    except Exception:  # the probe only needs a host; fall back to the public hub
-        return "https://" + os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn")
-
-
-def _unreachable(endpoint: str, timeout_s: float) -> str | None:
-    """None when a TCP connection to the endpoint (or the HTTPS proxy in use) opens in time."""
-    url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy and url.scheme == "https":
-        p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = p.hostname or host, p.port or 3128
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except OSError as exc:
-        return f"cannot connect to {host}:{port}: {exc}"
 
 
 def verify_adapter_loads(
@@ -728,7 +653,8 @@ def _prepare_attempt(store: ObjectStore, run_prefix: str, request: TrainRequest,
     info = download_dataset(store, request.dataset_uri, dataset_dir)
     cfg = dict(request.llamafactory)
     dataset = _check_dataset_names(cfg, info, request.dataset_uri)
-    base_path = resolve_base_model(request.base_model, request.model_cache_dir)
+    # BaseModelRefused / BaseModelUnavailable (retrain.base_models): input errors, raised as they are
+    base_path = resolve_base_model(request.base_model, request.model_cache_dir, request.base_model_revision)
     chash = config_hash(cfg, request.base_model)
     resume = _find_resume_checkpoint(store, run_prefix, resume_dir, request.dataset_version, chash)
     yaml_text = render_llamafactory_yaml(

@@ -215,6 +215,7 @@ def run_scenario(workdir: Path) -> ScenarioResult:
         "RETRAIN__TRAIN__BASE_MODEL": str(tiny),
         "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
         "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(workdir / "models"),
+        "RETRAIN__MODELS__ALLOW": json.dumps([str(workdir / "models" / "*")]),
         "RETRAIN__TRAIN__TRAINER_PYTHON": str(_oom_trainer(workdir / "oom-trainer")),
         "RETRAIN__SCHEDULE__RETRIES": "0",
         "RETRAIN_FAKE_TRAINER": "ok",

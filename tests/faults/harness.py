@@ -69,7 +69,13 @@ class ScriptedModel:
         self.crash: Callable[[str], None] | None = None
 
     def factory(
-        self, backend: str, base_model_dir: str, *, template: str = "qwen", adapter_dirs: Any = ()
+        self,
+        backend: str,
+        base_model_dir: str,
+        *,
+        template: str = "qwen",
+        adapter_dirs: Any = (),
+        trust_remote_code: bool = False,
     ) -> ScriptedModel:
         return self
 
@@ -184,6 +190,7 @@ class Pipeline:
             "RETRAIN__TRAIN__BASE_MODEL": str(self.base_model),
             "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
             "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(self.workdir / "models"),
+            "RETRAIN__MODELS__ALLOW": json.dumps([str(self.workdir / "models" / "*")]),
             "RETRAIN__REGISTRY__TRACKING_URI": registry_uri,
             "RETRAIN__REGISTRY__ARTIFACT_LOCATION": artifact_uri,
             "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "32",

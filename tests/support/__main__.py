@@ -19,7 +19,7 @@ import sys
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from tests.support.tiny_model import build_tiny_model
 
-    print(build_tiny_model(args.out, seed=args.seed))
+    print(build_tiny_model(args.out, seed=args.seed, size=args.size))
     return 0
 
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("tiny-model", help="build the tiny random Qwen2 model + tokenizer")
     tm.add_argument("--out", required=True)
     tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--size", default="tiny", help="tiny (tests and demo) or demo (hidden 128, see SIZES)")
     tm.set_defaults(func=_cmd_tiny_model)
     sy = sub.add_parser("synth", help="write synthetic CLUENER-format labeled batches")
     sy.add_argument("--out", required=True)

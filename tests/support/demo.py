@@ -79,6 +79,9 @@ def dev_retrain_env(workdir: Path, tiny: Path) -> dict[str, str]:
         "RETRAIN__TRAIN__BASE_MODEL": str(tiny),
         "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
         "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(workdir / "models"),
+        # conf models.allow (retrain.base_models): the models this machine built, plus the shipped
+        # trainer-volume pattern (the Docker test mounts the tiny model at /models/tiny)
+        "RETRAIN__MODELS__ALLOW": json.dumps([str(workdir / "models" / "*"), "/models/*"]),
         "RETRAIN__TRAIN__TRAINER_PYTHON": str(trainer_python()),
         "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "96",
         "RETRAIN__EVALUATE__BATCH_SIZE": "16",

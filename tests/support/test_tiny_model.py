@@ -154,3 +154,29 @@ def test_cli_returns_the_existing_build(tiny_model_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tiny_model_dir)
+
+
+def test_synthetic_sentences_and_answers_are_one_token_per_character(tiny_model_dir: Path) -> None:
+    """The demo's data must be copyable: no character of tests.support.synth falls back to bytes."""
+    from transformers import AutoTokenizer
+
+    from tests.support.synth import ENTITIES, TEMPLATES
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    chars = {ch for w in [e for v in ENTITIES.values() for e in v] + TEMPLATES for ch in w if ord(ch) > 127}
+    split = sorted(ch for ch in chars if len(tok.tokenize(ch)) != 1)
+    assert not split, split
+
+
+def test_the_demo_size_is_wider_and_keeps_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    demo = build_tiny_model(tmp_path / "demo", seed=0, size="demo")
+    cfg = AutoConfig.from_pretrained(demo)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (128, 256, 2)
+    assert (demo / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert json.loads((demo / MARKER_FILE).read_text())["size"] == "demo"
+    with pytest.raises(ValueError, match="size=demo seed=0; asked for .* size=tiny seed=0"):
+        build_tiny_model(demo, seed=0)
+    with pytest.raises(ValueError, match="unknown tiny-model size"):
+        build_tiny_model(tmp_path / "other", seed=0, size="huge")

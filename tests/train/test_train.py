@@ -170,7 +170,7 @@ def test_resolve_base_model_without_a_hub_fails_fast_and_clearly(tmp_path: Path)
     cache = tmp_path / "model-cache"
     started = time.monotonic()
     with pytest.raises(BaseModelUnavailable) as info:
-        resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", cache, connect_timeout_s=3)
+        resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", cache, "v1.0.0", connect_timeout_s=3)
     elapsed = time.monotonic() - started
     message = str(info.value)
     assert "'Qwen/Qwen2.5-0.5B-Instruct'" in message and str(cache) in message

@@ -174,6 +174,13 @@ def score_outputs(
 # --- files and hashes -------------------------------------------------------------------------
 
 
+def _base_model_dir(request: Any) -> Path:
+    """The request's base model as a local directory, by the one resolver train and export use."""
+    from retrain.base_models import resolve_base_model
+
+    return resolve_base_model(request.base_model, request.model_cache_dir or "", request.base_model_revision)
+
+
 def base_model_fingerprint(base_model_dir: str | Path) -> str:
     """Cheap identity of a local base model: config.json and tokenizer files' bytes, weight
     files' names and sizes (hashing many GB of weights on every run would cost minutes)."""
@@ -324,9 +331,7 @@ def run_evaluation(
     request = parse_eval_request(store.get_json(request_key), where=store.uri(request_key))
     with _workdir(workdir) as wd:
         golden = _load_checked_golden(store_for, request, store.uri(request_key))
-        from retrain.train import resolve_base_model  # the one resolver, shared with train and export
-
-        base_dir = resolve_base_model(request.base_model, request.model_cache_dir)
+        base_dir = _base_model_dir(request)
         fingerprint = base_model_fingerprint(base_dir)
         candidate, champion = _sides(store_for, request, Path(wd), fingerprint)
         cached = _read_cache(store, champion.key)
@@ -335,7 +340,11 @@ def run_evaluation(
             from retrain.evaluate.generate import make_backend as factory
         adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if cached is None else [])
         backend = factory(
-            request.backend, str(base_dir), template=request.template, adapter_dirs=adapter_dirs
+            request.backend,
+            str(base_dir),
+            template=request.template,
+            adapter_dirs=adapter_dirs,
+            trust_remote_code=request.trust_remote_code,
         )
         results: dict[str, ModelResult] = {}
         for side in (candidate, champion):

@@ -101,6 +101,7 @@ def load_model(
     *,
     device: str | None = None,
     dtype: Any = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for greedy evaluation: the base model, with the LoRA adapter at
     ``adapter_dir`` applied (unmerged, through peft) when given. ``device`` defaults to cuda when
@@ -116,8 +117,10 @@ def load_model(
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             dtype = torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir), trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=dtype, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_model_dir), dtype=dtype, trust_remote_code=trust_remote_code
+    )
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -308,6 +311,7 @@ class VllmBackend:
         base_model_dir: str | Path,
         template: str = DEFAULT_TEMPLATE,
         max_lora_rank: int = 8,
+        trust_remote_code: bool = False,
         **engine_kwargs: Any,
     ) -> None:
         try:
@@ -320,7 +324,9 @@ class VllmBackend:
         from transformers import AutoTokenizer
 
         self.template = template
-        self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir), trust_remote_code=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            str(base_model_dir), trust_remote_code=trust_remote_code
+        )
         self.encoder = prompt_encoder(self.tokenizer, template)
         rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), max_lora_rank)
         self.llm = LLM(
@@ -328,7 +334,7 @@ class VllmBackend:
             enable_lora=True,
             max_lora_rank=rank,
             seed=0,
-            trust_remote_code=True,
+            trust_remote_code=trust_remote_code,
             **engine_kwargs,
         )
         self._lora_ids: dict[str, int] = {}
@@ -386,13 +392,20 @@ def make_backend(
     *,
     template: str = DEFAULT_TEMPLATE,
     adapter_dirs: Sequence[str | Path | None] = (),
+    trust_remote_code: bool = False,
 ) -> HFBackend | VllmBackend:
-    """The backend named in the eval request; for vllm, sized for the given adapters' ranks."""
+    """The backend named in the eval request; for vllm, sized for the given adapters' ranks.
+    ``trust_remote_code``: conf models.trust_remote_code (`retrain.base_models`), off by default."""
     if backend == "hf":
-        return HFBackend(base_model_dir, template)
+        return HFBackend(base_model_dir, template, trust_remote_code=trust_remote_code)
     if backend == "vllm":
         ranks = [adapter_rank(d) for d in adapter_dirs if d is not None]
-        return VllmBackend(base_model_dir, template, max_lora_rank=max(ranks, default=8))
+        return VllmBackend(
+            base_model_dir,
+            template,
+            max_lora_rank=max(ranks, default=8),
+            trust_remote_code=trust_remote_code,
+        )
     raise ValueError(f"unknown evaluation backend {backend!r}: expected 'hf' or 'vllm'")
 
 
