@@ -36,8 +36,8 @@ from pydantic import ValidationError
 
 from retrain import runs
 from retrain.adapters import fetch_adapter
-from retrain.evaluate.metrics import METRICS_VERSION, score
-from retrain.evaluate.parsing import PARSER_VERSION, GoldFormatError, parse_entities, parse_gold
+from retrain.evaluate.metrics import METRICS_VERSION, score, sentence_counts
+from retrain.evaluate.parsing import PARSER_VERSION, READINGS, GoldFormatError, parse_entities, parse_gold
 from retrain.prompt import user_message
 from retrain.records import dumps_jsonl
 from retrain.runs import EvalReport, EvalRequest, ModelRef
@@ -126,41 +126,59 @@ def score_outputs(
 ) -> ModelResult:
     """Parse every raw output, score against gold and collect the per-model report fields.
 
-    Unparseable outputs count as predicting nothing. Adds to `metrics.score`'s dict:
-    ``parse_failure_rate``, ``parse_failures`` ([{"input", "raw", "error"}], at most
-    MAX_FAILURES_IN_REPORT), ``n_parse_failures``, ``latency_s`` (wall seconds for all
-    generations), ``tokens_per_s`` (generated tokens / latency), ``new_tokens`` and
-    ``n_truncated`` (outputs cut at max_new_tokens).
+    The headline figures (`metrics.score`'s dict: ``micro``, ``macro_f1``, ``cluener_score``,
+    ``per_label``) are the **strict** reading: only valid and repaired outputs count
+    (`parsing.READINGS`); a salvaged or unparseable output predicts nothing. ``lenient_micro`` scores
+    the salvaged entities too. Adds: ``parse_readings`` (count per reading), ``parse_failure_rate``
+    and ``n_parse_failures`` (salvaged + unparseable), ``parse_failures`` ([{"index", "input", "raw",
+    "reading", "error"}], at most MAX_FAILURES_IN_REPORT), ``sentences`` ({"strict"|"lenient": per-
+    sentence counts, `metrics.sentence_counts`}, what the significance gate resamples),
+    ``latency_s`` (wall seconds for all generations), ``tokens_per_s`` (generated tokens / latency),
+    ``new_tokens`` and ``n_truncated`` (outputs cut at max_new_tokens).
     """
     if len(raws) != golden.n:
         raise ValueError(f"{len(raws)} outputs for {golden.n} golden examples")
-    preds, rows, failures = [], [], []
+    strict, lenient, rows, failures = [], [], [], []
+    readings = dict.fromkeys(READINGS, 0)
     for i, raw in enumerate(raws):
         parsed = parse_entities(raw)
-        preds.append(parsed.entities)
-        if not parsed.ok:
-            failures.append({"index": i, "input": golden.inputs[i], "raw": raw, "error": parsed.error})
+        readings[parsed.reading] += 1
+        strict.append(parsed.strict_entities)
+        lenient.append(parsed.entities)
+        error = parsed.error or ("salvaged from invalid JSON: " + "; ".join(parsed.notes))
+        if not parsed.is_parsed:
+            failures.append(
+                {"index": i, "input": golden.inputs[i], "raw": raw, "reading": parsed.reading, "error": error}
+            )
         row = {
             "index": i,
             "input": golden.inputs[i],
             "gold": [list(p) for p in golden.gold[i]],
             "raw": raw,
-            "pred": [list(p) for p in parsed.entities],
-            "parse_ok": parsed.ok,
-            "parse_error": parsed.error,
+            "pred": [list(p) for p in parsed.strict_entities],
+            "pred_lenient": [list(p) for p in parsed.entities],
+            "reading": parsed.reading,
+            "parse_ok": parsed.is_parsed,
+            "parse_error": "" if parsed.is_parsed else error,
         }
         if new_tokens is not None:
             row["new_tokens"] = int(new_tokens[i])
         if stopped is not None:
             row["stopped"] = bool(stopped[i])
         rows.append(row)
-    metrics = score(golden.gold, preds, labels)
+    metrics = score(golden.gold, strict, labels)
     total_tokens = int(sum(new_tokens)) if new_tokens is not None else None
     metrics.update(
         {
+            "lenient_micro": score(golden.gold, lenient, labels)["micro"],
+            "parse_readings": readings,
             "parse_failure_rate": len(failures) / golden.n,
             "n_parse_failures": len(failures),
             "parse_failures": failures[:MAX_FAILURES_IN_REPORT],
+            "sentences": {
+                "strict": sentence_counts(golden.gold, strict),
+                "lenient": sentence_counts(golden.gold, lenient),
+            },
             "latency_s": latency_s,
             "new_tokens": total_tokens,
             "tokens_per_s": (total_tokens / latency_s) if total_tokens is not None and latency_s else None,
@@ -168,6 +186,13 @@ def score_outputs(
         }
     )
     return ModelResult(metrics, rows)
+
+
+def score_model(golden: GoldenSet, raws: Sequence[str], labels: Sequence[str], name: str) -> runs.ModelScores:
+    """One model's typed scores from its raw outputs (what `run_evaluation` reports for each side;
+    `retrain gate` replays a decision with it)."""
+    metrics = score_outputs(golden, raws, labels).metrics
+    return runs.ModelScores.model_validate({**metrics, "name": name})
 
 
 # --- files and hashes -------------------------------------------------------------------------
