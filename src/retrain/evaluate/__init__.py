@@ -195,6 +195,43 @@ def score_model(golden: GoldenSet, raws: Sequence[str], labels: Sequence[str], n
     return runs.ModelScores.model_validate({**metrics, "name": name})
 
 
+def read_predictions(path: str | Path, n: int) -> list[str]:
+    """The raw outputs of one model from a prediction file (``retrain gate``): one JSON line per golden
+    example, in golden order; each line a JSON string (the raw output) or an object with a ``raw``
+    string (and, if present, an ``index`` equal to the line's position), as in a run's
+    ``eval/predictions_<role>.jsonl``. ValueError naming the file, line and field otherwise."""
+    raws: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}: line {lineno}: not JSON ({exc.msg}); expected a JSON string or "
+                    'an object with a "raw" string'
+                ) from exc
+            if isinstance(value, dict):
+                if "index" in value and value["index"] != len(raws):
+                    raise ValueError(
+                        f"{path}: line {lineno}: field 'index' is {value['index']!r}, "
+                        f"expected {len(raws)} (lines must follow the golden order)"
+                    )
+                value = value.get("raw")
+                if not isinstance(value, str):
+                    raise ValueError(f"{path}: line {lineno}: field 'raw' must be a string")
+            elif not isinstance(value, str):
+                raise ValueError(
+                    f"{path}: line {lineno}: expected a JSON string or an object with a "
+                    f'"raw" string, got {type(value).__name__}'
+                )
+            raws.append(value)
+    if len(raws) != n:
+        raise ValueError(f"{path}: {len(raws)} predictions for {n} golden examples (one line per example)")
+    return raws
+
+
 # --- files and hashes -------------------------------------------------------------------------
 
 
