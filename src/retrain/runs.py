@@ -429,12 +429,17 @@ class ShortScores(Contract):
     cluener_score: float | None = None
     parse_failure_rate: float | None = None
     per_label_f1: dict[str, float | None] = {}
+    #: micro F1 counting entities salvaged from invalid JSON (micro_f1 is the strict reading)
+    lenient_micro_f1: float | None = None
+    parse_readings: dict[str, int] = {}
 
     @classmethod
     def of(cls, m: ModelScores) -> ShortScores:
         return cls(
             name=m.name,
             micro_f1=m.micro.f1,
+            lenient_micro_f1=m.lenient_micro.f1 if m.lenient_micro else None,
+            parse_readings=m.parse_readings,
             precision=m.micro.precision,
             recall=m.micro.recall,
             macro_f1=m.macro_f1,
