@@ -84,6 +84,7 @@ class DatasetConfig(_Strict):
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     golden_fraction: float = Field(0.1, gt=0, lt=1)
     golden_file: str | None = None
+    benchmark_files: list[str] = []
     system_prompt: str | None = None
 
 

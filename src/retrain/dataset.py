@@ -7,6 +7,9 @@
   validation and golden across runs. A fixed golden file (conf ``dataset.golden_file``) replaces
   the hash-chosen golden part; any golden sentence found in the training data is removed from
   training and validation and counted.
+- Fixed benchmark files (conf ``dataset.benchmark_files``: a team's own dev sets, CLUENER JSON lines)
+  are written as ``benchmark_<name>.json`` in the same alpaca form; the evaluation scores candidate
+  and champion on each of them every run, beside the golden set. Their sentences never train.
 - The version is a content hash of the files written: same inputs give the same version and
   byte-identical files, and a version folder once written is never rewritten.
 """
@@ -16,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,8 @@ class DatasetResult:
     duplicates: int
     label_counts: dict[str, int]
     created: bool
+    benchmarks: list[dict[str, Any]] = field(default_factory=list)  # runs.BenchmarkRef fields
+    benchmark_removed_from_train: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,11 +91,10 @@ def load_accepted(
     return rows, [{"key": k, "etag": v} for k, v in sorted(sources.items())]
 
 
-def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
+def _load_fixed_file(path: str, settings: Settings, store: ObjectStore, what: str) -> list[Record]:
+    """A fixed evaluation file (CLUENER JSON lines, a local path or s3://); every line must be valid."""
     from retrain import formats
 
-    path = settings.dataset.golden_file
-    assert path
     if path.startswith("s3://"):
         from retrain.storage import parse_s3_uri
 
@@ -101,10 +106,56 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
     for item in formats.parse_stream(data.splitlines(), path, "", settings, fmt="cluener"):
         (records if isinstance(item, Record) else rejections).append(item)
     if rejections:
-        raise ValueError(
-            f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}"
-        )
+        first = rejections[0].message()
+        raise ValueError(f"{what} {path}: {len(rejections)} invalid records, first: {first}")
+    if not records:
+        raise ValueError(f"{what} {path}: no records")
     return records
+
+
+def benchmark_name(path: str) -> str:
+    """A benchmark's name: its file name without extension, as a slug (``dev.jsonl`` -> ``dev``)."""
+    stem = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "benchmark"
+
+
+def _load_benchmarks(settings: Settings, store: ObjectStore) -> dict[str, tuple[str, list[Record]]]:
+    """name -> (source path, records) for every ``dataset.benchmark_files`` entry; names must differ."""
+    out: dict[str, tuple[str, list[Record]]] = {}
+    for path in settings.dataset.benchmark_files:
+        name = benchmark_name(path)
+        if name in out:
+            raise ValueError(
+                f"benchmark files {out[name][0]} and {path} have the same name {name!r}: rename one"
+            )
+        out[name] = (path, _load_fixed_file(path, settings, store, "benchmark file"))
+    return out
+
+
+def _partition(
+    latest: dict[str, Record], settings: Settings, store: ObjectStore, held_out: set[str]
+) -> tuple[dict[str, list[Record]], int, int]:
+    """(train/validation/golden records, golden sentences removed from training, benchmark sentences
+    removed from training). ``held_out``: normalised texts of the benchmark files."""
+    cfg = settings.dataset
+    parts: dict[str, list[Record]] = {"train": [], "validation": [], "golden": []}
+    golden_removed = bench_removed = 0
+    golden_texts: set[str] = set()
+    if cfg.golden_file:
+        parts["golden"] = _load_fixed_file(cfg.golden_file, settings, store, "golden file")
+        golden_texts = {normalise_text(r.text) for r in parts["golden"]}
+    for key, rec in latest.items():
+        if key in golden_texts:
+            golden_removed += 1
+            continue
+        split = split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)
+        if cfg.golden_file and split == "golden":
+            split = "train"
+        if split != "golden" and key in held_out:
+            bench_removed += 1
+            continue
+        parts[split].append(rec)
+    return parts, golden_removed, bench_removed
 
 
 def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
@@ -129,23 +180,9 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
 
     cfg = settings.dataset
     instruction = settings.prompt.render_instruction()
-    parts: dict[str, list[Record]] = {"train": [], "validation": [], "golden": []}
-    golden_removed = 0
-    if cfg.golden_file:
-        golden_records = _load_golden_file(settings, store)
-        golden_texts = {normalise_text(r.text) for r in golden_records}
-        parts["golden"] = golden_records
-        for key, rec in latest.items():
-            if key in golden_texts:
-                golden_removed += 1
-                continue
-            split = split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)
-            parts["validation" if split == "validation" else "train"].append(rec)
-    else:
-        for rec in latest.values():
-            parts[split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)].append(
-                rec
-            )
+    benchmarks = _load_benchmarks(settings, store)
+    held_out = {normalise_text(r.text) for _, recs in benchmarks.values() for r in recs}
+    parts, golden_removed, bench_removed = _partition(latest, settings, store, held_out)
     if not parts["train"]:
         raise EmptyDatasetError("all accepted records fell into validation/golden; nothing to train on")
 
@@ -154,6 +191,10 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         recs.sort(key=lambda r: r.id)
         examples = [alpaca_example(instruction, r.text, r.entities, cfg.system_prompt) for r in recs]
         files[f"{name}.json"] = _canonical_json(examples)
+    for name, (_, recs) in benchmarks.items():
+        recs = sorted(recs, key=lambda r: r.id)
+        examples = [alpaca_example(instruction, r.text, r.entities, cfg.system_prompt) for r in recs]
+        files[f"benchmark_{name}.json"] = _canonical_json(examples)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
     if cfg.system_prompt:
         columns["system"] = "system"
@@ -182,6 +223,8 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         "golden_hash": golden_hash,
         "golden_source": cfg.golden_file or f"hash split ({cfg.golden_fraction:.0%})",
         "golden_removed_from_train": golden_removed,
+        "benchmarks": {name: path for name, (path, _) in benchmarks.items()},
+        "benchmark_removed_from_train": bench_removed,
         "conflicts": conflicts,
         "duplicates": duplicates,
         "prompt_template_hash": prompt_hash,
@@ -222,4 +265,15 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         duplicates=duplicates,
         label_counts=label_counts,
         created=created,
+        benchmarks=[
+            {
+                "name": name,
+                "source": path,
+                "uri": store.uri(join_key(prefix, f"benchmark_{name}.json")),
+                "hash": hashlib.sha256(files[f"benchmark_{name}.json"]).hexdigest()[:16],
+                "size": len(recs),
+            }
+            for name, (path, recs) in benchmarks.items()
+        ],
+        benchmark_removed_from_train=bench_removed,
     )

@@ -129,6 +129,7 @@ def plan_evaluation(
         batch_size=settings.evaluate.batch_size,
         backend=settings.evaluate.backend,
         model_cache_dir=settings.train.model_cache_dir,
+        benchmarks=dataset.benchmarks,
     )
     runs.write(store, run.key(runs.EVAL_REQUEST), request)
     log.info(
@@ -356,6 +357,7 @@ def _summary(
         champion_name=files.eval_request.champion.name,
         decision=decision,
         registered_version=version,
+        benchmarks=files.report.benchmarks,
         registry=runs.RegistryState(
             model=registry.name,
             tracking_uri=registry.tracking_uri,

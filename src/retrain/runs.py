@@ -182,6 +182,20 @@ class IntakeSummary(Contract):
     quarantined: int = 0
 
 
+class BenchmarkRef(Contract):
+    """A fixed benchmark file (conf ``dataset.benchmark_files``) as written into a dataset version."""
+
+    name: str
+    source: str
+    uri: str
+    hash: str
+    size: int
+
+    @property
+    def exam(self) -> str:
+        return exam_version(self.hash, self.size)
+
+
 class DatasetRef(Contract):
     """``dataset.json``: the dataset version a run trains and is examined on (`retrain.dataset`)."""
 
@@ -196,6 +210,8 @@ class DatasetRef(Contract):
     duplicates: int
     label_counts: dict[str, int]
     created: bool
+    benchmarks: list[BenchmarkRef] = []
+    benchmark_removed_from_train: int = 0
 
     @property
     def exam(self) -> str:
@@ -271,6 +287,7 @@ class EvalRequest(Contract):
     backend: Literal["hf", "vllm"] = "hf"
     template: str = "qwen"
     model_cache_dir: str | None = None
+    benchmarks: list[BenchmarkRef] = []
 
     @model_validator(mode="after")
     def _candidate_has_adapter(self) -> EvalRequest:
@@ -353,6 +370,7 @@ class EvalReport(Contract):
     base_model_path: str
     candidate: ModelScores
     champion: ModelScores
+    benchmarks: list[BenchmarkScores] = []
 
     @property
     def exam(self) -> str:
@@ -449,6 +467,18 @@ class ShortScores(Contract):
         )
 
 
+class BenchmarkScores(Contract):
+    """Candidate and champion on one fixed benchmark file (informs; the gate decides on the golden set)."""
+
+    name: str
+    exam: str
+    candidate: ShortScores
+    champion: ShortScores
+
+
+EvalReport.model_rebuild()
+
+
 class TrainFigures(Contract):
     train_loss: float | None = None
     steps: int | None = None
@@ -476,6 +506,7 @@ class RunSummary(Contract):
     decision: PromotionDecision
     registered_version: str | None = None
     registry: RegistryState
+    benchmarks: list[BenchmarkScores] = []
 
 
 # -- export ------------------------------------------------------------------------------------------

@@ -406,10 +406,15 @@ def run_evaluation(
         fingerprint = base_model_fingerprint(base_dir)
         candidate, champion = _sides(store_for, request, Path(wd), fingerprint)
         cached = _read_cache(store, champion.key)
+        benchmarks = [(b, _load_benchmark(store_for, b)) for b in request.benchmarks]
+        champion_needed = cached is None or any(
+            not store.exists(_cache_object(_bench_key(champion, b, request, fingerprint)))
+            for b, _ in benchmarks
+        )
         factory = backend_factory
         if factory is None:
             from retrain.evaluate.generate import make_backend as factory
-        adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if cached is None else [])
+        adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if champion_needed else [])
         backend = factory(
             request.backend, str(base_dir), template=request.template, adapter_dirs=adapter_dirs
         )
@@ -448,9 +453,62 @@ def run_evaluation(
             base_model_path=str(base_dir),
             candidate=runs.ModelScores.model_validate(results["candidate"].metrics),
             champion=runs.ModelScores.model_validate(results["champion"].metrics),
+            benchmarks=[
+                _score_benchmark(store, (candidate, champion), backend, bench, request, fingerprint)
+                for bench in benchmarks
+            ],
         )
         _publish(store, run_prefix, report, results, Path(wd))
     return report
+
+
+def _load_benchmark(store_for: Any, bench: runs.BenchmarkRef) -> GoldenSet:
+    bucket, key = parse_s3_uri(bench.uri)
+    golden = load_golden(store_for(bucket).get_bytes(key), where=bench.uri)
+    if not golden.sha256.startswith(bench.hash.lower()):
+        raise ValueError(
+            f"{bench.uri}: sha256 {golden.sha256[:16]}… does not match the request's {bench.hash}"
+        )
+    return golden
+
+
+def _bench_key(side: _Side, bench: runs.BenchmarkRef, request: EvalRequest, fingerprint: str) -> str:
+    return cache_key(side.digest, bench.hash, request.decoding(), fingerprint, request.labels)
+
+
+def _score_benchmark(
+    store: ObjectStore,
+    sides: tuple[_Side, _Side],
+    backend: Any,
+    bench: tuple[runs.BenchmarkRef, GoldenSet],
+    request: EvalRequest,
+    fingerprint: str,
+) -> runs.BenchmarkScores:
+    """Candidate and champion on one fixed benchmark file (cached like the golden results)."""
+    ref, golden = bench
+    scores = {}
+    for side in sides:
+        key = _bench_key(side, ref, request, fingerprint)
+        cached = _read_cache(store, key)
+        if cached is not None:
+            res = ModelResult(cached["metrics"], cached["predictions"])
+        else:
+            log.info("benchmark %s (%d sentences)", ref.name, golden.n)
+            res = _examine(side, backend, golden, request)
+            _write_cache(store, key, res, {"adapter_digest": side.digest, "golden_hash": ref.hash})
+        model = runs.ModelScores.model_validate({**res.metrics, "name": side.spec.name, "cached": False})
+        scores[side.role] = runs.ShortScores.of(model)
+    log.info(
+        "benchmark %s (exam %s): candidate micro F1 %s, %s %s",
+        ref.name,
+        ref.exam,
+        _f(scores["candidate"].micro_f1),
+        sides[1].spec.name,
+        _f(scores["champion"].micro_f1),
+    )
+    return runs.BenchmarkScores(
+        name=ref.name, exam=ref.exam, candidate=scores["candidate"], champion=scores["champion"]
+    )
 
 
 def _log_scores(side: _Side, m: dict[str, Any], n: int) -> None:
@@ -470,8 +528,12 @@ def _f(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _cache_object(key: str) -> str:
+    return f"{CACHE_PREFIX}/{key}.json"
+
+
 def _read_cache(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    cache_obj = f"{CACHE_PREFIX}/{key}.json"
+    cache_obj = _cache_object(key)
     if not store.exists(cache_obj):
         return None
     try:
