@@ -157,6 +157,15 @@ def micro_f1(counts: Counts) -> float:
     return float(_f1(sums[0], sums[1], sums[2]))
 
 
+def _reported_f1(scores: ModelScores, reading: str) -> float:
+    """The micro F1 the evaluation reported for ``reading`` (equal to `micro_f1` of its counts)."""
+    if reading == "lenient" and scores.lenient_micro is not None:
+        return scores.lenient_micro.f1 or 0.0
+    if reading == "lenient":
+        return micro_f1(_sentences(scores, reading, scores.name))
+    return scores.micro.f1 or 0.0
+
+
 def _point_f1(counts: Counts, labels: Sequence[str]) -> dict[str, float]:
     sums = _matrix(counts, list(labels)).sum(axis=0)
     f1 = _f1(sums[0::3], sums[1::3], sums[2::3])
@@ -229,8 +238,7 @@ def decide(
             dry_run=dry_run,
             exam=exam,
         )
-    c_f1 = micro_f1(_sentences(candidate, gate.reading, "candidate"))
-    h_f1 = micro_f1(_sentences(champion, gate.reading, "champion"))
+    c_f1, h_f1 = _reported_f1(candidate, gate.reading), _reported_f1(champion, gate.reading)
     rules = _rules(sig, candidate, gate, c_f1, h_f1, champion_name)
     failed = [r for r in rules if not r.passed]
     promote = not failed and not dry_run
