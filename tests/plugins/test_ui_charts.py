@@ -169,6 +169,12 @@ def test_f1_trend_joins_only_runs_on_the_same_exam_and_marks_each_exam():
     assert chart.markers[1].x == chart.x_ticks[2].x  # the marker sits on the first run of the new exam
     svg = _svg(chart)
     assert svg.count('class="marker"') == 2 and "exam bbbbbbbb/95" in svg
+    # a fixed benchmark is its own line, joined across the golden-set change (its file did not change)
+    for run, f1 in zip(runs, (0.3, 0.35, 0.4, 0.45), strict=True):
+        bench = {"name": "dev", "exam": "dddddddddddddddd/500", "candidate": {"micro_f1": f1}}
+        run.summary["benchmarks"] = [bench]
+    bench_line = f1_trend(runs).series[-1]
+    assert bench_line.name == "benchmark dev" and len(bench_line.lines) == 1 and len(bench_line.dots) == 4
     # the summary's dataset names the exam when the decision does not (runs from before the gate)
     old = _run("scheduled__2026-12-01T02:00:00+00:00", {"name": 0.8}, 0.7, 0.6)
     old.summary["dataset"] = {"golden_hash": "bbbbbbbbbbbbbbbb", "golden": 95}

@@ -241,10 +241,20 @@ def test_run_report_shows_the_exam_the_interval_and_how_outputs_were_read(links)
         "decision": decision.model_dump(),
         "registered_version": "2",
         "registry": {"model": "m", "champion_version": "2"},
+        "benchmarks": [
+            {
+                "name": "team-dev",
+                "exam": "e" * 16 + "/500",
+                "candidate": {"micro_f1": 0.61},
+                "champion": {"micro_f1": 0.58},
+            }
+        ],
     }
     page = render_run_report(
         run=RunRecord("r2", summary, None, None), run_id="r2", validation_pages={}, links=links
     )
+    bench = re.search(r'<table id="benchmarks">.*?</table>', page, re.S).group(0)
+    assert "<td>team-dev</td><td><code>eeeeeeee/500</code></td>" in bench and "+0.0300" in bench
     sig = decision.significance
     assert '<p id="exam">Exam <code>cccccccc/100</code>' in page
     assert f"<b>{sig.difference:+.4f}</b>, 95% interval <b>[{sig.low:+.4f}, {sig.high:+.4f}]</b>" in page

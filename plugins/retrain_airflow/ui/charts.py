@@ -205,6 +205,8 @@ def f1_trend(runs: list[RunRecord]) -> LineChart | None:
 
     Scores are comparable only on the same exam (golden-set version, `RunRecord.exam`): the lines join
     consecutive runs on the same exam only, and a labelled vertical marker shows where each exam starts.
+    Each fixed benchmark file (summary ``benchmarks``) is one more line, "benchmark <name>", the
+    candidate's micro F1 on it; it breaks only where the benchmark file itself changed.
     """
     evaluations = [
         (r, (r.summary or {})["evaluation"])
@@ -232,6 +234,7 @@ def f1_trend(runs: list[RunRecord]) -> LineChart | None:
     )
     for s in series:
         s.points = _break_at(s.points, starts[1:])
+    series.extend(_benchmark_series(evaluations, len(series)))
     return line_chart(
         series,
         title="Candidate F1 per label, by run (lines join runs on the same exam only)",
@@ -242,6 +245,25 @@ def f1_trend(runs: list[RunRecord]) -> LineChart | None:
         height=max(320, 60 + 18 * len(series)),
         markers=[(float(x), f"exam {exam_label(exams[x]) or 'unknown'}") for x in starts],
     )
+
+
+def _benchmark_series(evaluations: list[tuple[RunRecord, dict[str, Any]]], offset: int) -> list[Series]:
+    """One line per fixed benchmark: the candidate's micro F1 on it, by run."""
+    by_name: dict[str, list[tuple[int, float | None, str]]] = {}
+    for x, (run, _) in enumerate(evaluations):
+        for bench in (run.summary or {}).get("benchmarks") or []:
+            if isinstance(bench, dict) and bench.get("name"):
+                f1 = as_number((bench.get("candidate") or {}).get("micro_f1"))
+                by_name.setdefault(str(bench["name"]), []).append((x, f1, str(bench.get("exam", ""))))
+    out = []
+    for i, (name, rows) in enumerate(sorted(by_name.items())):
+        points: list[tuple[float, float | None]] = []
+        for j, (x, f1, exam) in enumerate(rows):
+            if j and (exam != rows[j - 1][2] or x != rows[j - 1][0] + 1):
+                points.append((x - 0.5, None))  # a changed file or a run without it: no line across
+            points.append((float(x), f1))
+        out.append(Series(f"benchmark {name}", points, PALETTE[(offset + i) % len(PALETTE)], 2.5, "8 3"))
+    return out
 
 
 def _break_at(points: list[tuple[float, float | None]], xs: list[int]) -> list[tuple[float, float | None]]:
