@@ -33,13 +33,14 @@ def _retrain(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_the_input_error_classes_share_one_base() -> None:
+    from retrain.base_models import BaseModelRefused, BaseModelUnavailable
     from retrain.config import ConfigError
     from retrain.dataset import EmptyDatasetError
     from retrain.evaluate import EvalRequestError
     from retrain.evaluate.parsing import GoldFormatError
     from retrain.runs import ContractError
     from retrain.storage import UnsafeKeyError
-    from retrain.train import BaseModelUnavailable, TrainingFailed, TrainInputError
+    from retrain.train import TrainingFailed, TrainInputError
 
     for cls in (
         ConfigError,
@@ -49,6 +50,7 @@ def test_the_input_error_classes_share_one_base() -> None:
         GoldFormatError,
         TrainInputError,
         BaseModelUnavailable,
+        BaseModelRefused,
         EmptyDatasetError,
     ):
         assert issubclass(cls, InputError), cls

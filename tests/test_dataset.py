@@ -81,6 +81,43 @@ def test_fixed_golden_file_is_removed_from_training(store, settings, tmp_path):
     assert not golden_inputs & train_inputs
 
 
+def test_benchmark_files_are_written_beside_golden_and_never_trained_on(store, settings, tmp_path):
+    from retrain.runs import DatasetRef
+
+    lines = make_batch(60, seed=11)
+    dev = tmp_path / "team-dev.jsonl"
+    dev.write_text("\n".join(lines[:12]) + "\n", encoding="utf-8")
+    s = settings.model_copy(
+        update={"dataset": settings.dataset.model_copy(update={"benchmark_files": [str(dev)]})}
+    )
+    _ingest(store, s, "incoming/b.json", lines)
+    res = build_dataset(store, s)
+    ref = DatasetRef.model_validate(res.to_json())
+    [bench] = ref.benchmarks
+    assert (bench.name, bench.source, bench.size) == ("team-dev", str(dev), 12)
+    assert bench.exam == f"{bench.hash}/12" and ref.exam == f"{ref.golden_hash}/{ref.golden}"
+    prefix = res.uri.split("/", 3)[3]
+    bench_inputs = {e["input"] for e in json.loads(store.get_bytes(prefix + "benchmark_team-dev.json"))}
+    train_inputs = {e["input"] for e in json.loads(store.get_bytes(prefix + "train.json"))}
+    valid_inputs = {e["input"] for e in json.loads(store.get_bytes(prefix + "validation.json"))}
+    assert len(bench_inputs) == 12 and not bench_inputs & (train_inputs | valid_inputs)
+    assert res.benchmark_removed_from_train >= 1
+    assert bench.uri == store.uri(prefix + "benchmark_team-dev.json")
+    # two files with the same name are refused, naming both
+    other = tmp_path / "x"
+    other.mkdir()
+    (other / "team-dev.jsonl").write_text(lines[20] + "\n", encoding="utf-8")
+    twice = s.model_copy(
+        update={
+            "dataset": s.dataset.model_copy(
+                update={"benchmark_files": [str(dev), str(other / "team-dev.jsonl")]}
+            )
+        }
+    )
+    with pytest.raises(ValueError, match="same name 'team-dev'"):
+        build_dataset(store, twice)
+
+
 def test_later_correction_wins_and_conflict_is_counted(store, settings):
     line = {"text": "张伟在上海工作。", "label": {"name": {"张伟": [[0, 1]]}}}
     fixed = {"text": "张伟在上海工作。", "label": {"name": {"张伟": [[0, 1]]}, "address": {"上海": [[3, 4]]}}}

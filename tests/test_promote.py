@@ -64,6 +64,13 @@ def test_a_better_candidate_is_registered_and_promoted(store, settings, registry
         champion["version"] == "1" and champion["adapter_uri"] == uri and champion["adapter_digest"] == digest
     )
     assert champion["tags"]["decision"] == "promoted" and champion["tags"]["git_commit"] == "abc"
+    # the decision's interval and the exam, as registry tags
+    sig = summary.decision.significance
+    assert sig is not None and sig.low > 0 and summary.decision.exam == f"{'g' * 16}/100"
+    assert champion["exam_version"] == summary.decision.exam
+    assert champion["decision_interval"] == sig.interval() and "95% CI" in sig.interval()
+    assert float(champion["tags"]["decision_ci_low"]) == pytest.approx(sig.low, abs=1e-6)
+    assert champion["tags"]["decision_bootstrap"].startswith("strict micro F1, 2000 resamples, seed 20261202")
     # the files a reader uses, valid against their contracts
     assert runs.read(store, run.key(runs.SUMMARY), runs.RunSummary) == summary
     assert runs.read(store, run.key(runs.DECISION), runs.PromotionDecision) == summary.decision

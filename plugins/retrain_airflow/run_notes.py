@@ -15,9 +15,10 @@ def run_note(summary: dict[str, Any] | None) -> str:
     """One line for a ``ner_retrain`` DAG-run note, from the run's ``summary.json`` (None: no summary,
     i.e. the run found no new data and skipped training).
 
-    ``promoted v7: micro F1 0.8120 (+0.0140 vs champion v6)`` /
-    ``kept champion v3: candidate v8 micro F1 0.7900 (-0.0080); beats_champion failed`` /
-    ``dry run: would promote …`` / ``skipped: no new data``.
+    ``promoted v7: micro F1 0.8120 (+0.0140, 95% CI +0.0031 to +0.0252 vs champion v6; exam 3f2a…/1343)``
+    / ``kept champion v3: candidate v8 micro F1 0.7900 (-0.0080, 95% CI … vs champion v3); failed
+    significant_gain`` / ``dry run: would promote …`` / ``skipped: no new data``. The interval and the
+    exam version appear when the decision has them (decisions from before the significance gate do not).
     """
     if not summary:
         return "skipped: no new data"
@@ -31,7 +32,11 @@ def run_note(summary: dict[str, Any] | None) -> str:
     )
     against = decision.get("champion_name") or summary.get("champion_name") or "champion"
     version = summary.get("registered_version")
-    delta = f" ({cand - champ:+.4f} vs {against})" if cand is not None and champ is not None else ""
+    delta = (
+        f" ({cand - champ:+.4f}{interval(decision)} vs {against}{exam(decision)})"
+        if cand is not None and champ is not None
+        else ""
+    )
     f1 = f"micro F1 {cand:.4f}" if cand is not None else "micro F1 n/a"
     failed = [r.get("rule", "?") for r in decision.get("rules") or [] if not r.get("passed")]
     if decision.get("dry_run"):
@@ -42,6 +47,26 @@ def run_note(summary: dict[str, Any] | None) -> str:
     who = f"candidate v{version}" if version else "candidate"
     why = f"; failed {', '.join(failed)}" if failed else ""
     return one_line(f"kept {against}: {who} {f1}{delta}{why}")
+
+
+def interval(decision: dict[str, Any]) -> str:
+    """``, 95% CI +0.0031 to +0.0252`` from a decision's significance, else ""."""
+    sig = decision.get("significance")
+    if not isinstance(sig, dict):
+        return ""
+    low, high, conf = as_number(sig.get("low")), as_number(sig.get("high")), as_number(sig.get("confidence"))
+    if low is None or high is None or conf is None:
+        return ""
+    return f", {conf:.0%} CI {low:+.4f} to {high:+.4f}"
+
+
+def exam(decision: dict[str, Any]) -> str:
+    """``; exam 3f2a9c1b/43`` (the golden-set version the scores are on), else ""."""
+    name = decision.get("exam")
+    if not isinstance(name, str) or "/" not in name:
+        return ""
+    digest, _, size = name.partition("/")
+    return f"; exam {digest[:8]}/{size}"
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -76,6 +76,29 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from retrain.config import load_settings
+    from retrain.evaluate import load_golden, read_predictions, score_model
+    from retrain.gate import decide
+    from retrain.runs import exam_version
+
+    settings = load_settings(args.conf)
+    with open(args.golden, "rb") as fh:
+        golden = load_golden(fh.read(), where=args.golden)
+    labels = settings.prompt.labels
+    candidate = score_model(golden, read_predictions(args.candidate, golden.n), labels, "candidate")
+    champion = score_model(golden, read_predictions(args.champion, golden.n), labels, args.champion_name)
+    decision = decide(
+        candidate,
+        champion,
+        settings.gate,
+        champion_name=args.champion_name,
+        exam=exam_version(golden.sha256[:16], golden.n),
+    )
+    _print(decision)
+    return 0
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     from retrain import registry
     from retrain.config import load_settings
@@ -187,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ck.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr for large files")
     ck.set_defaults(func=_cmd_check)
+
+    gt = sub.add_parser(
+        "gate",
+        help="replay the promotion gate offline on a golden file and two prediction files",
+        description="Score both prediction files on the golden set exactly as the evaluate stage does and "
+        "print the decision JSON of the gate ner_retrain's promote task applies (conf gate). A prediction "
+        "file has one JSON line per golden example, in order: the raw model output as a JSON string, or "
+        'an object with a "raw" string (eval/predictions_<role>.jsonl of a run is such a file).',
+    )
+    gt.add_argument(
+        "--golden", required=True, help="the golden set: alpaca JSON list (a dataset's golden.json)"
+    )
+    gt.add_argument("--champion", required=True, help="predictions of the champion (or base model)")
+    gt.add_argument("--candidate", required=True, help="predictions of the candidate")
+    gt.add_argument("--champion-name", default="champion", help="how the reason names the champion")
+    gt.add_argument(
+        "--conf", default=None, help="conf directory (default: $RETRAIN_CONF_DIR or the repo's conf/)"
+    )
+    gt.set_defaults(func=_cmd_gate)
 
     rg = sub.add_parser("registry", help="model registry: history, rollback, show")
     rg.add_argument("--base-model", default=None)

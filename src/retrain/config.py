@@ -92,6 +92,7 @@ class DatasetConfig(_Strict):
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     golden_fraction: float = Field(0.1, gt=0, lt=1)
     golden_file: str | None = None
+    benchmark_files: list[str] = []
     system_prompt: str | None = None
 
 
@@ -223,11 +224,17 @@ class RegistryConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    min_delta: float = 0.0
-    min_f1: float = 0.0
-    max_parse_failure: float = 1.0
-    min_support: int = 5
-    max_label_drop: float = 1.0
+    """The promotion gate (`retrain.gate`); conf/pipeline.yaml says why each default is what it is."""
+
+    reading: Literal["strict", "lenient"] = "strict"
+    resamples: int = Field(2000, ge=100, le=100_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = Field(20261202, ge=0)
+    min_delta: float = Field(0.0, ge=0, le=1)
+    min_support: int = Field(20, ge=1)
+    max_label_drop: float = Field(0.05, ge=0, le=1)
+    max_parse_failure: float = Field(0.05, ge=0, le=1)
+    min_f1: float | None = Field(None, ge=0, le=1)
 
 
 AlertEvent = Literal["failure", "quarantine", "promotion"]

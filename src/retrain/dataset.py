@@ -7,6 +7,9 @@
   validation and golden across runs. A fixed golden file (conf ``dataset.golden_file``) replaces
   the hash-chosen golden part; any golden sentence found in the training data is removed from
   training and validation and counted.
+- Fixed benchmark files (conf ``dataset.benchmark_files``: a team's own dev sets, CLUENER JSON lines)
+  are written as ``benchmark_<name>.json`` in the same alpaca form; the evaluation scores candidate
+  and champion on each of them every run, beside the golden set. Their sentences never train.
 - The version is a content hash of the files written: same inputs give the same version and
   byte-identical files, and a version folder once written is never rewritten.
 """
@@ -16,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,8 @@ class DatasetResult:
     duplicates: int
     label_counts: dict[str, int]
     created: bool
+    benchmarks: list[dict[str, Any]] = field(default_factory=list)  # runs.BenchmarkRef fields
+    benchmark_removed_from_train: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,11 +92,10 @@ def load_accepted(
     return rows, [{"key": k, "etag": v} for k, v in sorted(sources.items())]
 
 
-def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
+def _load_fixed_file(path: str, settings: Settings, store: ObjectStore, what: str) -> list[Record]:
+    """A fixed evaluation file (CLUENER JSON lines, a local path or s3://); every line must be valid."""
     from retrain import formats
 
-    path = settings.dataset.golden_file
-    assert path
     if path.startswith("s3://"):
         from retrain.storage import parse_s3_uri
 
@@ -106,9 +111,10 @@ def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
         else:
             rejections.append(item)
     if rejections:
-        raise ValueError(
-            f"golden file {path}: {len(rejections)} invalid records, first: {rejections[0].message()}"
-        )
+        first = rejections[0].message()
+        raise ValueError(f"{what} {path}: {len(rejections)} invalid records, first: {first}")
+    if not records:
+        raise ValueError(f"{what} {path}: no records")
     return records
 
 
@@ -131,44 +137,75 @@ def _latest_records(rows: list[dict[str, Any]]) -> tuple[dict[str, Record], int,
     return latest, conflicts, duplicates
 
 
-def _split_records(
-    latest: dict[str, Record], settings: Settings, store: ObjectStore
-) -> tuple[dict[str, list[Record]], int]:
-    """train/validation/golden by the hash split, or a fixed golden file (its texts removed from
-    training); returns the parts and how many golden texts were removed."""
+def benchmark_name(path: str) -> str:
+    """A benchmark's name: its file name without extension, as a slug (``dev.jsonl`` -> ``dev``)."""
+    stem = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "benchmark"
+
+
+def _load_benchmarks(settings: Settings, store: ObjectStore) -> dict[str, tuple[str, list[Record]]]:
+    """name -> (source path, records) for every ``dataset.benchmark_files`` entry; names must differ."""
+    out: dict[str, tuple[str, list[Record]]] = {}
+    for path in settings.dataset.benchmark_files:
+        name = benchmark_name(path)
+        if name in out:
+            raise ValueError(
+                f"benchmark files {out[name][0]} and {path} have the same name {name!r}: rename one"
+            )
+        out[name] = (path, _load_fixed_file(path, settings, store, "benchmark file"))
+    return out
+
+
+def _partition(
+    latest: dict[str, Record], settings: Settings, store: ObjectStore, held_out: set[str]
+) -> tuple[dict[str, list[Record]], int, int]:
+    """(train/validation/golden records, golden sentences removed from training, benchmark sentences
+    removed from training): the hash split, or a fixed golden file (its texts removed from
+    training). ``held_out``: normalised texts of the benchmark files."""
     cfg = settings.dataset
     parts: dict[str, list[Record]] = {"train": [], "validation": [], "golden": []}
-    golden_removed = 0
+    golden_removed = bench_removed = 0
+    golden_texts: set[str] = set()
     if cfg.golden_file:
-        golden_records = _load_golden_file(settings, store)
-        golden_texts = {normalise_text(r.text) for r in golden_records}
-        parts["golden"] = golden_records
-        for key, rec in latest.items():
-            if key in golden_texts:
-                golden_removed += 1
-                continue
-            split = split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)
-            parts["validation" if split == "validation" else "train"].append(rec)
-    else:
-        for rec in latest.values():
-            parts[split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)].append(
-                rec
-            )
+        parts["golden"] = _load_fixed_file(cfg.golden_file, settings, store, "golden file")
+        golden_texts = {normalise_text(r.text) for r in parts["golden"]}
+    for key, rec in latest.items():
+        if key in golden_texts:
+            golden_removed += 1
+            continue
+        split = split_of(rec.text, cfg.split_seed, cfg.validation_fraction, cfg.golden_fraction)
+        if cfg.golden_file and split == "golden":
+            split = "train"
+        if split != "golden" and key in held_out:
+            bench_removed += 1
+            continue
+        parts[split].append(rec)
     if not parts["train"]:
         raise EmptyDatasetError("all accepted records fell into validation/golden; nothing to train on")
-    return parts, golden_removed
+    return parts, golden_removed, bench_removed
 
 
-def _dataset_files(parts: dict[str, list[Record]], instruction: str, settings: Settings) -> dict[str, bytes]:
-    """The version's files: train/validation/golden.json (alpaca) and LLaMA-Factory's dataset_info.json."""
-    cfg = settings.dataset
-    files: dict[str, bytes] = {}
-    for name, recs in parts.items():
-        recs.sort(key=lambda r: r.id)
-        examples = [alpaca_example(instruction, r.text, r.entities, cfg.system_prompt) for r in recs]
-        files[f"{name}.json"] = _canonical_json(examples)
+def _alpaca_file(recs: list[Record], instruction: str, settings: Settings) -> bytes:
+    examples = [
+        alpaca_example(instruction, r.text, r.entities, settings.dataset.system_prompt)
+        for r in sorted(recs, key=lambda r: r.id)
+    ]
+    return _canonical_json(examples)
+
+
+def _dataset_files(
+    parts: dict[str, list[Record]],
+    benchmarks: dict[str, tuple[str, list[Record]]],
+    instruction: str,
+    settings: Settings,
+) -> dict[str, bytes]:
+    """The version's files: train/validation/golden.json and benchmark_<name>.json (alpaca), and
+    LLaMA-Factory's dataset_info.json."""
+    files = {f"{name}.json": _alpaca_file(recs, instruction, settings) for name, recs in parts.items()}
+    for name, (_, recs) in benchmarks.items():
+        files[f"benchmark_{name}.json"] = _alpaca_file(recs, instruction, settings)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
-    if cfg.system_prompt:
+    if settings.dataset.system_prompt:
         columns["system"] = "system"
     files["dataset_info.json"] = _canonical_json(
         {
@@ -180,6 +217,21 @@ def _dataset_files(parts: dict[str, list[Record]], instruction: str, settings: S
     return files
 
 
+def _benchmark_refs(
+    store: ObjectStore, prefix: str, benchmarks: dict[str, tuple[str, list[Record]]], files: dict[str, bytes]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "source": path,
+            "uri": store.uri(join_key(prefix, f"benchmark_{name}.json")),
+            "hash": hashlib.sha256(files[f"benchmark_{name}.json"]).hexdigest()[:16],
+            "size": len(recs),
+        }
+        for name, (path, recs) in benchmarks.items()
+    ]
+
+
 def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     """Build (or find) the dataset version for the current accepted history and upload it."""
     rows, sources = load_accepted(store, settings)
@@ -188,8 +240,10 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     latest, conflicts, duplicates = _latest_records(rows)
     cfg = settings.dataset
     instruction = settings.prompt.render_instruction()
-    parts, golden_removed = _split_records(latest, settings, store)
-    files = _dataset_files(parts, instruction, settings)
+    benchmarks = _load_benchmarks(settings, store)
+    held_out = {normalise_text(r.text) for _, recs in benchmarks.values() for r in recs}
+    parts, golden_removed, bench_removed = _partition(latest, settings, store, held_out)
+    files = _dataset_files(parts, benchmarks, instruction, settings)
     label_counts: dict[str, int] = {}
     for rec in parts["train"]:
         for e in rec.entities:
@@ -208,6 +262,8 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         "golden_hash": golden_hash,
         "golden_source": cfg.golden_file or f"hash split ({cfg.golden_fraction:.0%})",
         "golden_removed_from_train": golden_removed,
+        "benchmarks": {name: path for name, (path, _) in benchmarks.items()},
+        "benchmark_removed_from_train": bench_removed,
         "conflicts": conflicts,
         "duplicates": duplicates,
         "prompt_template_hash": prompt_hash,
@@ -248,4 +304,15 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         duplicates=duplicates,
         label_counts=label_counts,
         created=created,
+        benchmarks=[
+            {
+                "name": name,
+                "source": path,
+                "uri": store.uri(join_key(prefix, f"benchmark_{name}.json")),
+                "hash": hashlib.sha256(files[f"benchmark_{name}.json"]).hexdigest()[:16],
+                "size": len(recs),
+            }
+            for name, (path, recs) in benchmarks.items()
+        ],
+        benchmark_removed_from_train=bench_removed,
     )

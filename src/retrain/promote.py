@@ -134,6 +134,7 @@ def plan_evaluation(
         # the base model as trained (`retrain.base_models`): same pinned revision, same code policy
         base_model_revision=trained.base_model_revision,
         trust_remote_code=bool(trained.llamafactory.get("trust_remote_code", False)),
+        benchmarks=dataset.benchmarks,
     )
     runs.write(store, run.key(runs.EVAL_REQUEST), request)
     log.info(
@@ -178,6 +179,7 @@ def _metrics(files: _RunFiles) -> dict[str, float]:
         "eval_macro_f1": cand.macro_f1,
         "eval_cluener_score": cand.cluener_score,
         "eval_parse_failure_rate": cand.parse_failure_rate,
+        "eval_micro_f1_lenient": cand.lenient_micro.f1 if cand.lenient_micro else None,
         "champion_micro_f1": champ.micro.f1,
         "train_loss_final": files.train.train_loss,
     }
@@ -200,6 +202,7 @@ def _register(
     tags = {
         "dataset_version": dataset.version,
         "golden_hash": dataset.golden_hash,
+        "exam_version": files.report.exam,
         "base_model": files.train_request.base_model,
         "run_uri": run.uri,
         "git_commit": provenance.git_commit,
@@ -235,9 +238,7 @@ def _register(
         airflow_run_id=run_id,
         tags={**tags, "micro_f1": f"{micro:.6f}", "airflow_dag_id": provenance.dag_id},
     )
-    registry.set_version_tags(
-        version, {"decision": "promoted" if decision.promote else "kept", "decision_reason": decision.reason}
-    )
+    registry.set_version_tags(version, decision_tags(decision))
     return version
 
 
@@ -263,10 +264,9 @@ def promote_run(
         settings.gate,
         champion_name=champion_name,
         dry_run=dry_run,
+        exam=files.report.exam,
     )
-    for rule in decision.rules:
-        log.info("gate %-20s %s  %s", rule.rule, "PASS" if rule.passed else "FAIL", rule.detail)
-    log.info("decision: %s", decision.reason)
+    log_decision(decision)
     version = None
     if not dry_run:
         version = _register(store, run, registry, files, decision, run_id=run_id, provenance=provenance)
@@ -279,6 +279,55 @@ def promote_run(
         clear_pending(store, settings)
     log.info("run summary: registered version %s, champion %s", version, summary.registry.champion_version)
     return summary
+
+
+def log_decision(decision: PromotionDecision) -> None:
+    """The decision in the task log: the interval, every label checked, every rule, the reason."""
+    sig = decision.significance
+    if sig is not None:
+        log.info(
+            "gate: exam %s, micro F1 (%s) difference %s; paired bootstrap of %d sentences, %d resamples, "
+            "seed %d",
+            decision.exam,
+            sig.reading,
+            sig.interval(),
+            sig.n_sentences,
+            sig.resamples,
+            sig.seed,
+        )
+        for lab in sig.labels:
+            log.info(
+                "gate label %-14s support %4d  %+.4f [%+.4f, %+.4f]%s",
+                lab.label,
+                lab.support,
+                lab.difference,
+                lab.low,
+                lab.high,
+                "  REGRESSED" if lab.regressed else "",
+            )
+    for rule in decision.rules:
+        log.info("gate %-20s %s  %s", rule.rule, "PASS" if rule.passed else "FAIL", rule.detail)
+    log.info("decision: %s", decision.reason)
+
+
+def decision_tags(decision: PromotionDecision) -> dict[str, str]:
+    """Registry tags of a decided version: the verdict, its reason, the difference and its interval."""
+    tags = {"decision": "promoted" if decision.promote else "kept", "decision_reason": decision.reason}
+    sig = decision.significance
+    if sig is not None:
+        tags.update(
+            {
+                "decision_difference": f"{sig.difference:+.6f}",
+                "decision_ci_low": f"{sig.low:+.6f}",
+                "decision_ci_high": f"{sig.high:+.6f}",
+                "decision_interval": sig.interval(),
+                "decision_bootstrap": f"{sig.reading} micro F1, {sig.resamples} resamples, seed {sig.seed}, "
+                f"confidence {sig.confidence}, min_delta {sig.min_delta}",
+            }
+        )
+    if decision.exam:
+        tags["exam_version"] = decision.exam
+    return tags
 
 
 def _summary(
@@ -311,6 +360,7 @@ def _summary(
         champion_name=files.eval_request.champion.name,
         decision=decision,
         registered_version=version,
+        benchmarks=files.report.benchmarks,
         registry=runs.RegistryState(
             model=registry.name,
             tracking_uri=mask_uri(registry.tracking_uri),

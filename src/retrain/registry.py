@@ -3,7 +3,8 @@
 - One registered model per task and base model (conf ``registry.model_name_template``).
 - Each training run is an MLflow run (params: the LLaMA-Factory YAML; metrics: loss curve and
   evaluation figures; artifacts: adapter, eval report, loss plot, dataset manifest; tags: dataset and
-  golden hashes, Airflow dag/run ids, git commit).
+  golden hashes, the exam version, Airflow dag/run ids, git commit). A registered version also carries
+  the gate's decision: verdict, reason, micro-F1 difference and its bootstrap interval.
 - Aliases ``champion`` and ``previous``. A promotion first points ``previous`` at the old champion,
   then moves ``champion`` (an overwrite, never a delete), so at no moment is there no champion.
 - MLflow keeps no history of alias changes, so every change is also recorded as an append-only
@@ -103,6 +104,10 @@ class Registry:
             "adapter_digest": mv.tags.get("adapter_digest", ""),
             "micro_f1": float(mv.tags["micro_f1"]) if "micro_f1" in mv.tags else None,
             "dataset_version": mv.tags.get("dataset_version", ""),
+            # the golden-set version micro_f1 was measured on, and the gate's difference with its
+            # interval (tags written by `retrain.promote.decision_tags`; empty for older versions)
+            "exam_version": mv.tags.get("exam_version", ""),
+            "decision_interval": mv.tags.get("decision_interval", ""),
             "airflow_run_id": mv.tags.get("airflow_run_id", ""),
             "aliases": list(getattr(mv, "aliases", []) or []),
             "created": mv.creation_timestamp,

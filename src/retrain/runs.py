@@ -70,6 +70,12 @@ def safe_run_id(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:200] or "run"
 
 
+def exam_version(golden_hash: str, size: int) -> str:
+    """The name of one golden-set version ("the exam"): its content hash and its size, e.g.
+    ``3f2a9c1b0d4e5f60/43``. Scores are comparable only on the same exam version."""
+    return f"{golden_hash[:16]}/{size}"
+
+
 class ContractError(InputError, ValueError):
     """A run-folder file is missing or does not have its contract's shape; the message names both."""
 
@@ -177,6 +183,20 @@ class IntakeSummary(Contract):
     quarantined: int = 0
 
 
+class BenchmarkRef(Contract):
+    """A fixed benchmark file (conf ``dataset.benchmark_files``) as written into a dataset version."""
+
+    name: str
+    source: str
+    uri: str
+    hash: str
+    size: int
+
+    @property
+    def exam(self) -> str:
+        return exam_version(self.hash, self.size)
+
+
 class DatasetRef(Contract):
     """``dataset.json``: the dataset version a run trains and is examined on (`retrain.dataset`)."""
 
@@ -191,6 +211,13 @@ class DatasetRef(Contract):
     duplicates: int
     label_counts: dict[str, int]
     created: bool
+    benchmarks: list[BenchmarkRef] = []
+    benchmark_removed_from_train: int = 0
+
+    @property
+    def exam(self) -> str:
+        """The golden set's version (`exam_version`)."""
+        return exam_version(self.golden_hash, self.golden)
 
     @property
     def golden_uri(self) -> str:
@@ -265,6 +292,7 @@ class EvalRequest(Contract):
     model_cache_dir: str | None = None
     base_model_revision: str | None = None  # as in the train request (`retrain.base_models`)
     trust_remote_code: bool = False  # conf models.trust_remote_code
+    benchmarks: list[BenchmarkRef] = []
 
     @model_validator(mode="after")
     def _candidate_has_adapter(self) -> EvalRequest:
@@ -299,7 +327,15 @@ class LabelScores(PRF):
 
 
 class ModelScores(Contract):
-    """One model's examination on the golden set (one side of ``eval/report.json``)."""
+    """One model's examination on the golden set (one side of ``eval/report.json``).
+
+    ``micro``, ``macro_f1``, ``cluener_score`` and ``per_label`` are the strict reading (only valid or
+    repaired outputs count, `retrain.evaluate.parsing`); ``lenient_micro`` also counts entities
+    salvaged from invalid JSON. ``parse_readings``: outputs per reading (valid, repaired, salvaged,
+    unparseable); ``parse_failure_rate`` = (salvaged + unparseable) / sentences. ``sentences``: per
+    reading ("strict", "lenient"), each golden sentence's label -> [tp, fp, fn] counts, which the
+    significance gate resamples (empty in reports written before the gate needed them).
+    """
 
     name: str
     version: str | None = None
@@ -316,6 +352,9 @@ class ModelScores(Contract):
     parse_failure_rate: float
     n_parse_failures: int
     parse_failures: list[dict[str, Any]] = []
+    lenient_micro: PRF | None = None
+    parse_readings: dict[str, int] = {}
+    sentences: dict[Literal["strict", "lenient"], list[dict[str, list[int]]]] = {}
     latency_s: float | None = None
     new_tokens: int | None = None
     tokens_per_s: float | None = None
@@ -336,6 +375,12 @@ class EvalReport(Contract):
     base_model_path: str
     candidate: ModelScores
     champion: ModelScores
+    benchmarks: list[BenchmarkScores] = []
+
+    @property
+    def exam(self) -> str:
+        """The golden set's version (`exam_version`) both sides were scored on."""
+        return exam_version(self.golden_hash, self.n)
 
 
 # -- promote -----------------------------------------------------------------------------------------
@@ -345,8 +390,45 @@ class RuleOutcome(Contract):
     detail: str
 
 
+class LabelDifference(Contract):
+    """One label's F1 difference (candidate - champion) with its bootstrap interval."""
+
+    label: str
+    support: int
+    candidate_f1: float
+    champion_f1: float
+    difference: float
+    low: float
+    high: float
+    #: The per-label guard fired: the whole interval lies below -max_label_drop.
+    regressed: bool
+
+
+class Significance(Contract):
+    """The paired bootstrap behind a decision (`retrain.gate`): the micro-F1 difference candidate -
+    champion on the golden set, its ``confidence`` interval [low, high] over ``resamples`` resamples of
+    the golden sentences drawn with ``seed``, the margin the lower bound had to exceed, and the
+    labels with enough support to get their own interval."""
+
+    reading: Literal["strict", "lenient"]
+    n_sentences: int
+    difference: float
+    low: float
+    high: float
+    confidence: float
+    resamples: int
+    seed: int
+    min_delta: float
+    labels: list[LabelDifference] = []
+
+    def interval(self) -> str:
+        """``+0.1232 (95% CI +0.0500 to +0.1900)``."""
+        return f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.low:+.4f} to {self.high:+.4f})"
+
+
 class PromotionDecision(Contract):
-    """``decision.json``: the gate's verdict with every rule's outcome and a one-line reason."""
+    """``decision.json``: the gate's verdict with every rule's outcome and a one-line reason.
+    ``significance`` is None only in decisions written before the significance gate existed."""
 
     promote: bool
     reason: str
@@ -355,6 +437,8 @@ class PromotionDecision(Contract):
     champion_f1: float = 0.0
     champion_name: str = ""
     dry_run: bool = False
+    significance: Significance | None = None
+    exam: str | None = None
 
 
 class ShortScores(Contract):
@@ -368,12 +452,17 @@ class ShortScores(Contract):
     cluener_score: float | None = None
     parse_failure_rate: float | None = None
     per_label_f1: dict[str, float | None] = {}
+    #: micro F1 counting entities salvaged from invalid JSON (micro_f1 is the strict reading)
+    lenient_micro_f1: float | None = None
+    parse_readings: dict[str, int] = {}
 
     @classmethod
     def of(cls, m: ModelScores) -> ShortScores:
         return cls(
             name=m.name,
             micro_f1=m.micro.f1,
+            lenient_micro_f1=m.lenient_micro.f1 if m.lenient_micro else None,
+            parse_readings=m.parse_readings,
             precision=m.micro.precision,
             recall=m.micro.recall,
             macro_f1=m.macro_f1,
@@ -381,6 +470,18 @@ class ShortScores(Contract):
             parse_failure_rate=m.parse_failure_rate,
             per_label_f1={k: v.f1 for k, v in m.per_label.items()},
         )
+
+
+class BenchmarkScores(Contract):
+    """Candidate and champion on one fixed benchmark file (informs; the gate decides on the golden set)."""
+
+    name: str
+    exam: str
+    candidate: ShortScores
+    champion: ShortScores
+
+
+EvalReport.model_rebuild()
 
 
 class TrainFigures(Contract):
@@ -410,6 +511,7 @@ class RunSummary(Contract):
     decision: PromotionDecision
     registered_version: str | None = None
     registry: RegistryState
+    benchmarks: list[BenchmarkScores] = []
 
 
 # -- export ------------------------------------------------------------------------------------------

@@ -198,3 +198,19 @@ def test_cluener_dev_perturbed_matches_independent_calculation(cluener_dir):
         assert s["per_label"][label]["f1"] == approx(per_label[label])
     assert s["macro_f1"] == approx(sum(per_label.values()) / 10)  # every label occurs in dev
     assert 0.5 < s["micro"]["f1"] < 0.95
+
+
+def test_sentence_counts_sum_to_the_micro_counts():
+    from retrain.evaluate.metrics import sentence_counts
+
+    gold = [[("name", "张三"), ("company", "腾讯")], [("game", "王者荣耀")], []]
+    pred = [[("name", "张三"), ("name", "李四")], [], [("alien", "x")]]
+    counts = sentence_counts(gold, pred)
+    assert counts == [
+        {"company": [0, 0, 1], "name": [1, 1, 0]},
+        {"game": [0, 0, 1]},
+        {"alien": [0, 1, 0]},  # a label outside the set: a false positive under its own name
+    ]
+    micro = score(gold, pred, ["name", "company", "game"])["micro"]
+    sums = [sum(c[k] for s in counts for c in s.values()) for k in range(3)]
+    assert sums == [micro["tp"], micro["fp"], micro["fn"]]

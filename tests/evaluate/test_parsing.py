@@ -201,3 +201,34 @@ def test_parse_gold_strict():
     ]:
         with pytest.raises(GoldFormatError):
             parse_gold(bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reading"),
+    [
+        ('[{"label": "name", "text": "张三"}]', "valid"),
+        ('{"label": "name", "text": "张三"}', "valid"),
+        ('{"entities": [{"label": "name", "text": "张三"}]}', "valid"),
+        ("[]", "valid"),
+        ('```json\n[{"label": "name", "text": "张三"}]\n```', "repaired"),
+        ('答案：[{"label": "name", "text": "张三"}]。', "repaired"),
+        ('参考[1]，答案：[{"label": "name", "text": "张三"}]', "repaired"),
+        ('[{"label": "name", "text": "张三"},]', "repaired"),
+        ('<think>想一想</think>[{"label": "name", "text": "张三"}]', "repaired"),
+        ("没有实体。", "repaired"),
+        ('[{"label": "name", "text": "张三"} {"label": "game", "text": "x"}]', "salvaged"),
+        ('{"label": "name", "text": "张三"}\n{"label": "game", "text": "x"}', "salvaged"),
+        ("[{'label': 'name', 'text': '张三'}]", "salvaged"),
+        ('[{"label": "game", "text": "王者', "unparseable"),
+        ("我不知道", "unparseable"),
+        ("", "unparseable"),
+    ],
+)
+def test_each_output_is_classified_by_how_it_was_read(raw, reading):
+    result = parse_entities(raw)
+    assert result.reading == reading, (raw, result.notes, result.error)
+    assert result.is_parsed == (reading in ("valid", "repaired"))
+    # the strict reading keeps entities only for valid and repaired outputs; lenient keeps salvaged ones
+    assert result.strict_entities == (result.entities if result.is_parsed else [])
+    if reading == "salvaged":
+        assert result.ok and result.entities and result.strict_entities == []

@@ -192,3 +192,38 @@ def test_bad_request_names_the_field(bucket, golden, tiny_model_dir):
     bucket.put_json("runs/r4/eval_request.json", req)
     with pytest.raises(EvalRequestError, match="backend"):
         run_evaluation_from_uri(bucket.uri("runs/r4"))
+
+
+def test_benchmark_files_are_scored_beside_the_golden_set(bucket, golden, tiny_model_dir, random_adapter_dir):
+    from retrain.evaluate import run_evaluation_from_uri
+
+    data = json.dumps(golden["examples"][:4], ensure_ascii=False).encode("utf-8")
+    bucket.put_bytes("datasets/v1/benchmark_dev.json", data)
+    bench = {
+        "name": "dev",
+        "source": "dev.jsonl",
+        "uri": bucket.uri("datasets/v1/benchmark_dev.json"),
+        "hash": hashlib.sha256(data).hexdigest()[:16],
+        "size": 4,
+    }
+    cand = upload_adapter(bucket, random_adapter_dir, "r5")
+    req = request("r5", golden, tiny_model_dir, cand, {"name": "base model", "adapter_uri": None}, ["name"])
+    req["benchmarks"] = [bench]
+    bucket.put_json("runs/r5/eval_request.json", req)
+    report = run_evaluation_from_uri(bucket.uri("runs/r5"))
+    assert [b.name for b in report.benchmarks] == ["dev"]
+    scores = report.benchmarks[0]
+    assert scores.exam == f"{bench['hash']}/4" and report.exam == f"{golden['hash']}/{N_GOLDEN}"
+    assert scores.candidate.name == "candidate" and scores.champion.name == "base model"
+    readings = scores.candidate.parse_readings
+    assert sum(readings.values()) == 4 and scores.candidate.micro_f1 is not None
+    # scored again from the cache: the same figures
+    bucket.put_json("runs/r6/eval_request.json", {**req, "run_id": "r6"})
+    again = run_evaluation_from_uri(bucket.uri("runs/r6"))
+    assert again.benchmarks == report.benchmarks
+    # a benchmark file changed after the request is refused
+    bucket.put_json(
+        "runs/r7/eval_request.json", {**req, "run_id": "r7", "benchmarks": [{**bench, "hash": "0" * 16}]}
+    )
+    with pytest.raises(ValueError, match="does not match the request"):
+        run_evaluation_from_uri(bucket.uri("runs/r7"))

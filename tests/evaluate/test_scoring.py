@@ -91,20 +91,32 @@ def test_score_outputs_parses_messy_raws_and_counts_failures():
         g, raws, LABELS, new_tokens=[10, 3, 64, 12], stopped=[True, True, False, True], latency_s=2.0
     )
     m = res.metrics
-    assert (m["micro"]["tp"], m["micro"]["fp"], m["micro"]["fn"]) == (3, 1, 1)
-    assert m["micro"]["f1"] == pytest.approx(0.75)
-    assert m["parse_failure_rate"] == 0.25 and m["n_parse_failures"] == 1
-    assert m["parse_failures"] == [
-        {
-            "index": 2,
-            "input": "玩王者荣耀",
-            "raw": raws[2],
-            "error": "unbalanced brackets (output truncated?)",
-        }
-    ]
+    # strict (the headline): the salvaged JSON-lines answer (index 3) predicts nothing
+    assert (m["micro"]["tp"], m["micro"]["fp"], m["micro"]["fn"]) == (2, 0, 2)
+    assert m["micro"]["f1"] == pytest.approx(2 / 3)
+    # lenient: it counts (one tp, one fp)
+    lenient = m["lenient_micro"]
+    assert (lenient["tp"], lenient["fp"], lenient["fn"]) == (3, 1, 1) and lenient["f1"] == pytest.approx(0.75)
+    assert m["parse_readings"] == {"valid": 0, "repaired": 2, "salvaged": 1, "unparseable": 1}
+    assert m["parse_failure_rate"] == 0.5 and m["n_parse_failures"] == 2
+    assert m["parse_failures"][0] == {
+        "index": 2,
+        "input": "玩王者荣耀",
+        "raw": raws[2],
+        "reading": "unparseable",
+        "error": "unbalanced brackets (output truncated?)",
+    }
+    assert m["parse_failures"][1]["reading"] == "salvaged"
+    assert m["parse_failures"][1]["error"].startswith("salvaged from invalid JSON")
+    # per-sentence counts, per reading: what the significance gate resamples
+    assert m["sentences"]["strict"][0] == {"company": [1, 0, 0], "name": [1, 0, 0]}
+    assert m["sentences"]["strict"][3] == {"name": [0, 0, 1]}
+    assert m["sentences"]["lenient"][3] == {"name": [1, 1, 0]}
     assert m["new_tokens"] == 89 and m["tokens_per_s"] == pytest.approx(44.5) and m["n_truncated"] == 1
-    assert res.predictions[3]["pred"] == [["name", "李四"], ["name", "王五"]]
+    assert res.predictions[3]["pred"] == [] and res.predictions[3]["reading"] == "salvaged"
+    assert res.predictions[3]["pred_lenient"] == [["name", "李四"], ["name", "王五"]]
     assert res.predictions[1]["parse_ok"] is True and res.predictions[1]["pred"] == []
+    assert res.predictions[1]["reading"] == "repaired"
     with pytest.raises(ValueError, match="3 outputs for 4"):
         score_outputs(g, raws[:3], LABELS)
 

@@ -54,6 +54,18 @@ def test_run_note():
     }
     assert run_note(dry) == "dry run: would promote: candidate micro F1 0.5000 (+0.4000 vs base model)"
     assert "\n" not in run_note({"decision": {"promote": False, "rules": [], "champion_name": "a\nb"}})
+    # With the significance gate: the difference's interval and the exam version
+    significant = {
+        **promoted,
+        "decision": {
+            **promoted["decision"],
+            "exam": "3f2a9c1b0d4e5f60/1343",
+            "significance": {"low": 0.0031, "high": 0.0252, "confidence": 0.95},
+        },
+    }
+    assert run_note(significant) == (
+        "promoted v7: micro F1 0.8120 (+0.0140, 95% CI +0.0031 to +0.0252 vs champion v6; exam 3f2a9c1b/1343)"
+    )
 
 
 def test_one_line_collapses_whitespace_and_cuts():

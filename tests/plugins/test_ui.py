@@ -465,7 +465,10 @@ def test_overview_survives_an_unreachable_bucket(world):
 def test_overview_json(client):
     data = client.get("/retrain/api/overview").json()
     assert [r["run_id"] for r in data["runs"]] == [RUN_A, RUN_B, RUN_FAILED]
-    assert data["runs"][1]["note"] == "promoted v2: micro F1 0.5371 (+0.1246 vs champion v1)"
+    assert re.fullmatch(
+        r"promoted v2: micro F1 0\.5371 \(\+0\.1246, 95% CI \+0\.\d{4} to \+0\.\d{4} vs champion v1\)",
+        data["runs"][1]["note"],
+    ), data["runs"][1]["note"]
     assert data["registry"]["describe"]["champion"]["version"] == "1"
     assert [e["kind"] for e in data["registry"]["history"]] == ["promote", "promote", "rollback"]
 
@@ -474,7 +477,7 @@ def test_run_report_tab(client):
     r = client.get(f"/retrain/report/ner_retrain/{quote(RUN_B, safe='')}")
     assert r.status_code == 200, r.text[:500]
     page = r.text
-    assert "promoted v2: micro F1 0.5371 (+0.1246 vs champion v1)" in page
+    assert "promoted v2: micro F1 0.5371 (+0.1246, 95% CI +0." in page
     assert re.search(r'id="accepted">158<', page) and re.search(r'id="quarantined">7<', page)
     assert "duplicate_span: 7" in page and "label drift not judged" in page
     assert "<code>incoming/标注/batch-c.jsonl</code>" in page
@@ -488,7 +491,9 @@ def test_run_report_tab(client):
     assert all(f"<td>{lab}</td>" in per_label for lab in LABELS)
     assert "champion v1" in per_label and 'class="up"' in per_label
     rules = page.split('id="rules"')[1].split("</table>")[0]
-    assert "beats_champion" in rules and "micro F1 0.5371 vs champion v1 0.4125" in rules
+    assert "significant_gain" in rules and "micro F1 (strict) 0.5371 vs champion v1 0.4125" in rules
+    significance = page.split('id="significance"')[1].split("</p>")[0]
+    assert "95% interval <b>[+0." in significance and "2000 resamples" in significance
     assert "Registered version: <b>v2</b>" in page
 
 

@@ -144,6 +144,43 @@ def test_f1_trend_draws_a_line_per_label_plus_micro_and_champion():
     assert "<title>champion micro F1 @ 11-28 10:00: 0.4000</title>" in svg
 
 
+def test_f1_trend_joins_only_runs_on_the_same_exam_and_marks_each_exam():
+    from retrain_airflow.ui.charts import f1_trend
+
+    def on(exam: str | None, *args):
+        run = _run(*args)
+        if exam:
+            run.summary["decision"] = {"exam": exam}
+        return run
+
+    runs = [
+        on("aaaaaaaaaaaaaaaa/43", "scheduled__2026-11-27T02:00:00+00:00", {"name": 0.5}, 0.4, 0.0),
+        on("aaaaaaaaaaaaaaaa/43", "scheduled__2026-11-28T02:00:00+00:00", {"name": 0.6}, 0.5, 0.4),
+        on("bbbbbbbbbbbbbbbb/95", "scheduled__2026-11-29T02:00:00+00:00", {"name": 0.7}, 0.6, 0.45),
+        on("bbbbbbbbbbbbbbbb/95", "scheduled__2026-11-30T02:00:00+00:00", {"name": 0.8}, 0.7, 0.6),
+    ]
+    chart = f1_trend(runs)
+    name, micro = chart.series[0], chart.series[1]
+    # two segments per line (nights 1-2 on exam a, nights 3-4 on exam b), never one across the change
+    assert len(name.lines) == 2 and len(micro.lines) == 2
+    assert [len(seg.split()) for seg in name.lines] == [2, 2]
+    assert len(name.dots) == 4  # every score is still shown
+    assert [m.text for m in chart.markers] == ["exam aaaaaaaa/43", "exam bbbbbbbb/95"]
+    assert chart.markers[1].x == chart.x_ticks[2].x  # the marker sits on the first run of the new exam
+    svg = _svg(chart)
+    assert svg.count('class="marker"') == 2 and "exam bbbbbbbb/95" in svg
+    # a fixed benchmark is its own line, joined across the golden-set change (its file did not change)
+    for run, f1 in zip(runs, (0.3, 0.35, 0.4, 0.45), strict=True):
+        bench = {"name": "dev", "exam": "dddddddddddddddd/500", "candidate": {"micro_f1": f1}}
+        run.summary["benchmarks"] = [bench]
+    bench_line = f1_trend(runs).series[-1]
+    assert bench_line.name == "benchmark dev" and len(bench_line.lines) == 1 and len(bench_line.dots) == 4
+    # the summary's dataset names the exam when the decision does not (runs from before the gate)
+    old = _run("scheduled__2026-12-01T02:00:00+00:00", {"name": 0.8}, 0.7, 0.6)
+    old.summary["dataset"] = {"golden_hash": "bbbbbbbbbbbbbbbb", "golden": 95}
+    assert [m.text for m in f1_trend([*runs, old]).markers] == ["exam aaaaaaaa/43", "exam bbbbbbbb/95"]
+
+
 def test_loss_curve_keeps_the_wellformed_points():
     from retrain_airflow.ui.charts import loss_curve
 

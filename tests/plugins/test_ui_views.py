@@ -213,3 +213,54 @@ def test_links(links):
     behind = Links("/airflow/retrain/", links.settings)
     assert behind.airflow_dag("ner_rollback") == "/airflow/dags/ner_rollback"
     assert behind.app() == "/airflow/retrain/"
+
+
+def test_run_report_shows_the_exam_the_interval_and_how_outputs_were_read(links):
+    from retrain_airflow.ui.page_data import RunRecord
+    from retrain_airflow.ui.views import render_run_report
+
+    from retrain.config import GateConfig
+    from retrain.gate import decide
+    from retrain.runs import ShortScores
+    from tests.support.contracts import model_scores
+
+    cand = model_scores(0.8, parse_readings={"valid": 90, "repaired": 5, "salvaged": 3, "unparseable": 2})
+    champ = model_scores(0.5, name="champion v1")
+    decision = decide(
+        cand, champ, GateConfig(min_support=5), champion_name="champion v1", exam="c" * 16 + "/100"
+    )
+    summary = {
+        "run_id": "r2",
+        "dataset": {"version": "d", "golden_hash": "c" * 16, "golden": 100},
+        "train": {},
+        "evaluation": {
+            "candidate": ShortScores.of(cand).model_dump(),
+            "champion": ShortScores.of(champ).model_dump(),
+        },
+        "champion_name": "champion v1",
+        "decision": decision.model_dump(),
+        "registered_version": "2",
+        "registry": {"model": "m", "champion_version": "2"},
+        "benchmarks": [
+            {
+                "name": "team-dev",
+                "exam": "e" * 16 + "/500",
+                "candidate": {"micro_f1": 0.61},
+                "champion": {"micro_f1": 0.58},
+            }
+        ],
+    }
+    page = render_run_report(
+        run=RunRecord("r2", summary, None, None), run_id="r2", validation_pages={}, links=links
+    )
+    bench = re.search(r'<table id="benchmarks">.*?</table>', page, re.S).group(0)
+    assert "<td>team-dev</td><td><code>eeeeeeee/500</code></td>" in bench and "+0.0300" in bench
+    sig = decision.significance
+    assert '<p id="exam">Exam <code>cccccccc/100</code>' in page
+    assert f"<b>{sig.difference:+.4f}</b>, 95% interval <b>[{sig.low:+.4f}, {sig.high:+.4f}]</b>" in page
+    assert "2000 resamples, seed 20261202" in page
+    label_row = re.search(r'<table id="label-intervals">.*?</table>', page, re.S).group(0)
+    assert '<td>name</td><td class="num">100</td>' in label_row
+    readings = re.search(r'<table id="readings">.*?</table>', page, re.S).group(0)
+    assert '<tr><td>salvaged</td><td class="num">—</td><td class="num">3</td></tr>' in readings
+    assert "micro F1 (lenient: salvaged entities count)" in page

@@ -277,6 +277,13 @@ def format_per_label(result: DemoResult) -> str:
         cand, champ = ev["candidate"]["per_label_f1"], ev["champion"]["per_label_f1"]
         for label in sorted(set(cand) | set(champ)):
             lines.append(f"  {label:<13} {_fmt(cand.get(label))} / {_fmt(champ.get(label))}")
+        sig = n.summary["decision"].get("significance")
+        if sig:
+            lines.append(
+                f"  micro F1 difference {sig['difference']:+.4f}, {sig['confidence']:.0%} CI "
+                f"[{sig['low']:+.4f}, {sig['high']:+.4f}] ({sig['reading']}, exam "
+                f"{n.summary['decision'].get('exam')}, {sig['resamples']} resamples)"
+            )
         for rule in n.summary["decision"]["rules"]:
             lines.append(
                 f"  gate {rule['rule']:<20} {'PASS' if rule['passed'] else 'FAIL'}  {rule['detail']}"

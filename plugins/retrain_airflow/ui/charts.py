@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrain_airflow.run_notes import as_number
-from retrain_airflow.ui.page_data import RunRecord, run_label
+from retrain_airflow.ui.page_data import RunRecord, exam_label, run_label
 
 PALETTE = [
     "#1f77b4",
@@ -108,6 +108,7 @@ class LineChart:
     x_ticks: list[Mark] = field(default_factory=list)
     series: list[DrawnSeries] = field(default_factory=list)
     legend: list[Mark] = field(default_factory=list)
+    markers: list[Mark] = field(default_factory=list)  # vertical lines: x, text = what starts there
     empty: bool = True  # no series has a point: the template says "no data" instead
 
 
@@ -142,9 +143,11 @@ def line_chart(
     width: int = 820,
     height: int = 320,
     legend: bool = True,
+    markers: list[tuple[float, str]] | None = None,
 ) -> LineChart:
     """Lay out ``series`` (y axis from ``y_range``, else 0 to the maximum + 5%; x ticks from
-    ``x_ticks``, else round numbers); every point carries a tooltip."""
+    ``x_ticks``, else round numbers; ``markers``: labelled vertical lines at x); every point carries
+    a tooltip."""
     chart = LineChart(title=title, y_label=y_label, x_label=x_label, width=width, height=height)
     ys = [y for s in series for _, y in s.points if y is not None]
     xs = [x for s in series for x, _ in s.points]
@@ -166,6 +169,7 @@ def line_chart(
     chart.x_ticks = [Mark(scale.x(t), 0, label) for i, (t, label) in enumerate(ticks) if i % every == 0]
     tick_labels = dict(ticks)
     chart.series = [_draw(s, scale, tick_labels) for s in series]
+    chart.markers = [Mark(scale.x(x), 0, text) for x, text in markers or []]
     if legend:
         chart.legend = [
             Mark(0, chart.top + 6 + i * 18, s.name, s.color, s.width, s.dash) for i, s in enumerate(series)
@@ -197,7 +201,13 @@ def _draw(s: Series, scale: Scale, tick_labels: dict[float, str]) -> DrawnSeries
 
 def f1_trend(runs: list[RunRecord]) -> LineChart | None:
     """Candidate F1 per label across runs (oldest left), with micro F1 and the champion's micro F1;
-    None before the first evaluated run."""
+    None before the first evaluated run.
+
+    Scores are comparable only on the same exam (golden-set version, `RunRecord.exam`): the lines join
+    consecutive runs on the same exam only, and a labelled vertical marker shows where each exam starts.
+    Each fixed benchmark file (summary ``benchmarks``) is one more line, "benchmark <name>", the
+    candidate's micro F1 on it; it breaks only where the benchmark file itself changed.
+    """
     evaluations = [
         (r, (r.summary or {})["evaluation"])
         for r in runs
@@ -205,6 +215,8 @@ def f1_trend(runs: list[RunRecord]) -> LineChart | None:
     ]
     if not evaluations:
         return None
+    exams = [r.exam for r, _ in evaluations]
+    starts = [x for x in range(len(exams)) if x == 0 or exams[x] != exams[x - 1]]
     per_label = [ev["candidate"].get("per_label_f1") or {} for _, ev in evaluations]
     labels = sorted({lab for scores in per_label for lab in scores})
     series = [
@@ -220,15 +232,48 @@ def f1_trend(runs: list[RunRecord]) -> LineChart | None:
     series.append(
         _micro_series("champion micro F1", [ev.get("champion") for _, ev in evaluations], 1.5, "5 4")
     )
+    for s in series:
+        s.points = _break_at(s.points, starts[1:])
+    series.extend(_benchmark_series(evaluations, len(series)))
     return line_chart(
         series,
-        title="Candidate F1 per label, by run (golden set)",
+        title="Candidate F1 per label, by run (lines join runs on the same exam only)",
         y_label="F1",
         x_label="run",
         y_range=(0.0, 1.0),
         x_ticks=[(float(x), run_label(r)) for x, (r, _) in enumerate(evaluations)],
         height=max(320, 60 + 18 * len(series)),
+        markers=[(float(x), f"exam {exam_label(exams[x]) or 'unknown'}") for x in starts],
     )
+
+
+def _benchmark_series(evaluations: list[tuple[RunRecord, dict[str, Any]]], offset: int) -> list[Series]:
+    """One line per fixed benchmark: the candidate's micro F1 on it, by run."""
+    by_name: dict[str, list[tuple[int, float | None, str]]] = {}
+    for x, (run, _) in enumerate(evaluations):
+        for bench in (run.summary or {}).get("benchmarks") or []:
+            if isinstance(bench, dict) and bench.get("name"):
+                f1 = as_number((bench.get("candidate") or {}).get("micro_f1"))
+                by_name.setdefault(str(bench["name"]), []).append((x, f1, str(bench.get("exam", ""))))
+    out = []
+    for i, (name, rows) in enumerate(sorted(by_name.items())):
+        points: list[tuple[float, float | None]] = []
+        for j, (x, f1, exam) in enumerate(rows):
+            if j and (exam != rows[j - 1][2] or x != rows[j - 1][0] + 1):
+                points.append((x - 0.5, None))  # a changed file or a run without it: no line across
+            points.append((float(x), f1))
+        out.append(Series(f"benchmark {name}", points, PALETTE[(offset + i) % len(PALETTE)], 2.5, "8 3"))
+    return out
+
+
+def _break_at(points: list[tuple[float, float | None]], xs: list[int]) -> list[tuple[float, float | None]]:
+    """``points`` with a gap just before each x in ``xs`` (so no line crosses into a new exam)."""
+    out: list[tuple[float, float | None]] = []
+    for x, y in points:
+        if x in xs:
+            out.append((x - 0.5, None))
+        out.append((x, y))
+    return out
 
 
 def _micro_series(name: str, metrics: list[Any], width: float, dash: str = "") -> Series:

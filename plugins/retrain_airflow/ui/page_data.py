@@ -46,11 +46,33 @@ class RunRecord:
         return self.folder
 
     @property
+    def exam(self) -> str:
+        """The golden-set version ("exam") this run's scores are on, ``<golden hash>/<sentences>``: the
+        decision's, else the summary's dataset's (runs decided before decisions named it); "" without
+        an evaluation."""
+        summary = self.summary or {}
+        named = (summary.get("decision") or {}).get("exam")
+        if isinstance(named, str) and named:
+            return named
+        ds = summary.get("dataset") or {}
+        if ds.get("golden_hash") and ds.get("golden") is not None:
+            return f"{ds['golden_hash']}/{ds['golden']}"
+        return ""
+
+    @property
     def intake_counts(self) -> dict[str, Any]:
         """Records read/accepted/quarantined: intake.json, else the summary's copy."""
         if self.intake:
             return self.intake
         return (self.summary or {}).get("intake") or {}
+
+
+def exam_label(exam: str) -> str:
+    """``3f2a9c1b/43`` (hash prefix / sentences) for an exam version, "" for none."""
+    if not isinstance(exam, str) or "/" not in exam:
+        return ""
+    digest, _, size = exam.partition("/")
+    return f"{digest[:8]}/{size}"
 
 
 @dataclass

@@ -18,11 +18,12 @@ from retrain.redact import mask_uri
 from retrain_airflow.run_notes import as_number, run_note
 from retrain_airflow.ui import charts
 from retrain_airflow.ui.links import RETRAIN_DAG_ID, ROLLBACK_DAG_ID, Links
-from retrain_airflow.ui.page_data import Overview, RunRecord
+from retrain_airflow.ui.page_data import Overview, RunRecord, exam_label
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 METRICS = (
-    ("micro_f1", "micro F1"),
+    ("micro_f1", "micro F1 (strict)"),
+    ("lenient_micro_f1", "micro F1 (lenient: salvaged entities count)"),
     ("precision", "precision"),
     ("recall", "recall"),
     ("macro_f1", "macro F1"),
@@ -40,6 +41,18 @@ def figure(value: Any, digits: int = 4) -> str:
     """A metric with ``digits`` decimals, "—" when missing or not a number."""
     v = as_number(value)
     return "—" if v is None else f"{v:.{digits}f}"
+
+
+def signed(value: Any, digits: int = 4) -> str:
+    """A difference with its sign (``+0.0123``), "—" when missing or not a number."""
+    v = as_number(value)
+    return "—" if v is None else f"{v:+.{digits}f}"
+
+
+def percent(value: Any) -> str:
+    """A share as a whole percentage (``95%``), "—" when missing."""
+    v = as_number(value)
+    return "—" if v is None else f"{v:.0%}"
 
 
 def delta(a: Any, b: Any) -> tuple[str, str] | None:
@@ -92,10 +105,13 @@ def environment() -> Environment:
         finalize=_blank_none,
     )
     env.filters["figure"] = figure
+    env.filters["signed"] = signed
+    env.filters["percent"] = percent
     env.globals.update(
         RETRAIN_DAG_ID=RETRAIN_DAG_ID,
         ROLLBACK_DAG_ID=ROLLBACK_DAG_ID,
         delta=delta,
+        exam_label=exam_label,
         bar_width=bar_width,
         moment=moment,
         run_note=run_note,
@@ -175,6 +191,7 @@ def _run_row(run: RunRecord, links: Links) -> dict[str, Any]:
         "candidate_f1": (evaluation.get("candidate") or {}).get("micro_f1"),
         "champion_f1": (evaluation.get("champion") or {}).get("micro_f1"),
         "version": (run.summary or {}).get("registered_version"),
+        "exam": exam_label(run.exam),
     }
 
 
@@ -213,7 +230,26 @@ def render_run_report(
             for lab in sorted(set(cand_labels) | set(champ_labels))
         ],
         rules=[r for r in (summary.get("decision") or {}).get("rules") or [] if isinstance(r, dict)],
+        significance=_significance(summary.get("decision")),
+        exam=exam_label(run.exam if run else ""),
+        readings=[
+            (
+                reading,
+                (champ.get("parse_readings") or {}).get(reading),
+                (cand.get("parse_readings") or {}).get(reading),
+            )
+            for reading in ("valid", "repaired", "salvaged", "unparseable")
+        ],
     )
+
+
+def _significance(decision: Any) -> dict[str, Any] | None:
+    """The decision's bootstrap (difference, interval, settings, labels), None when it has none."""
+    if not isinstance(decision, dict) or not isinstance(decision.get("significance"), dict):
+        return None
+    sig = decision["significance"]
+    labels = [x for x in sig.get("labels") or [] if isinstance(x, dict)]
+    return {**sig, "labels": labels}
 
 
 def _objects(run: RunRecord | None) -> list[dict[str, Any]]:

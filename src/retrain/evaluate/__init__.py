@@ -37,8 +37,8 @@ from pydantic import ValidationError
 from retrain import runs
 from retrain.adapters import fetch_adapter
 from retrain.errors import InputError
-from retrain.evaluate.metrics import METRICS_VERSION, score
-from retrain.evaluate.parsing import PARSER_VERSION, GoldFormatError, parse_entities, parse_gold
+from retrain.evaluate.metrics import METRICS_VERSION, score, sentence_counts
+from retrain.evaluate.parsing import PARSER_VERSION, READINGS, GoldFormatError, parse_entities, parse_gold
 from retrain.prompt import user_message
 from retrain.records import dumps_jsonl
 from retrain.runs import EvalReport, EvalRequest, ModelRef
@@ -127,41 +127,59 @@ def score_outputs(
 ) -> ModelResult:
     """Parse every raw output, score against gold and collect the per-model report fields.
 
-    Unparseable outputs count as predicting nothing. Adds to `metrics.score`'s dict:
-    ``parse_failure_rate``, ``parse_failures`` ([{"input", "raw", "error"}], at most
-    MAX_FAILURES_IN_REPORT), ``n_parse_failures``, ``latency_s`` (wall seconds for all
-    generations), ``tokens_per_s`` (generated tokens / latency), ``new_tokens`` and
-    ``n_truncated`` (outputs cut at max_new_tokens).
+    The headline figures (`metrics.score`'s dict: ``micro``, ``macro_f1``, ``cluener_score``,
+    ``per_label``) are the **strict** reading: only valid and repaired outputs count
+    (`parsing.READINGS`); a salvaged or unparseable output predicts nothing. ``lenient_micro`` scores
+    the salvaged entities too. Adds: ``parse_readings`` (count per reading), ``parse_failure_rate``
+    and ``n_parse_failures`` (salvaged + unparseable), ``parse_failures`` ([{"index", "input", "raw",
+    "reading", "error"}], at most MAX_FAILURES_IN_REPORT), ``sentences`` ({"strict"|"lenient": per-
+    sentence counts, `metrics.sentence_counts`}, what the significance gate resamples),
+    ``latency_s`` (wall seconds for all generations), ``tokens_per_s`` (generated tokens / latency),
+    ``new_tokens`` and ``n_truncated`` (outputs cut at max_new_tokens).
     """
     if len(raws) != golden.n:
         raise ValueError(f"{len(raws)} outputs for {golden.n} golden examples")
-    preds, rows, failures = [], [], []
+    strict, lenient, rows, failures = [], [], [], []
+    readings = dict.fromkeys(READINGS, 0)
     for i, raw in enumerate(raws):
         parsed = parse_entities(raw)
-        preds.append(parsed.entities)
-        if not parsed.ok:
-            failures.append({"index": i, "input": golden.inputs[i], "raw": raw, "error": parsed.error})
+        readings[parsed.reading] += 1
+        strict.append(parsed.strict_entities)
+        lenient.append(parsed.entities)
+        error = parsed.error or ("salvaged from invalid JSON: " + "; ".join(parsed.notes))
+        if not parsed.is_parsed:
+            failures.append(
+                {"index": i, "input": golden.inputs[i], "raw": raw, "reading": parsed.reading, "error": error}
+            )
         row = {
             "index": i,
             "input": golden.inputs[i],
             "gold": [list(p) for p in golden.gold[i]],
             "raw": raw,
-            "pred": [list(p) for p in parsed.entities],
-            "parse_ok": parsed.ok,
-            "parse_error": parsed.error,
+            "pred": [list(p) for p in parsed.strict_entities],
+            "pred_lenient": [list(p) for p in parsed.entities],
+            "reading": parsed.reading,
+            "parse_ok": parsed.is_parsed,
+            "parse_error": "" if parsed.is_parsed else error,
         }
         if new_tokens is not None:
             row["new_tokens"] = int(new_tokens[i])
         if stopped is not None:
             row["stopped"] = bool(stopped[i])
         rows.append(row)
-    metrics = score(golden.gold, preds, labels)
+    metrics = score(golden.gold, strict, labels)
     total_tokens = int(sum(new_tokens)) if new_tokens is not None else None
     metrics.update(
         {
+            "lenient_micro": score(golden.gold, lenient, labels)["micro"],
+            "parse_readings": readings,
             "parse_failure_rate": len(failures) / golden.n,
             "n_parse_failures": len(failures),
             "parse_failures": failures[:MAX_FAILURES_IN_REPORT],
+            "sentences": {
+                "strict": sentence_counts(golden.gold, strict),
+                "lenient": sentence_counts(golden.gold, lenient),
+            },
             "latency_s": latency_s,
             "new_tokens": total_tokens,
             "tokens_per_s": (total_tokens / latency_s) if total_tokens is not None and latency_s else None,
@@ -169,6 +187,50 @@ def score_outputs(
         }
     )
     return ModelResult(metrics, rows)
+
+
+def score_model(golden: GoldenSet, raws: Sequence[str], labels: Sequence[str], name: str) -> runs.ModelScores:
+    """One model's typed scores from its raw outputs (what `run_evaluation` reports for each side;
+    `retrain gate` replays a decision with it)."""
+    metrics = score_outputs(golden, raws, labels).metrics
+    return runs.ModelScores.model_validate({**metrics, "name": name})
+
+
+def read_predictions(path: str | Path, n: int) -> list[str]:
+    """The raw outputs of one model from a prediction file (``retrain gate``): one JSON line per golden
+    example, in golden order; each line a JSON string (the raw output) or an object with a ``raw``
+    string (and, if present, an ``index`` equal to the line's position), as in a run's
+    ``eval/predictions_<role>.jsonl``. ValueError naming the file, line and field otherwise."""
+    raws: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}: line {lineno}: not JSON ({exc.msg}); expected a JSON string or "
+                    'an object with a "raw" string'
+                ) from exc
+            if isinstance(value, dict):
+                if "index" in value and value["index"] != len(raws):
+                    raise ValueError(
+                        f"{path}: line {lineno}: field 'index' is {value['index']!r}, "
+                        f"expected {len(raws)} (lines must follow the golden order)"
+                    )
+                value = value.get("raw")
+                if not isinstance(value, str):
+                    raise ValueError(f"{path}: line {lineno}: field 'raw' must be a string")
+            elif not isinstance(value, str):
+                raise ValueError(
+                    f"{path}: line {lineno}: expected a JSON string or an object with a "
+                    f'"raw" string, got {type(value).__name__}'
+                )
+            raws.append(value)
+    if len(raws) != n:
+        raise ValueError(f"{path}: {len(raws)} predictions for {n} golden examples (one line per example)")
+    return raws
 
 
 # --- files and hashes -------------------------------------------------------------------------
@@ -335,10 +397,15 @@ def run_evaluation(
         fingerprint = base_model_fingerprint(base_dir)
         candidate, champion = _sides(store_for, request, Path(wd), fingerprint)
         cached = _read_cache(store, champion.key)
+        benchmarks = [(b, _load_benchmark(store_for, b)) for b in request.benchmarks]
+        champion_needed = cached is None or any(
+            not store.exists(_cache_object(_bench_key(champion, b, request, fingerprint)))
+            for b, _ in benchmarks
+        )
         factory = backend_factory
         if factory is None:
             from retrain.evaluate.generate import make_backend as factory
-        adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if cached is None else [])
+        adapter_dirs = [candidate.adapter_dir] + ([champion.adapter_dir] if champion_needed else [])
         backend = factory(
             request.backend,
             str(base_dir),
@@ -381,9 +448,62 @@ def run_evaluation(
             base_model_path=str(base_dir),
             candidate=runs.ModelScores.model_validate(results["candidate"].metrics),
             champion=runs.ModelScores.model_validate(results["champion"].metrics),
+            benchmarks=[
+                _score_benchmark(store, (candidate, champion), backend, bench, request, fingerprint)
+                for bench in benchmarks
+            ],
         )
         _publish(store, run_prefix, report, results, Path(wd))
     return report
+
+
+def _load_benchmark(store_for: Any, bench: runs.BenchmarkRef) -> GoldenSet:
+    bucket, key = parse_s3_uri(bench.uri)
+    golden = load_golden(store_for(bucket).get_bytes(key), where=bench.uri)
+    if not golden.sha256.startswith(bench.hash.lower()):
+        raise ValueError(
+            f"{bench.uri}: sha256 {golden.sha256[:16]}… does not match the request's {bench.hash}"
+        )
+    return golden
+
+
+def _bench_key(side: _Side, bench: runs.BenchmarkRef, request: EvalRequest, fingerprint: str) -> str:
+    return cache_key(side.digest, bench.hash, request.decoding(), fingerprint, request.labels)
+
+
+def _score_benchmark(
+    store: ObjectStore,
+    sides: tuple[_Side, _Side],
+    backend: Any,
+    bench: tuple[runs.BenchmarkRef, GoldenSet],
+    request: EvalRequest,
+    fingerprint: str,
+) -> runs.BenchmarkScores:
+    """Candidate and champion on one fixed benchmark file (cached like the golden results)."""
+    ref, golden = bench
+    scores = {}
+    for side in sides:
+        key = _bench_key(side, ref, request, fingerprint)
+        cached = _read_cache(store, key)
+        if cached is not None:
+            res = ModelResult(cached["metrics"], cached["predictions"])
+        else:
+            log.info("benchmark %s (%d sentences)", ref.name, golden.n)
+            res = _examine(side, backend, golden, request)
+            _write_cache(store, key, res, {"adapter_digest": side.digest, "golden_hash": ref.hash})
+        model = runs.ModelScores.model_validate({**res.metrics, "name": side.spec.name, "cached": False})
+        scores[side.role] = runs.ShortScores.of(model)
+    log.info(
+        "benchmark %s (exam %s): candidate micro F1 %s, %s %s",
+        ref.name,
+        ref.exam,
+        _f(scores["candidate"].micro_f1),
+        sides[1].spec.name,
+        _f(scores["champion"].micro_f1),
+    )
+    return runs.BenchmarkScores(
+        name=ref.name, exam=ref.exam, candidate=scores["candidate"], champion=scores["champion"]
+    )
 
 
 def _log_scores(side: _Side, m: dict[str, Any], n: int) -> None:
@@ -403,8 +523,12 @@ def _f(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _cache_object(key: str) -> str:
+    return f"{CACHE_PREFIX}/{key}.json"
+
+
 def _read_cache(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    cache_obj = f"{CACHE_PREFIX}/{key}.json"
+    cache_obj = _cache_object(key)
     if not store.exists(cache_obj):
         return None
     try:

@@ -32,7 +32,12 @@ from typing import Any
 Pair = tuple[str, str]
 
 # Bump when scoring behaviour changes: cached evaluation results depend on it.
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"
+
+#: One sentence's pair counts: label -> [tp, fp, fn], labels with a non-zero count only (a predicted
+#: label outside the label set appears under its own name, with fp only). The significance gate
+#: (`retrain.gate`) resamples sentences with these.
+SentenceCounts = dict[str, list[int]]
 
 
 def prf(tp: int, fp: int, fn: int) -> tuple[float | None, float | None, float | None]:
@@ -43,6 +48,23 @@ def prf(tp: int, fp: int, fn: int) -> tuple[float | None, float | None, float | 
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return p, r, f
+
+
+def sentence_counts(gold: Sequence[Iterable[Pair]], pred: Sequence[Iterable[Pair]]) -> list[SentenceCounts]:
+    """Per sentence, the tp/fp/fn of each label (see SentenceCounts); summing them over all sentences
+    and labels gives `score`'s micro counts."""
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} sentences, predictions have {len(pred)}")
+    out: list[SentenceCounts] = []
+    for g_raw, p_raw in zip(gold, pred, strict=True):
+        g = set(map(tuple, g_raw))
+        p = set(map(tuple, p_raw))
+        counts: SentenceCounts = {}
+        for pairs, slot in ((g & p, 0), (p - g, 1), (g - p, 2)):
+            for label, _text in pairs:
+                counts.setdefault(label, [0, 0, 0])[slot] += 1
+        out.append(dict(sorted(counts.items())))
+    return out
 
 
 def score(

@@ -27,6 +27,20 @@ Anything else — empty output, truncated JSON, bare prose, a list of strings wi
 a parse failure: ``ok`` is False, ``entities`` is empty (the sentence is scored as predicting
 nothing) and ``error`` says why.
 
+How each output was read (``ParseResult.reading``), for honest figures:
+
+- ``valid``: the output (after dropping a ``<think>`` block) is one JSON value of a known shape.
+- ``repaired``: read after documented repairs only: a code fence, text around the JSON value
+  (including bracketed prose before it that is itself valid JSON, such as ``[1]``), trailing
+  commas, a ``<think>`` block, or an explicit "no entities" phrase.
+- ``salvaged``: read only by pulling values out of invalid JSON: an object found inside a
+  bracketed chunk that does not parse, several top-level objects read as a list (JSON lines), or
+  Python literal syntax (single quotes, ``None``). The lenient reading keeps these entities; the
+  strict reading (`is_parsed` False) scores the sentence as predicting nothing.
+- ``unparseable``: ``ok`` is False.
+
+Only ``valid`` and ``repaired`` count as parsed for the parse-failure rate and the gate.
+
 `parse_gold` is the strict counterpart for the golden set's alpaca ``output`` field, which the
 project itself wrote: exactly a JSON list of ``{"label": str, "text": str}`` or an error.
 """
@@ -45,7 +59,12 @@ from retrain.errors import InputError
 Pair = tuple[str, str]
 
 # Bump when parsing behaviour changes: cached evaluation results depend on it.
-PARSER_VERSION = "1"
+PARSER_VERSION = "2"
+
+#: How an output was read, from the most to the least trustworthy (see the module docstring).
+READINGS = ("valid", "repaired", "salvaged", "unparseable")
+#: Readings that count as parsed (strict reading, parse-failure rate, gate).
+PARSED_READINGS = ("valid", "repaired")
 
 _LABEL_KEYS = (
     "label",
@@ -126,6 +145,7 @@ _NONE_PATTERNS = (
     ),
     re.compile(r"\bnone\b[^.!?]{0,10}\b(found|identified|detected)\b"),
 )
+_PY_LITERAL = "Python literal syntax"
 _PUNCT_STRIP = " \t\r\n。.!！?？,，;；:：\"'“”‘’`()（）[]【】<>《》-—*_~"
 
 
@@ -135,13 +155,25 @@ class ParseResult:
 
     ``entities``: (label, text) pairs in order of appearance, each once. ``ok``: the output was
     understood (an explicit empty answer is ok). ``error``: why not, when ``ok`` is False.
-    ``notes``: repairs applied or items skipped, for the report.
+    ``notes``: repairs applied or items skipped, for the report. ``reading``: how the output was read
+    (one of READINGS; see the module docstring).
     """
 
     entities: list[Pair]
     ok: bool
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    reading: str = "unparseable"
+
+    @property
+    def is_parsed(self) -> bool:
+        """Valid or repaired: counts as parsed for the strict figures and the gate."""
+        return self.reading in PARSED_READINGS
+
+    @property
+    def strict_entities(self) -> list[Pair]:
+        """The entities of the strict reading: none unless the output was valid or repaired."""
+        return self.entities if self.is_parsed else []
 
 
 class GoldFormatError(InputError, ValueError):
@@ -166,22 +198,26 @@ def parse_entities(raw: str) -> ParseResult:
     fenced = bool(candidates)
     candidates.append(text)
 
+    thought = text != str(raw).strip()
     for index, cand in enumerate(candidates):
-        for value, how in _iter_json_values(cand, errors):
+        for value, how, salvaged in _iter_json_values(cand, errors):
             pairs, err, skipped = _to_pairs(value)
             if err:
                 errors.append(err)
                 continue
             if fenced and index < len(candidates) - 1:
                 notes.append("code fence")
+            if thought:
+                notes.append("<think> block dropped")
             if how:
                 notes.append(how)
             if skipped:
                 notes.append(f"skipped {skipped} item(s) without a label and a text")
-            return ParseResult(_dedup(pairs), True, "", notes)
+            reading = "salvaged" if salvaged else ("repaired" if notes else "valid")
+            return ParseResult(_dedup(pairs), True, "", notes, reading)
 
     if "{" not in text and _says_no_entities(text):
-        return ParseResult([], True, "", ["no-entities phrase"])
+        return ParseResult([], True, "", ["no-entities phrase"], "repaired")
     if errors:
         return ParseResult([], False, errors[0], notes)
     return ParseResult([], False, "no JSON list or object found", notes)
@@ -214,13 +250,15 @@ def parse_gold(output: str) -> list[Pair]:
 # --- finding the JSON value -------------------------------------------------------------------
 
 
-def _iter_json_values(text: str, errors: list[str]) -> Iterator[tuple[Any, str]]:
-    """Each JSON value found in ``text`` with a note on how: the whole text first, then the
-    value starting at each ``[``/``{`` in turn. Failures are appended to ``errors``."""
+def _iter_json_values(text: str, errors: list[str]) -> Iterator[tuple[Any, str, bool]]:
+    """Each JSON value found in ``text`` with a note on how and whether it was salvaged (see the
+    module docstring): the whole text first, then the value starting at each ``[``/``{`` in turn.
+    Failures are appended to ``errors``."""
     ok, value, how = _loads_with_repairs(text.strip())
     if ok:
-        yield value, how
+        yield value, how, how == _PY_LITERAL
     starts = [i for i, ch in enumerate(text) if ch in "[{"]
+    invalid_until = -1  # end of the furthest bracketed chunk that is not valid JSON
     pos = 0
     for start in starts[:50]:
         if start < pos:
@@ -235,15 +273,19 @@ def _iter_json_values(text: str, errors: list[str]) -> Iterator[tuple[Any, str]]
         ok, value, how = _loads_with_repairs(chunk)
         if not ok:
             errors.append(f"invalid JSON: {how}")
+            invalid_until = max(invalid_until, end)
             continue
+        inside_invalid = start < invalid_until
         pos = end + 1
         if isinstance(value, dict):
             more, pos = _following_objects(text, pos)
             if more:
-                yield [value, *more], "several top-level objects read as a list"
+                yield [value, *more], "several top-level objects read as a list", True
                 continue
         note = "text around JSON ignored" if (text[:start].strip() or text[end + 1 :].strip()) else ""
-        yield value, "; ".join(n for n in (note, how) if n)
+        if inside_invalid:
+            note = "value pulled out of invalid JSON"
+        yield value, "; ".join(n for n in (note, how) if n), inside_invalid or how == _PY_LITERAL
 
 
 def _following_objects(text: str, pos: int) -> tuple[list[Any], int]:
@@ -281,7 +323,7 @@ def _loads_with_repairs(chunk: str) -> tuple[bool, Any, str]:
             pass
     if chunk[:1] in "[{":
         try:
-            return True, ast.literal_eval(chunk), "Python literal syntax"
+            return True, ast.literal_eval(chunk), _PY_LITERAL
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             pass
     return False, None, first

@@ -98,12 +98,17 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
     esc = html.escape
     rows = []
     for key, title in (
-        ("micro_f1", "micro F1"),
+        ("micro_f1", "micro F1 (strict)"),
+        ("lenient_f1", "micro F1 (lenient: salvaged entities count)"),
         ("micro_p", "micro precision"),
         ("micro_r", "micro recall"),
         ("macro_f1", "macro F1"),
         ("cluener_score", "CLUENER score"),
-        ("parse_failure_rate", "parse-failure rate"),
+        ("parse_failure_rate", "parse-failure rate (salvaged + unparseable)"),
+        ("valid", "outputs valid JSON"),
+        ("repaired", "outputs repaired (fence, text around, trailing comma)"),
+        ("salvaged", "outputs salvaged from invalid JSON"),
+        ("unparseable", "outputs unparseable"),
         ("latency_s", "generation time (s)"),
         ("tokens_per_s", "tokens/s"),
     ):
@@ -111,10 +116,14 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
         def get(m: dict[str, Any], key: str = key) -> Any:
             if key == "micro_f1":
                 return m["micro"]["f1"]
+            if key == "lenient_f1":
+                return (m.get("lenient_micro") or {}).get("f1")
             if key == "micro_p":
                 return m["micro"]["precision"]
             if key == "micro_r":
                 return m["micro"]["recall"]
+            if key in ("valid", "repaired", "salvaged", "unparseable"):
+                return (m.get("parse_readings") or {}).get(key)
             return m.get(key)
 
         rows.append(f"<tr><th>{title}</th><td>{_fmt(get(cand))}</td><td>{_fmt(get(champ))}</td></tr>")
@@ -154,7 +163,7 @@ pre {{ background: #f7f7f7; padding: .4rem; white-space: pre-wrap; word-break: b
 </style></head><body>
 <h1>Evaluation report</h1>
 <p class="meta">run {esc(str(report.get("run_id", "")))}
- · golden set {esc(str(report.get("golden_hash", "")))}
+ · exam (golden set version) {esc(str(report.get("golden_hash", "")))}/{report.get("n", 0)}
  · {report.get("n", 0)} sentences · decoding: {decoding}</p>
 <table><tr><th></th><th>{esc(str(cand.get("name", "candidate")))}</th>
 <th>{esc(str(champ.get("name", "champion")))}{cached}</th></tr>
