@@ -28,8 +28,12 @@ def registry(tmp_path):
     return Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", "clue-ner-tiny-lora", (tmp_path / "art").as_uri())
 
 
-def make_run(store, run_id, *, cand_f1, champ_f1, weights=None, champion="base model"):
-    """A run folder as the stages leave it just before promote: trained, evaluated."""
+def make_run(store, run_id, *, cand_f1, champ_f1, weights=None, champion="base model", seen=None):
+    """A run folder as the stages leave it just before promote: trained, evaluated against
+    ``champion`` while the registry's champion alias named ``seen`` (default: the version in
+    ``champion``'s name, None for the base model)."""
+    if seen is None and champion.startswith("champion v"):
+        seen = champion.removeprefix("champion v")
     run = runs.RunFolder.for_run(store.bucket, "runs/", run_id)
     adapter = contracts.put_adapter(store, weights or run_id.encode())
     dataset = contracts.dataset_ref(bucket=store.bucket)
@@ -38,7 +42,7 @@ def make_run(store, run_id, *, cand_f1, champ_f1, weights=None, champion="base m
     runs.write(store, run.key(runs.TRAIN_REQUEST), contracts.train_request(run_id, store.bucket))
     runs.write(store, run.key(runs.TRAIN_RESULT), contracts.train_result(run_id, adapter))
     store.put_bytes(run.key(runs.TRAINER_LOG), b'{"current_steps": 10, "total_steps": 10}\n')
-    request = contracts.eval_request(run_id, adapter, champion={"name": champion})
+    request = contracts.eval_request(run_id, adapter, champion={"name": champion}, registry_champion=seen)
     runs.write(store, run.key(runs.EVAL_REQUEST), request)
     report = contracts.eval_report(
         run_id,
@@ -125,7 +129,8 @@ def test_plan_evaluation_needs_a_committed_training(store, settings, registry):
 
 def test_rollback_checks_the_adapter_against_its_digest(store, settings, registry):
     for n, f1 in ((1, 0.5), (2, 0.7)):
-        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3)
+        champion = "champion v1" if n == 2 else "base model"
+        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3, champion=champion)
         _promote(store, settings, run, registry, f"r{n}")
     v1 = registry.versions()[0]
     store.put_bytes(f"adapters/{v1['adapter_digest']}/adapter_model.safetensors", b"swapped")

@@ -201,6 +201,8 @@ class RegistryConfig(_Strict):
     artifact_location: str | None = None
     model_name_template: str = "{task}-{base}-lora"
     export_merged: bool = False
+    #: The one-slot Airflow pool that serialises every alias move (promote, rollback).
+    alias_pool: str = Field("registry_aliases", min_length=1)
 
 
 class GateConfig(_Strict):
@@ -209,6 +211,10 @@ class GateConfig(_Strict):
     max_parse_failure: float = 1.0
     min_support: int = 5
     max_label_drop: float = 1.0
+    #: never: the gate decides alone; borderline: a person confirms close calls; always: a person
+    #: confirms every promotion (`retrain.gate.needs_approval`).
+    approval: Literal["never", "borderline", "always"] = "never"
+    approval_timeout_hours: float = Field(24.0, gt=0)
 
 
 AlertEvent = Literal["failure", "quarantine", "promotion"]

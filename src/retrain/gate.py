@@ -80,3 +80,30 @@ def decide(
         champion_name=champion_name,
         dry_run=dry_run,
     )
+
+
+#: Rules whose failure makes a keep a close call a person may overrule (every other rule is a hard floor).
+_CLOSE_CALL_RULES = frozenset({"beats_champion", "no_label_regression"})
+
+
+def is_borderline(decision: PromotionDecision) -> bool:
+    """A close call: the gate kept the champion only because a per-label guard fired, and/or because
+    the candidate's gain was above zero but below ``min_delta``.
+
+    Stand-in until the bootstrap interval lands (then: the interval straddles the margin, or a
+    per-label guard fired); every hard floor (parse failures, min F1) must have passed."""
+    failed = {r.rule for r in decision.rules if not r.passed}
+    if decision.dry_run or not failed or not failed <= _CLOSE_CALL_RULES:
+        return False
+    return "beats_champion" not in failed or decision.candidate_f1 > decision.champion_f1
+
+
+def needs_approval(decision: PromotionDecision, policy: str) -> bool:
+    """Whether conf ``gate.approval`` (never | borderline | always) asks a person to confirm: always =
+    every promotion and every close call; borderline = close calls only (a person may promote a
+    candidate the gate kept); never = nobody. A dry run never waits."""
+    if decision.dry_run or policy == "never":
+        return False
+    if policy == "always":
+        return decision.promote or is_borderline(decision)
+    return is_borderline(decision)
