@@ -1,7 +1,7 @@
 """retrain.gate: the promotion rules, on typed evaluation results (`retrain.runs.ModelScores`)."""
 
 from retrain.config import GateConfig
-from retrain.gate import decide
+from retrain.gate import decide, is_borderline, needs_approval
 from tests.support.contracts import model_scores as metrics
 
 
@@ -54,3 +54,25 @@ def test_labels_without_f1_are_not_compared():
     cand = metrics(0.5, {"game": (None, 0)})
     champ = metrics(None, {"game": (None, 0)})
     assert decide(cand, champ, gate).promote
+
+
+def test_borderline_is_a_keep_only_a_per_label_guard_or_a_small_gain_caused():
+    gate = GateConfig(min_delta=0.05, min_f1=0.5, max_parse_failure=0.1, min_support=5, max_label_drop=0.1)
+    champ = metrics(0.8, {"name": (0.9, 50)})
+    clear_win = decide(metrics(0.9, {"name": (0.9, 50)}), champ, gate)
+    label_drop = decide(metrics(0.9, {"name": (0.7, 50)}), champ, gate)
+    small_gain = decide(metrics(0.83, {"name": (0.9, 50)}), champ, gate)
+    worse = decide(metrics(0.75, {"name": (0.9, 50)}), champ, gate)
+    floor = decide(metrics(0.9, {"name": (0.7, 50)}, pfr=0.2), champ, gate)
+    assert [is_borderline(d) for d in (clear_win, label_drop, small_gain, worse, floor)] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert [needs_approval(d, "never") for d in (clear_win, label_drop)] == [False, False]
+    assert [needs_approval(d, "borderline") for d in (clear_win, label_drop, worse)] == [False, True, False]
+    assert [needs_approval(d, "always") for d in (clear_win, label_drop, worse)] == [True, True, False]
+    dry = decide(metrics(0.9, {"name": (0.9, 50)}), champ, gate, dry_run=True)
+    assert not needs_approval(dry, "always")
