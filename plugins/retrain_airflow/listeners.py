@@ -17,6 +17,36 @@ from airflow.listeners import hookimpl
 log = logging.getLogger(__name__)
 
 DAG_ID = "ner_retrain"
+#: DAGs whose alias-moving task (promote, rollback) runs in the pool conf registry.alias_pool names.
+POOLED_DAG_IDS = ("ner_retrain", "ner_rollback")
+
+
+def missing_pool_message(pool: str) -> str:
+    return (
+        f"pool {pool!r} (conf registry.alias_pool) does not exist: Airflow will never schedule the "
+        f"champion alias move (promote / rollback) of this run. Create it with one slot: "
+        f"airflow pools set {pool} 1 'serialises champion alias moves'"
+    )
+
+
+@hookimpl
+def on_dag_run_running(dag_run: Any, msg: str) -> None:
+    """A run that needs the alias pool when it does not exist: an ERROR in the scheduler log and the
+    reason as the run's note (Airflow itself only logs a warning and leaves the task scheduled)."""
+    if getattr(dag_run, "dag_id", None) not in POOLED_DAG_IDS:
+        return
+    try:
+        from airflow.models.pool import Pool
+
+        from retrain_airflow.tasks import settings
+
+        pool = settings().registry.alias_pool
+        if Pool.get_pool(pool) is None:
+            text = missing_pool_message(pool)
+            log.error("%s %s: %s", dag_run.dag_id, dag_run.run_id, text)
+            _set_note(dag_run, text)
+    except Exception:  # never let a check break the scheduler
+        log.exception("could not check the alias pool for %s", getattr(dag_run, "run_id", "?"))
 
 
 def _summary(run_id: str) -> dict[str, Any] | None:
