@@ -242,16 +242,12 @@ class Registry:
         """Point ``champion`` at ``version`` (``previous`` at the old champion) and record the event.
 
         ``expected_champion``: the version the caller saw as champion (None: no champion); when the
-        alias names another version now, nothing moves and `ChampionMoved` says from what to what.
+        alias names another version now, nothing moves and `ChampionMoved` says from what to what
+        (unless it names ``version`` already: a retried move that had succeeded is a no-op).
         ``extra``: more fields for the history event (e.g. who approved and when)."""
         self.client.get_model_version(self.name, version)  # raises for an unknown version
         old = self.champion()
         now = old["version"] if old else None
-        if expected_champion is not ANY_CHAMPION and now != expected_champion:
-            raise ChampionMoved(
-                f"{self.name}: champion is {_v(now)} now, not {_v(expected_champion)} as when this "
-                f"{kind} was decided; refusing to move it to v{version}"
-            )
         if old and old["version"] == str(version):
             return {
                 "kind": kind,
@@ -261,6 +257,11 @@ class Registry:
                 "actor": actor,
                 "changed": False,
             }
+        if expected_champion is not ANY_CHAMPION and now != expected_champion:
+            raise ChampionMoved(
+                f"{self.name}: champion is {_v(now)} now, not {_v(expected_champion)} as when this "
+                f"{kind} was decided; refusing to move it to v{version}"
+            )
         event = self.record_event(
             kind,
             from_version=now or "",
