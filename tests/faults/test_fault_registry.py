@@ -1,7 +1,7 @@
 """Faults at promotion and re-runs of the same DAG run, against a real MLflow registry (sqlite).
 
-- the registry server is down when decide (which registers) runs: the task fails, the champion is unchanged and the
-  batch stays pending; the retry registers and promotes;
+- the registry server is down when decide (which registers) runs: the task fails, the champion is
+  unchanged and the batch stays pending; the retry registers and promotes;
 - promote dies after registering the version but before (or while) moving the alias: the champion
   is unchanged, and the retry registers no second version and moves the alias;
 - two promotions at once: the registry is never without a champion;
