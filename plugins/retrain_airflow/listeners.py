@@ -33,20 +33,36 @@ def missing_pool_message(pool: str) -> str:
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
     """A run that needs the alias pool when it does not exist: an ERROR in the scheduler log and the
     reason as the run's note (Airflow itself only logs a warning and leaves the task scheduled)."""
-    if getattr(dag_run, "dag_id", None) not in POOLED_DAG_IDS:
+    dag_id, run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", "?")
+    if dag_id not in POOLED_DAG_IDS:
         return
     try:
-        from airflow.models.pool import Pool
-
         from retrain_airflow.tasks import settings
 
         pool = settings().registry.alias_pool
-        if Pool.get_pool(pool) is None:
+        if not _pool_exists(dag_run, pool):
             text = missing_pool_message(pool)
-            log.error("%s %s: %s", dag_run.dag_id, dag_run.run_id, text)
+            log.error("%s %s: %s", dag_id, run_id, text)
             _set_note(dag_run, text)
     except Exception:  # never let a check break the scheduler
-        log.exception("could not check the alias pool for %s", getattr(dag_run, "run_id", "?"))
+        log.exception("could not check the alias pool for %s", run_id)
+
+
+def _pool_exists(dag_run: Any, pool: str) -> bool:
+    """Read in the caller's session when the run belongs to one (the scheduler forbids a second
+    committing session inside its loop), else in a session of its own."""
+    from airflow.models.pool import Pool
+    from sqlalchemy import inspect as sa_inspect
+    from sqlalchemy import select
+
+    query = select(Pool.pool).where(Pool.pool == pool)
+    session = sa_inspect(dag_run).session
+    if session is not None:
+        return session.scalar(query) is not None
+    from airflow.utils.session import create_session
+
+    with create_session() as own:
+        return own.scalar(query) is not None
 
 
 def _summary(run_id: str) -> dict[str, Any] | None:

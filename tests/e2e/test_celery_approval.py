@@ -8,8 +8,9 @@ scripted: a "fair" adapter answers half the golden set right, a "good" one all o
 decision is known in advance; a real tiny-model training is what test_celery_scheduler.py runs.
 
 1. night 1 ("fair" beats the base model): the run waits in ``approve_promotion`` (awaiting_input); the
-   request shows the decision; admin approves through the REST API -> v1 is champion and the alias
-   history names admin and when.
+   request shows the decision, also in headless Chromium on the task's "Required actions" page
+   (screenshot tests/artifacts/approval_pending.png); admin approves through the REST API -> v1 is
+   champion and the alias history names admin and when.
 2. night 2 ("good" beats v1): admin rejects -> v2 registered and kept, the rejection is in the history.
 3. night 3 ("good" again): while it waits for approval, ner_rollback moves the champion to v2 (through
    the pool); the approval that follows does not undo it: promote refuses, champion stays v2.
@@ -102,9 +103,9 @@ def _summary(stack, run_id: str) -> dict:
     return json.loads(body["Body"].read())
 
 
-def test_1_approved_through_rest_promotes_and_the_history_names_the_responder(stack, monkeypatch):
+def test_1_night_one_waits_for_a_person_with_the_decision_in_the_request(stack):
     client = stack["client"]
-    run_id = _night(stack, 1)
+    run_id = stack["night1"] = _night(stack, 1)
     detail = client.hitl_detail(DAG, run_id, TASK)
     assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
     assert detail["subject"].startswith("Promote NER candidate v1 (micro F1 ")
@@ -112,6 +113,32 @@ def test_1_approved_through_rest_promotes_and_the_history_names_the_responder(st
     assert "**Proposal:** promote v1" in body and "| beats_champion | pass |" in body
     assert f"/retrain/report/ner_retrain/{run_id}" in body and "eval/report.html" in body
     assert client.task_states(DAG, run_id)["promote"] in (None, "none")  # waits for the answer
+
+
+def test_1_the_pending_approval_shows_in_the_browser(stack):
+    from types import SimpleNamespace
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.support.airflow_ui import artifacts_dir, chrome, login
+
+    af, run_id = stack["af"], stack["night1"]
+    server = SimpleNamespace(url=af.base_url, passwords=lambda: {af.username: af.password})
+    browser = chrome()
+    try:
+        login(browser, server, af.username)
+        browser.get(f"{af.base_url}/dags/{DAG}/runs/{run_id}/tasks/{TASK}/required_actions")
+        WebDriverWait(browser, 120).until(lambda b: "Promote NER candidate v1" in b.page_source)
+        WebDriverWait(browser, 60).until(lambda b: "beats_champion" in b.page_source)
+        page = browser.page_source
+        assert "Approve" in page and "Reject" in page
+        browser.save_screenshot(str(artifacts_dir() / "approval_pending.png"))
+    finally:
+        browser.quit()
+
+
+def test_1_approved_through_rest_promotes_and_the_history_names_the_responder(stack, monkeypatch):
+    client, run_id = stack["client"], stack["night1"]
     answer = client.respond(DAG, run_id, TASK, ["Approve"])
     assert answer["responded_by"]["name"] == "admin"
     run = client.wait_for_run(DAG, run_id, timeout=600)
