@@ -63,7 +63,7 @@ def stack(tmp_path_factory):
         try:
             af.migrate()  # also creates the alias pool (conf registry.alias_pool)
             af.start()
-            client = af.client()
+            client = af.client(timeout=120)  # the machine is shared: a starved API server answers slowly
             for dag_id in (DAG, ROLLBACK):
                 client.wait_for_dag(dag_id, timeout=180)
                 client.set_paused(dag_id, False)
