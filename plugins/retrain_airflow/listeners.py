@@ -115,7 +115,14 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     if dag_id != DAG_ID:
         return
     try:
-        failed = sorted(ti.task_id for ti in dag_run.get_task_instances(state=["failed", "upstream_failed"]))
+        from sqlalchemy import inspect as sa_inspect
+
+        # in the scheduler's session when the run has one: a session of its own would commit inside the
+        # scheduler loop ("UNEXPECTED COMMIT - THIS WILL BREAK HA LOCKS!") and detach the run
+        session = sa_inspect(dag_run).session
+        kwargs = {"session": session} if session is not None else {}
+        tis = dag_run.get_task_instances(state=["failed", "upstream_failed"], **kwargs)
+        failed = sorted(ti.task_id for ti in tis)
         _set_note(
             dag_run, f"failed at {', '.join(failed) or 'unknown task'}: nothing promoted; see the task logs"
         )

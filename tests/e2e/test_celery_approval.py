@@ -55,6 +55,9 @@ def stack(tmp_path_factory):
         "RETRAIN__GATE__APPROVAL": "always",
         "RETRAIN_FAKE_TRAINER": "ok",
         "RETRAIN_FAKE_QUALITY": "fair",
+        # the machine is shared: give a starved API server time before a task's state update fails it
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
     }
     database = f"retrain_approval_{uuid.uuid4().hex[:8]}"
     with MotoServer() as moto:
