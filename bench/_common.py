@@ -37,6 +37,7 @@ TASK_ORDER = (
     "train",
     "prepare_evaluation",
     "evaluate",
+    "decide",
     "promote",
 )
 

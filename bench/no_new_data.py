@@ -47,7 +47,7 @@ from _common import (  # noqa: E402
 )
 
 BUCKET = "ner-retrain"
-TRAINING_TASKS = ("prepare_training", "train", "prepare_evaluation", "evaluate", "promote")
+TRAINING_TASKS = ("prepare_training", "train", "prepare_evaluation", "evaluate", "decide", "promote")
 SUSPECT = ("llamafactory", "retrain.cli train", "retrain.cli evaluate", "retrain train", "retrain evaluate")
 
 

@@ -22,7 +22,10 @@ DOC = """
 Finds new or changed annotation batches in S3, validates them with Great Expectations (bad records are
 quarantined with a report), builds a versioned alpaca dataset, trains a LoRA adapter with LLaMA-Factory
 (launcher from conf: local / docker / kubernetes), evaluates it against the current champion on the
-golden set, and promotes it in the MLflow registry when it passes the gate.
+golden set, and promotes it in the MLflow registry when it passes the gate (`decide`, then `promote`,
+which moves the alias only if the champion is still the one evaluated against). With conf
+`gate.approval: borderline | always` an `approve_promotion` task (human in the loop) waits between them
+when the decision needs a person; a rejection or a timeout keeps the champion.
 
 **Params** (trigger form):
 - `force`: run training even when no new data arrived.
@@ -76,12 +79,29 @@ with DAG(
     train = stage_operator("train", "{{ ti.xcom_pull(task_ids='prepare_training') }}", settings)
     eval_uri = task(task_id="prepare_evaluation")(t.prepare_evaluation)(dataset, run_uri)
     evaluate = stage_operator("evaluate", "{{ ti.xcom_pull(task_ids='prepare_evaluation') }}", settings)
-    decision = task(task_id="promote", outlets=assets.promote_outlets(settings))(t.promote)(
-        dataset, intake, run_uri
-    )
+    decided = task(task_id="decide")(t.decide)(dataset, intake, run_uri)
+    # promote moves the alias: serialised with ner_rollback by a one-slot pool (conf registry.alias_pool)
+    decision = task(
+        task_id="promote",
+        pool=settings.registry.alias_pool,
+        trigger_rule="none_failed_min_one_success",  # runs after the approval, or when it was skipped
+        outlets=assets.promote_outlets(settings),
+    )(t.promote)(run_uri)
 
     intake >> dataset
-    run_uri >> train >> eval_uri >> evaluate >> decision
+    run_uri >> train >> eval_uri >> evaluate >> decided
+
+    if (
+        settings.gate.approval != "never"
+    ):  # conf switch: a person confirms (plugins/retrain_airflow/approval.py)
+        from retrain_airflow.approval import PromotionApprovalOperator
+
+        route = task.branch(task_id="approval_needed")(t.approval_route)(decided)
+        approve = PromotionApprovalOperator(settings=settings)
+        route >> [approve, decision]
+        approve >> decision
+    else:
+        decided >> decision
 
     if settings.registry.export_merged:  # conf switch: merged model for serving after a promotion
         export_uri = task.short_circuit(task_id="prepare_export")(t.prepare_export)(decision, run_uri)

@@ -16,8 +16,10 @@ settings = load_settings()
 DOC = """
 ### ner_rollback
 Moves the `champion` alias of the registered NER adapter to **target** (a version number, or `previous`),
-after checking that the version exists and has an adapter. The change is recorded in the alias history
-with the **reason** and this DAG run as the actor. Trigger it from the UI form or the Retraining page.
+after checking that the version exists and has an adapter and, when **expected_champion** is given
+(the Retraining form sends the champion it showed), that the champion has not moved since. The change
+is recorded in the alias history with the **reason** and this DAG run as the actor. Trigger it from the
+UI form or the Retraining page.
 """
 
 with DAG(
@@ -36,6 +38,13 @@ with DAG(
             description="Version number, or 'previous'",
         ),
         "reason": Param(type="string", minLength=3, description="Why (kept in the alias history)"),
+        "expected_champion": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^(none|[0-9]+)$",
+            description="The champion version the requester saw ('none': no champion); the rollback "
+            "refuses if the champion moved since. Empty: whatever it is now.",
+        ),
         "base_model": Param(
             None,
             type=["null", "string"],
@@ -43,4 +52,7 @@ with DAG(
         ),
     },
 ) as dag:
-    task(task_id="rollback", outlets=assets.promote_outlets(settings))(t.rollback)()
+    # serialised with ner_retrain's promote by a one-slot pool (conf registry.alias_pool)
+    task(task_id="rollback", pool=settings.registry.alias_pool, outlets=assets.promote_outlets(settings))(
+        t.rollback
+    )()

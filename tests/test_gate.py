@@ -156,3 +156,40 @@ def test_bootstrap_is_seeded_and_paired():
     assert (a == b).all() and not (a == c).all() and (a >= 0).all()  # never worse on any sentence
     with pytest.raises(ValueError, match="same sentences"):
         bootstrap_differences(cand, champ2[:-1], [None], resamples=10, seed=1)
+
+
+def _decision(low: float, high: float, *, promote: bool, regressed: bool = False, dry_run: bool = False):
+    from retrain.runs import LabelDifference, PromotionDecision, Significance
+
+    label = LabelDifference(
+        label="name", support=50, candidate_f1=0.8, champion_f1=0.8, difference=0.0, low=-0.2, high=0.1,
+        regressed=regressed,
+    )  # fmt: skip
+    sig = Significance(
+        reading="strict", n_sentences=100, difference=(low + high) / 2, low=low, high=high, confidence=0.95,
+        resamples=2000, seed=1, min_delta=0.0, labels=[label],
+    )  # fmt: skip
+    return PromotionDecision(promote=promote, reason="r", rules=[], significance=sig, dry_run=dry_run)
+
+
+def test_approval_asks_a_person_for_close_calls_or_every_promotion():
+    from retrain.gate import needs_approval
+
+    clear_win = _decision(0.02, 0.09, promote=True)
+    straddles = _decision(-0.01, 0.05, promote=False)
+    label_guard = _decision(0.02, 0.09, promote=False, regressed=True)
+    clearly_worse = _decision(-0.09, -0.02, promote=False)
+    assert [is_borderline(d) for d in (clear_win, straddles, label_guard, clearly_worse)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert not any(needs_approval(d, "never") for d in (clear_win, straddles, label_guard))
+    assert [needs_approval(d, "borderline") for d in (clear_win, straddles, clearly_worse)] == [
+        False,
+        True,
+        False,
+    ]
+    assert [needs_approval(d, "always") for d in (clear_win, straddles, clearly_worse)] == [True, True, False]
+    assert not needs_approval(_decision(0.02, 0.09, promote=True, dry_run=True), "always")

@@ -15,7 +15,7 @@ import pytest
 from retrain import promote, runs
 from retrain.adapters import AdapterIntegrityError
 from retrain.config import load_settings
-from retrain.registry import Registry
+from retrain.registry import ChampionMoved, Registry
 from tests.support import contracts
 
 PROVENANCE = promote.Provenance(
@@ -28,8 +28,14 @@ def registry(tmp_path):
     return Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", "clue-ner-tiny-lora", (tmp_path / "art").as_uri())
 
 
-def make_run(store, run_id, *, cand_f1, champ_f1, weights=None, champion="base model"):
-    """A run folder as the stages leave it just before promote: trained, evaluated."""
+def make_run(
+    store, run_id, *, cand_f1, champ_f1, weights=None, champion="base model", seen=None, cand_label=None
+):
+    """A run folder as the stages leave it just before promote: trained, evaluated against
+    ``champion`` while the registry's champion alias named ``seen`` (default: the version in
+    ``champion``'s name, None for the base model)."""
+    if seen is None and champion.startswith("champion v"):
+        seen = champion.removeprefix("champion v")
     run = runs.RunFolder.for_run(store.bucket, "runs/", run_id)
     adapter = contracts.put_adapter(store, weights or run_id.encode())
     dataset = contracts.dataset_ref(bucket=store.bucket)
@@ -38,11 +44,11 @@ def make_run(store, run_id, *, cand_f1, champ_f1, weights=None, champion="base m
     runs.write(store, run.key(runs.TRAIN_REQUEST), contracts.train_request(run_id, store.bucket))
     runs.write(store, run.key(runs.TRAIN_RESULT), contracts.train_result(run_id, adapter))
     store.put_bytes(run.key(runs.TRAINER_LOG), b'{"current_steps": 10, "total_steps": 10}\n')
-    request = contracts.eval_request(run_id, adapter, champion={"name": champion})
+    request = contracts.eval_request(run_id, adapter, champion={"name": champion}, registry_champion=seen)
     runs.write(store, run.key(runs.EVAL_REQUEST), request)
     report = contracts.eval_report(
         run_id,
-        contracts.model_scores(cand_f1, {"name": (cand_f1, 20)}),
+        contracts.model_scores(cand_f1, {"name": (cand_f1 if cand_label is None else cand_label, 20)}),
         contracts.model_scores(champ_f1, {"name": (champ_f1, 20)}, name=champion),
     )
     runs.write(store, run.key(runs.EVAL_REPORT), report)
@@ -132,7 +138,8 @@ def test_plan_evaluation_needs_a_committed_training(store, settings, registry):
 
 def test_rollback_checks_the_adapter_against_its_digest(store, settings, registry):
     for n, f1 in ((1, 0.5), (2, 0.7)):
-        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3)
+        champion = "champion v1" if n == 2 else "base model"
+        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3, champion=champion)
         _promote(store, settings, run, registry, f"r{n}")
     v1 = registry.versions()[0]
     store.put_bytes(f"adapters/{v1['adapter_digest']}/adapter_model.safetensors", b"swapped")
@@ -166,3 +173,123 @@ def test_the_cli_runs_the_same_promotion(store, moto_server, tmp_path, bucket_na
     settings = load_settings(environ=env)
     reg = Registry.from_settings(settings, "/models/tiny")
     assert reg.champion()["version"] == "1" and reg.history()[-1]["actor"] == "alice"
+
+
+# -- no lost updates (issue 11 item 7) ----------------------------------------------------------------
+def test_two_promotions_racing_the_second_is_refused_and_moves_nothing(store, settings, registry):
+    run, _ = make_run(store, "r1", cand_f1=0.5, champ_f1=0.1)
+    _promote(store, settings, run, registry, "r1")
+    # r2 and r3 were both evaluated while v1 was champion (two runs in flight, or a re-trigger)
+    r2, _ = make_run(store, "r2", cand_f1=0.6, champ_f1=0.5, champion="champion v1")
+    r3, _ = make_run(store, "r3", cand_f1=0.7, champ_f1=0.5, champion="champion v1")
+    for run_id, folder in (("r2", r2), ("r3", r3)):
+        promote.decide_run(store, settings, folder, registry, run_id=run_id, provenance=PROVENANCE)
+    first = promote.commit_run(store, settings, r2, registry, run_id="r2", actor="test/r2")
+    second = promote.commit_run(store, settings, r3, registry, run_id="r3", actor="test/r3")
+    assert first.decision.promote and registry.champion()["version"] == "2"
+    d = second.decision
+    assert not d.promote and "champion changed since evaluation" in d.refused
+    assert "champion is v2 now, not v1" in d.reason and second.registered_version == "3"
+    assert registry.champion()["version"] == "2" and registry.get_alias("previous")["version"] == "1"
+    assert runs.read(store, r3.key(runs.DECISION), runs.PromotionDecision) == d
+    assert registry.versions()[2]["tags"]["decision"] == "kept"
+    assert [e["to_version"] for e in registry.history()] == ["1", "2"]  # no event for the refused one
+
+
+def test_a_rollback_between_evaluation_and_promote_is_not_undone(store, settings, registry):
+    for n, f1 in ((1, 0.5), (2, 0.7)):
+        run, _ = make_run(
+            store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3, champion="champion v1" if n == 2 else "base model"
+        )
+        _promote(store, settings, run, registry, f"r{n}")
+    r3, _ = make_run(store, "r3", cand_f1=0.8, champ_f1=0.7, champion="champion v2")
+    promote.decide_run(store, settings, r3, registry, run_id="r3", provenance=PROVENANCE)
+    promote.rollback(store, registry, "1", reason="bad outputs", actor="alice", expected_champion="2")
+    summary = promote.commit_run(store, settings, r3, registry, run_id="r3", actor="test/r3")
+    assert not summary.decision.promote and "not v2" in summary.decision.refused
+    assert registry.champion()["version"] == "1" and summary.registry.champion_version == "1"
+    assert registry.history()[-1]["kind"] == "rollback"
+
+
+def test_a_rollback_refuses_when_the_champion_moved_since_the_form_was_shown(store, settings, registry):
+    for n, f1 in ((1, 0.5), (2, 0.7)):
+        run, _ = make_run(
+            store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3, champion="champion v1" if n == 2 else "base model"
+        )
+        _promote(store, settings, run, registry, f"r{n}")
+    with pytest.raises(ChampionMoved, match="champion is v2 now, not v1"):
+        promote.rollback(
+            store, registry, "1", reason="saw v1 as champion", actor="bob", expected_champion="1"
+        )
+    assert registry.champion()["version"] == "2" and len(registry.history()) == 2
+
+
+# -- optional human approval (issue 11 item 8) ---------------------------------------------------------
+def _gate(settings, **kw):
+    return settings.model_copy(update={"gate": settings.gate.model_copy(update=kw)})
+
+
+def _answer(approved, who="alice"):
+    return runs.ApprovalResponse(
+        approved=approved, responded_by=who, responded_at="2026-12-02T10:00:00+00:00"
+    )
+
+
+def test_approval_always_approved_moves_the_alias_and_the_history_names_the_responder(
+    store, settings, registry
+):
+    s = _gate(settings, approval="always")
+    run, _ = make_run(store, "r1", cand_f1=0.6, champ_f1=0.1)
+    decided = promote.decide_run(store, s, run, registry, run_id="r1", provenance=PROVENANCE)
+    assert decided.promote and decided.needs_approval and registry.champion() is None
+    summary = promote.commit_run(
+        store, s, run, registry, run_id="r1", actor="test/r1", approval=_answer(True)
+    )
+    assert summary.decision.promote and registry.champion()["version"] == "1"
+    assert "approved by alice at 2026-12-02T10:00:00+00:00" in summary.decision.reason
+    event = registry.history()[-1]
+    assert (event["kind"], event["responded_by"], event["approved"]) == ("promote", "alice", "true")
+    assert event["responded_at"] == "2026-12-02T10:00:00+00:00"
+
+
+def test_approval_rejected_keeps_the_champion_and_records_who(store, settings, registry):
+    s = _gate(settings, approval="always")
+    run, _ = make_run(store, "r1", cand_f1=0.6, champ_f1=0.1)
+    promote.decide_run(store, s, run, registry, run_id="r1", provenance=PROVENANCE)
+    summary = promote.commit_run(
+        store, s, run, registry, run_id="r1", actor="test/r1", approval=_answer(False, "bob")
+    )
+    d = summary.decision
+    assert not d.promote and d.refused == "promotion rejected by bob at 2026-12-02T10:00:00+00:00"
+    assert registry.champion() is None and registry.versions()[0]["tags"]["decision"] == "kept"
+    event = registry.history()[-1]
+    assert (event["kind"], event["responded_by"], event["approved"], event["to_version"]) == (
+        "rejected",
+        "bob",
+        "false",
+        "1",
+    )
+
+
+def test_no_answer_keeps_the_champion(store, settings, registry):
+    s = _gate(settings, approval="always")
+    run, _ = make_run(store, "r1", cand_f1=0.6, champ_f1=0.1)
+    summary = _promote(store, s, run, registry, "r1")
+    assert not summary.decision.promote and "none was given" in summary.decision.refused
+    assert registry.champion() is None
+
+
+def test_borderline_hands_a_close_call_to_a_person_and_leaves_clear_calls_alone(store, settings, registry):
+    s = _gate(settings, approval="borderline", max_label_drop=0.1)
+    run, _ = make_run(store, "r1", cand_f1=0.6, champ_f1=0.1)
+    clear = promote.decide_run(store, s, run, registry, run_id="r1", provenance=PROVENANCE)
+    assert clear.promote and not clear.needs_approval
+    promote.commit_run(store, s, run, registry, run_id="r1", actor="test/r1")
+    # better overall, but one label drops by 0.3: the gate keeps; borderline asks a person
+    run2, _ = make_run(store, "r2", cand_f1=0.7, champ_f1=0.6, champion="champion v1", cand_label=0.3)
+    close = promote.decide_run(store, s, run2, registry, run_id="r2", provenance=PROVENANCE)
+    assert not close.promote and close.needs_approval
+    summary = promote.commit_run(
+        store, s, run2, registry, run_id="r2", actor="test/r2", approval=_answer(True)
+    )
+    assert summary.decision.promote and registry.champion()["version"] == "2"

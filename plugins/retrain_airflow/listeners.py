@@ -17,6 +17,52 @@ from airflow.listeners import hookimpl
 log = logging.getLogger(__name__)
 
 DAG_ID = "ner_retrain"
+#: DAGs whose alias-moving task (promote, rollback) runs in the pool conf registry.alias_pool names.
+POOLED_DAG_IDS = ("ner_retrain", "ner_rollback")
+
+
+def missing_pool_message(pool: str) -> str:
+    return (
+        f"pool {pool!r} (conf registry.alias_pool) does not exist: Airflow will never schedule the "
+        f"champion alias move (promote / rollback) of this run. Create it with one slot: "
+        f"airflow pools set {pool} 1 'serialises champion alias moves'"
+    )
+
+
+@hookimpl
+def on_dag_run_running(dag_run: Any, msg: str) -> None:
+    """A run that needs the alias pool when it does not exist: an ERROR in the scheduler log and the
+    reason as the run's note (Airflow itself only logs a warning and leaves the task scheduled)."""
+    dag_id, run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", "?")
+    if dag_id not in POOLED_DAG_IDS:
+        return
+    try:
+        from retrain_airflow.tasks import settings
+
+        pool = settings().registry.alias_pool
+        if not _pool_exists(dag_run, pool):
+            text = missing_pool_message(pool)
+            log.error("%s %s: %s", dag_id, run_id, text)
+            _set_note(dag_run, text)
+    except Exception:  # never let a check break the scheduler
+        log.exception("could not check the alias pool for %s", run_id)
+
+
+def _pool_exists(dag_run: Any, pool: str) -> bool:
+    """Read in the caller's session when the run belongs to one (the scheduler forbids a second
+    committing session inside its loop), else in a session of its own."""
+    from airflow.models.pool import Pool
+    from sqlalchemy import inspect as sa_inspect
+    from sqlalchemy import select
+
+    query = select(Pool.pool).where(Pool.pool == pool)
+    session = sa_inspect(dag_run).session
+    if session is not None:
+        return session.scalar(query) is not None
+    from airflow.utils.session import create_session
+
+    with create_session() as own:
+        return own.scalar(query) is not None
 
 
 def _summary(run_id: str) -> dict[str, Any] | None:
@@ -69,7 +115,14 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     if dag_id != DAG_ID:
         return
     try:
-        failed = sorted(ti.task_id for ti in dag_run.get_task_instances(state=["failed", "upstream_failed"]))
+        from sqlalchemy import inspect as sa_inspect
+
+        # in the scheduler's session when the run has one: a session of its own would commit inside the
+        # scheduler loop ("UNEXPECTED COMMIT - THIS WILL BREAK HA LOCKS!") and detach the run
+        session = sa_inspect(dag_run).session
+        kwargs = {"session": session} if session is not None else {}
+        tis = dag_run.get_task_instances(state=["failed", "upstream_failed"], **kwargs)
+        failed = sorted(ti.task_id for ti in tis)
         _set_note(
             dag_run, f"failed at {', '.join(failed) or 'unknown task'}: nothing promoted; see the task logs"
         )

@@ -42,10 +42,19 @@ def run_note(summary: dict[str, Any] | None) -> str:
     if decision.get("dry_run"):
         verdict = "would promote" if not failed else "would keep " + against
         return one_line(f"dry run: {verdict}: candidate {f1}{delta}")
+    approval = decision.get("approval") or {}
+    answer = (
+        f" ({'approved' if approval.get('approved') else 'rejected'} by {approval.get('responded_by')})"
+        if approval
+        else ""
+    )
     if decision.get("promote"):
-        return one_line(f"promoted v{version}: {f1}{delta}" if version else f"promoted: {f1}{delta}")
+        text = f"promoted v{version}: {f1}{delta}" if version else f"promoted: {f1}{delta}"
+        return one_line(text + answer)
     who = f"candidate v{version}" if version else "candidate"
     why = f"; failed {', '.join(failed)}" if failed else ""
+    if decision.get("refused"):
+        why += f"; not promoted: {decision['refused']}"
     return one_line(f"kept {against}: {who} {f1}{delta}{why}")
 
 

@@ -178,9 +178,16 @@ def prepare_evaluation(dataset: dict[str, Any], run_uri: str) -> str:
 
 
 # -- stage 6 ---------------------------------------------------------------------------------
-def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str) -> dict[str, Any]:
-    """Decide with the gate, log + register in MLflow, move the alias when the candidate wins
-    (`retrain.promote.promote_run`); then the champion asset event and the promotion alert."""
+def read_decision(run_id: str) -> runs.PromotionDecision:
+    """The run's ``decision.json`` (as ``decide`` wrote it)."""
+    s = settings()
+    run = runs.RunFolder.for_run(s.s3.bucket, s.s3.runs_prefix, run_id)
+    return runs.read(_store(), run.key(runs.DECISION), runs.PromotionDecision)
+
+
+def decide(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str) -> dict[str, Any]:
+    """Apply the gate, log + register in MLflow, write ``decision.json`` (`retrain.promote.decide_run`);
+    moves no alias. Returns whether a person must approve (conf ``gate.approval``)."""
     from retrain import promote as promotion
 
     s, params, ctx = settings(), _params(), _context()
@@ -191,15 +198,42 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
         launcher=launcher,
         trainer_image=s.docker.image if launcher != "local" else "local trainer env",
     )
-    summary = promotion.promote_run(
+    d = promotion.decide_run(
+        _store(),
+        s,
+        runs.RunFolder.from_uri(run_uri),
+        _registry(),
+        run_id=_run_id(),
+        provenance=provenance,
+        dry_run=bool(params.get("dry_run")),
+    )
+    return {"promote": d.promote, "needs_approval": d.needs_approval, "version": d.registered_version}
+
+
+def approval_route(decided: dict[str, Any]) -> str:
+    """Branch callable: the approval task when a person must answer, else straight to ``promote``."""
+    from retrain_airflow.approval import TASK_ID
+
+    return TASK_ID if decided.get("needs_approval") else "promote"
+
+
+def promote(run_uri: str) -> dict[str, Any]:
+    """Carry out the decision (`retrain.promote.commit_run`): with the person's answer when one was
+    asked, and only if the champion did not move since the evaluation; then the champion asset
+    event and the promotion alert. Runs in the one-slot pool conf ``registry.alias_pool``."""
+    from retrain import promote as promotion
+    from retrain_airflow.approval import TASK_ID, answer_from_xcom
+
+    s, ctx = settings(), _context()
+    answer = answer_from_xcom(ctx["ti"].xcom_pull(task_ids=TASK_ID)) if s.gate.approval != "never" else None
+    summary = promotion.commit_run(
         _store(),
         s,
         runs.RunFolder.from_uri(run_uri),
         _registry(),
         run_id=_run_id(),
         actor=f"ner_retrain/{_run_id()}",
-        provenance=provenance,
-        dry_run=bool(params.get("dry_run")),
+        approval=answer,
     )
     summary_json = runs.to_json(summary)
     assets.record_champion_event(s, summary_json, base_model=_base_model())
@@ -211,6 +245,7 @@ def promote(dataset: dict[str, Any], intake: dict[str, Any] | None, run_uri: str
         "version": summary.registered_version,
         "candidate_f1": d.candidate_f1,
         "champion_f1": d.champion_f1,
+        "refused": d.refused,
     }
 
 
@@ -248,14 +283,22 @@ def record_export(decision: dict[str, Any], run_uri: str) -> str:
 # -- ner_rollback ----------------------------------------------------------------------------
 def rollback() -> dict[str, Any]:
     """Move ``champion`` to the target version from the trigger params, recording who and why, after
-    checking the version's adapter against its digest (`retrain.promote.rollback`)."""
+    checking the version's adapter against its digest and that the champion is still the one the
+    person saw (param ``expected_champion``) (`retrain.promote.rollback`). Runs in the one-slot pool
+    conf ``registry.alias_pool``, like ``promote``."""
     from retrain.promote import rollback as roll_back
+    from retrain.registry import ANY_CHAMPION
 
     params, ctx = _params(), _context()
     registry = _registry(params.get("base_model") or None)
     target = str(params["target"]).strip()
     actor = f"ner_rollback/{ctx['run_id']}"
-    event = roll_back(_store(), registry, target, reason=params["reason"], actor=actor)
+    # the champion the person saw (the Retraining form sends it); "" or absent: whatever it is now
+    seen = str(params.get("expected_champion") or "").strip()
+    expected = ANY_CHAMPION if not seen else (None if seen == "none" else seen)
+    event = roll_back(
+        _store(), registry, target, reason=params["reason"], actor=actor, expected_champion=expected
+    )
     assets.record_rollback_event(settings(), event, base_model=params.get("base_model") or None)
     log.info("rollback: %s", json.dumps(event, ensure_ascii=False))
     return event

@@ -221,6 +221,8 @@ class RegistryConfig(_Strict):
     artifact_location: str | None = None
     model_name_template: str = "{task}-{base}-lora"
     export_merged: bool = False
+    #: The one-slot Airflow pool that serialises every alias move (promote, rollback).
+    alias_pool: str = Field("registry_aliases", min_length=1)
 
 
 class GateConfig(_Strict):
@@ -235,6 +237,10 @@ class GateConfig(_Strict):
     max_label_drop: float = Field(0.05, ge=0, le=1)
     max_parse_failure: float = Field(0.05, ge=0, le=1)
     min_f1: float | None = Field(None, ge=0, le=1)
+    #: never: the gate decides alone; borderline: a person confirms close calls; always: a person
+    #: confirms every promotion (`retrain.gate.needs_approval`).
+    approval: Literal["never", "borderline", "always"] = "never"
+    approval_timeout_hours: float = Field(24.0, gt=0)
 
 
 AlertEvent = Literal["failure", "quarantine", "promotion"]

@@ -271,3 +271,14 @@ def is_borderline(decision: PromotionDecision) -> bool:
         return False
     straddles = sig.low <= sig.min_delta < sig.high
     return straddles or any(lab.regressed for lab in sig.labels)
+
+
+def needs_approval(decision: PromotionDecision, policy: str) -> bool:
+    """Whether conf ``gate.approval`` (never | borderline | always) asks a person to confirm: always =
+    every promotion and every close call; borderline = close calls only (a person may promote a
+    candidate the gate kept); never = nobody. A dry run never waits."""
+    if decision.dry_run or policy == "never":
+        return False
+    if policy == "always":
+        return decision.promote or is_borderline(decision)
+    return is_borderline(decision)

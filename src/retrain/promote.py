@@ -7,10 +7,16 @@ the store, the registry and who is acting.
 - `choose_baseline`: the champion; for a re-run of a run whose candidate already became champion, the
   model it replaced (never the candidate itself); the base model when there is no champion.
 - `plan_evaluation`: writes ``eval_request.json`` for the trained candidate and that baseline.
-- `promote_run`: reads the run folder (`retrain.runs`), applies the gate (`retrain.gate.decide`), logs
+- `decide_run`: reads the run folder (`retrain.runs`), applies the gate (`retrain.gate.decide`), logs
   the training to MLflow and registers the adapter (immutable versions: its content address and
-  digest), moves ``champion`` when the gate says so, writes ``decision.json`` and ``summary.json``
-  (last), and marks the accepted data as trained on.
+  digest), and writes ``decision.json`` with ``needs_approval`` (conf ``gate.approval``).
+- `commit_run`: applies a person's answer when one was needed, moves ``champion`` when the decision
+  says so **and the alias still names the version the evaluation was planned against**
+  (``eval_request.json`` ``registry_champion``; otherwise it refuses, with the reason in the decision,
+  and moves nothing), records approvals and rejections in the alias history, writes ``decision.json``
+  and ``summary.json`` (last), and marks the accepted data as trained on.
+- `promote_run`: both in one call (the CLI, the tests); the DAG runs them as two tasks with the
+  optional approval between, and the commit in a one-slot pool (conf ``registry.alias_pool``).
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from typing import Any
 from retrain import runs
 from retrain.adapters import fetch_adapter, verify_adapter
 from retrain.config import Settings
-from retrain.gate import decide
+from retrain.gate import decide, is_borderline, needs_approval
 from retrain.redact import mask_uri
-from retrain.registry import PREVIOUS, Registry
+from retrain.registry import ANY_CHAMPION, PREVIOUS, ChampionMoved, Registry
 from retrain.runs import (
+    ApprovalResponse,
     DatasetRef,
     EvalReport,
     EvalRequest,
@@ -116,6 +123,7 @@ def plan_evaluation(
         raise TrainingNotCommitted(f"training did not commit its artifacts: {exc}") from exc
     dataset = runs.read(store, run.key(runs.DATASET), DatasetRef)
     trained = runs.read(store, run.key(runs.TRAIN_REQUEST), runs.TrainRequest)
+    champion_now = registry.champion()
     baseline = choose_baseline(registry, run_id)
     request = EvalRequest(
         run_id=run_id,
@@ -135,6 +143,7 @@ def plan_evaluation(
         base_model_revision=trained.base_model_revision,
         trust_remote_code=bool(trained.llamafactory.get("trust_remote_code", False)),
         benchmarks=dataset.benchmarks,
+        registry_champion=champion_now["version"] if champion_now else None,
     )
     runs.write(store, run.key(runs.EVAL_REQUEST), request)
     log.info(
@@ -192,7 +201,6 @@ def _register(
     run: RunFolder,
     registry: Registry,
     files: _RunFiles,
-    decision: PromotionDecision,
     *,
     run_id: str,
     provenance: Provenance,
@@ -238,8 +246,137 @@ def _register(
         airflow_run_id=run_id,
         tags={**tags, "micro_f1": f"{micro:.6f}", "airflow_dag_id": provenance.dag_id},
     )
-    registry.set_version_tags(version, decision_tags(decision))
     return version
+
+
+def decide_run(
+    store: ObjectStore,
+    settings: Settings,
+    run: RunFolder,
+    registry: Registry,
+    *,
+    run_id: str,
+    provenance: Provenance,
+    dry_run: bool = False,
+) -> PromotionDecision:
+    """Apply the gate, register the candidate (not in a dry run) and write ``decision.json`` with
+    ``needs_approval`` (conf gate.approval); moves no alias: `commit_run` does."""
+    files = _RunFiles.load(store, run)
+    decision = decide(
+        files.report.candidate,
+        files.report.champion,
+        settings.gate,
+        champion_name=files.eval_request.champion.name,
+        dry_run=dry_run,
+        exam=files.report.exam,
+    )
+    log_decision(decision)
+    updates: dict[str, Any] = {"needs_approval": needs_approval(decision, settings.gate.approval)}
+    if not dry_run:
+        updates["registered_version"] = _register(
+            store, run, registry, files, run_id=run_id, provenance=provenance
+        )
+    decision = decision.model_copy(update=updates)
+    if decision.needs_approval:
+        log.info("gate.approval=%s: a person must confirm (%s)", settings.gate.approval, decision.reason)
+    runs.write(store, run.key(runs.DECISION), decision)
+    return decision
+
+
+def _final(decision: PromotionDecision, approval: ApprovalResponse | None) -> PromotionDecision:
+    """The decision after the person's answer: an approved close call promotes; a rejection, a
+    timeout or a missing answer keeps the champion."""
+    if not decision.needs_approval:
+        return decision
+    wanted = decision.promote or is_borderline(decision)
+    if approval is None:
+        why = "needs a person's approval (conf gate.approval) and none was given"
+        return decision.model_copy(update={"promote": False, "refused": why, "reason": f"kept: {why}"})
+    update: dict[str, Any] = {"approval": approval, "promote": wanted and approval.approved}
+    if approval.approved:
+        update["reason"] = f"{decision.reason} [{approval.describe()}]"
+    else:
+        update["refused"] = f"promotion {approval.describe()}"
+        update["reason"] = (
+            f"kept {decision.champion_name or 'champion'}: {update['refused']} ({decision.reason})"
+        )
+    return decision.model_copy(update=update)
+
+
+def commit_run(
+    store: ObjectStore,
+    settings: Settings,
+    run: RunFolder,
+    registry: Registry,
+    *,
+    run_id: str,
+    actor: str,
+    approval: ApprovalResponse | None = None,
+) -> RunSummary:
+    """Carry out the decision ``decide_run`` wrote: move ``champion`` only if it still names the
+    version the evaluation was planned against (else refuse, with the reason in the decision and the
+    summary), record a person's answer in the alias history, tag the version, write ``decision.json``
+    and ``summary.json`` (last)."""
+    from retrain.ingest import clear_pending
+
+    files = _RunFiles.load(store, run)
+    decision = _final(runs.read(store, run.key(runs.DECISION), PromotionDecision), approval)
+    version = decision.registered_version
+    if version is not None:
+        decision = _apply(registry, decision, version, files.eval_request, actor=actor)
+        registry.set_version_tags(version, decision_tags(decision))
+    log.info("decision: %s", decision.reason)
+    summary = _summary(run, registry, files, decision, version, run_id=run_id)
+    runs.write(store, run.key(runs.DECISION), decision)
+    runs.write(store, run.key(runs.SUMMARY), summary)  # last: the run's outcome
+    if not decision.dry_run:
+        clear_pending(store, settings)
+    log.info("run summary: registered version %s, champion %s", version, summary.registry.champion_version)
+    return summary
+
+
+def _apply(
+    registry: Registry, decision: PromotionDecision, version: str, request: EvalRequest, *, actor: str
+) -> PromotionDecision:
+    """Move the alias when the decision says so and the champion did not move since the evaluation;
+    record a rejection in the alias history."""
+    extra = {}
+    if decision.approval is not None:
+        a = decision.approval
+        extra = {
+            "approved": str(a.approved).lower(),
+            "responded_by": a.responded_by,
+            "responded_at": a.responded_at,
+            "timed_out": str(a.timed_out).lower(),
+        }
+    if not decision.promote:
+        if decision.approval is not None and not decision.approval.approved:
+            champion = registry.champion()
+            now = champion["version"] if champion else ""
+            registry.record_event(
+                "rejected",
+                from_version=now,
+                to_version=version,
+                reason=decision.reason,
+                actor=actor,
+                extra=extra,
+            )
+        return decision
+    try:
+        registry.move_champion(
+            version,
+            reason=decision.reason,
+            actor=actor,
+            expected_champion=request.registry_champion,
+            extra=extra,
+        )
+    except ChampionMoved as exc:
+        why = f"champion changed since evaluation: {exc}"
+        log.warning("not promoted: %s", why)
+        return decision.model_copy(
+            update={"promote": False, "refused": why, "reason": f"not promoted, {why}"}
+        )
+    return decision
 
 
 def promote_run(
@@ -252,33 +389,12 @@ def promote_run(
     actor: str,
     provenance: Provenance,
     dry_run: bool = False,
+    approval: ApprovalResponse | None = None,
 ) -> RunSummary:
-    """Decide with the gate, register and promote (see the module docstring); returns the run summary."""
-    from retrain.ingest import clear_pending
-
-    files = _RunFiles.load(store, run)
-    champion_name = files.eval_request.champion.name
-    decision = decide(
-        files.report.candidate,
-        files.report.champion,
-        settings.gate,
-        champion_name=champion_name,
-        dry_run=dry_run,
-        exam=files.report.exam,
-    )
-    log_decision(decision)
-    version = None
-    if not dry_run:
-        version = _register(store, run, registry, files, decision, run_id=run_id, provenance=provenance)
-        if decision.promote:
-            registry.move_champion(version, reason=decision.reason, actor=actor)
-    summary = _summary(run, registry, files, decision, version, run_id=run_id)
-    runs.write(store, run.key(runs.DECISION), decision)
-    runs.write(store, run.key(runs.SUMMARY), summary)  # last: the run's outcome
-    if not dry_run:
-        clear_pending(store, settings)
-    log.info("run summary: registered version %s, champion %s", version, summary.registry.champion_version)
-    return summary
+    """`decide_run` then `commit_run` in one go (the CLI and the tests; the DAG runs them as two
+    tasks with the optional approval between): returns the run summary."""
+    decide_run(store, settings, run, registry, run_id=run_id, provenance=provenance, dry_run=dry_run)
+    return commit_run(store, settings, run, registry, run_id=run_id, actor=actor, approval=approval)
 
 
 def log_decision(decision: PromotionDecision) -> None:
@@ -370,10 +486,18 @@ def _summary(
 
 
 def rollback(
-    store: ObjectStore, registry: Registry, target: str, *, reason: str, actor: str
+    store: ObjectStore,
+    registry: Registry,
+    target: str,
+    *,
+    reason: str,
+    actor: str,
+    expected_champion: str | None | object = ANY_CHAMPION,
 ) -> dict[str, Any]:
     """Move ``champion`` to ``target`` (a version or 'previous') after checking that the version's adapter
-    is still there and hashes to its registered digest (`Registry.rollback` records the event)."""
+    is still there and hashes to its registered digest (`Registry.rollback` records the event). With
+    ``expected_champion`` (the version the person saw as champion) it refuses with `ChampionMoved`
+    when a promotion or another rollback moved the champion meanwhile."""
     info = registry.resolve(target)
     verify_adapter(store.for_bucket, info["adapter_uri"], info["adapter_digest"] or None)
-    return registry.rollback(info["version"], reason=reason, actor=actor)
+    return registry.rollback(info["version"], reason=reason, actor=actor, expected_champion=expected_champion)

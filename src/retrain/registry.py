@@ -35,8 +35,20 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 
 
+#: ``expected_champion`` default: move the alias whatever it names now.
+ANY_CHAMPION: object = object()
+
+
 class RegistryError(RuntimeError):
     """A registry action cannot be carried out (unknown version, no adapter, …)."""
+
+
+class ChampionMoved(RegistryError):
+    """The champion is no longer the version an alias move was decided against (a lost update refused)."""
+
+
+def _v(version: object) -> str:
+    return f"v{version}" if version else "no champion"
 
 
 def retrain_home() -> Path:
@@ -224,11 +236,24 @@ class Registry:
             self.client.set_model_version_tag(self.name, version, k, str(v)[:5000])
 
     def move_champion(
-        self, version: str, *, reason: str, actor: str, kind: str = "promote"
+        self,
+        version: str,
+        *,
+        reason: str,
+        actor: str,
+        kind: str = "promote",
+        expected_champion: str | None | object = ANY_CHAMPION,
+        extra: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Point ``champion`` at ``version`` (``previous`` at the old champion) and record the event."""
+        """Point ``champion`` at ``version`` (``previous`` at the old champion) and record the event.
+
+        ``expected_champion``: the version the caller saw as champion (None: no champion); when the
+        alias names another version now, nothing moves and `ChampionMoved` says from what to what
+        (unless it names ``version`` already: a retried move that had succeeded is a no-op).
+        ``extra``: more fields for the history event (e.g. who approved and when)."""
         self.client.get_model_version(self.name, version)  # raises for an unknown version
         old = self.champion()
+        now = old["version"] if old else None
         if old and old["version"] == str(version):
             return {
                 "kind": kind,
@@ -238,34 +263,60 @@ class Registry:
                 "actor": actor,
                 "changed": False,
             }
-        event = {
-            "kind": kind,
-            "from_version": old["version"] if old else "",
-            "to_version": str(version),
-            "reason": reason,
-            "actor": actor,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": self.name,
-        }
-        exp_id = self._experiment_id(f"{self.name}-alias-history")
-        run = self.client.create_run(
-            exp_id,
-            run_name=f"{kind} v{version}",
-            tags={f"event.{k}": str(v)[:5000] for k, v in event.items()},
+        if expected_champion is not ANY_CHAMPION and now != expected_champion:
+            raise ChampionMoved(
+                f"{self.name}: champion is {_v(now)} now, not {_v(expected_champion)} as when this "
+                f"{kind} was decided; refusing to move it to v{version}"
+            )
+        event = self.record_event(
+            kind,
+            from_version=now or "",
+            to_version=str(version),
+            reason=reason,
+            actor=actor,
+            extra=extra,
+            finish=False,
         )
         if old:
             self.client.set_registered_model_alias(self.name, PREVIOUS, old["version"])
         self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
-        self.client.set_terminated(run.info.run_id, "FINISHED")
-        log.info(
-            "%s: champion %s -> v%s (%s) by %s",
-            self.name,
-            f"v{old['version']}" if old else "none",
-            version,
-            reason,
-            actor,
-        )
+        self.client.set_terminated(event.pop("_run_id"), "FINISHED")
+        log.info("%s: champion %s -> v%s (%s) by %s", self.name, _v(now), version, reason, actor)
         return {**event, "changed": True}
+
+    def record_event(
+        self,
+        kind: str,
+        *,
+        from_version: str,
+        to_version: str,
+        reason: str,
+        actor: str,
+        extra: dict[str, str] | None = None,
+        finish: bool = True,
+    ) -> dict[str, Any]:
+        """Append one event to the alias history (an alias move, or a decision that left the alias
+        where it was, such as a rejected approval: ``from_version == to_version`` then)."""
+        event = {
+            "kind": kind,
+            "from_version": from_version,
+            "to_version": to_version,
+            "reason": reason,
+            "actor": actor,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": self.name,
+            **(extra or {}),
+        }
+        exp_id = self._experiment_id(f"{self.name}-alias-history")
+        run = self.client.create_run(
+            exp_id,
+            run_name=f"{kind} v{to_version}",
+            tags={f"event.{k}": str(v)[:5000] for k, v in event.items()},
+        )
+        if finish:
+            self.client.set_terminated(run.info.run_id, "FINISHED")
+            return event
+        return {**event, "_run_id": run.info.run_id}
 
     def resolve(self, target: str) -> dict[str, Any]:
         """The version ``target`` names (a version number or 'previous'); it must exist and have an
@@ -287,11 +338,21 @@ class Registry:
             )
         return info
 
-    def rollback(self, target: str, *, reason: str, actor: str) -> dict[str, Any]:
+    def rollback(
+        self,
+        target: str,
+        *,
+        reason: str,
+        actor: str,
+        expected_champion: str | None | object = ANY_CHAMPION,
+    ) -> dict[str, Any]:
         """Move ``champion`` to ``target`` (a version number or 'previous'); it must have an adapter.
-        `retrain.promote.rollback` also checks the adapter's files against their digest first."""
+        With ``expected_champion`` it refuses (`ChampionMoved`) when the champion is no longer the
+        version the person saw. `retrain.promote.rollback` also checks the adapter's files first."""
         info = self.resolve(target)
-        return self.move_champion(info["version"], reason=reason, actor=actor, kind="rollback")
+        return self.move_champion(
+            info["version"], reason=reason, actor=actor, kind="rollback", expected_champion=expected_champion
+        )
 
     def history(self) -> list[dict[str, Any]]:
         """Every alias change, oldest first (unfinished ones marked ``status``)."""

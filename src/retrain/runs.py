@@ -293,6 +293,10 @@ class EvalRequest(Contract):
     base_model_revision: str | None = None  # as in the train request (`retrain.base_models`)
     trust_remote_code: bool = False  # conf models.trust_remote_code
     benchmarks: list[BenchmarkRef] = []
+    #: The version the registry's ``champion`` alias named when this evaluation was planned (None: no
+    #: champion). Promotion moves the alias only if it still names that version at commit (no lost
+    #: updates: a rollback or another promotion in between makes the commit refuse).
+    registry_champion: str | None = None
 
     @model_validator(mode="after")
     def _candidate_has_adapter(self) -> EvalRequest:
@@ -426,9 +430,28 @@ class Significance(Contract):
         return f"{self.difference:+.4f} ({self.confidence:.0%} CI {self.low:+.4f} to {self.high:+.4f})"
 
 
+class ApprovalResponse(Contract):
+    """A person's answer to a promotion approval request (Airflow's ApprovalOperator), or the
+    timeout's default (``timed_out``: nobody answered in time, the request's default applied)."""
+
+    approved: bool
+    responded_by: str  # the Airflow user name; "timeout" when nobody answered
+    responded_at: str  # ISO 8601, UTC
+    timed_out: bool = False
+
+    def describe(self) -> str:
+        verb = "approved" if self.approved else "rejected"
+        who = "by timeout (no answer)" if self.timed_out else f"by {self.responded_by}"
+        return f"{verb} {who} at {self.responded_at}"
+
+
 class PromotionDecision(Contract):
     """``decision.json``: the gate's verdict with every rule's outcome and a one-line reason.
-    ``significance`` is None only in decisions written before the significance gate existed."""
+    ``significance`` is None only in decisions written before the significance gate existed.
+
+    Written twice by a promotion: by ``decide`` (the gate's verdict, ``needs_approval``) and by the
+    commit (the final outcome: ``promote`` false and ``refused`` set when the champion moved since
+    the evaluation, or a person rejected or did not answer)."""
 
     promote: bool
     reason: str
@@ -439,6 +462,12 @@ class PromotionDecision(Contract):
     dry_run: bool = False
     significance: Significance | None = None
     exam: str | None = None
+    #: conf gate.approval asked a person to confirm this decision (`retrain.gate.needs_approval`).
+    needs_approval: bool = False
+    approval: ApprovalResponse | None = None
+    #: Why the commit did not do what the gate proposed (None: it did).
+    refused: str | None = None
+    registered_version: str | None = None
 
 
 class ShortScores(Contract):

@@ -82,12 +82,17 @@ def test_retrain_dag_structure():
         "train",
         "prepare_evaluation",
         "evaluate",
+        "decide",
         "promote",
     ]
     for up, down in itertools.pairwise(order):
         assert down in dag.get_task(up).downstream_task_ids, (up, down)
     assert [o.name for o in dag.get_task("build_dataset").outlets] == ["clue-ner.dataset"]
     assert [o.name for o in dag.get_task("promote").outlets] == ["clue-ner.champion-moves"]
+    # alias moves are serialised by one pool; the shipped conf asks nobody (gate.approval: never)
+    assert dag.get_task("promote").pool == "registry_aliases"
+    assert bag.dags["ner_rollback"].get_task("rollback").pool == "registry_aliases"
+    assert "approve_promotion" not in dag.task_ids
     assert dag.default_args["on_failure_callback"] is not None
     assert set(dag.params.keys()) >= {
         "force",
@@ -99,3 +104,20 @@ def test_retrain_dag_structure():
         "base_model",
         "golden_set",
     }
+
+
+def test_approval_is_wired_as_a_branch_when_conf_asks_for_it(monkeypatch):
+    """gate.approval: borderline -> decide branches to the ApprovalOperator or straight to promote."""
+    sys.path.insert(0, str(REPO / "plugins"))
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    monkeypatch.setenv("RETRAIN__GATE__APPROVAL", "borderline")
+    monkeypatch.setenv("RETRAIN__REGISTRY__ALIAS_POOL", "team_a_aliases")
+    dag = DagBag(str(REPO / "dags" / "ner_retrain.py")).dags["ner_retrain"]
+    approve, promote = dag.get_task("approve_promotion"), dag.get_task("promote")
+    assert isinstance(approve, ApprovalOperator) and approve.defaults == ["Reject"]
+    assert approve.response_timeout.total_seconds() == 24 * 3600  # conf gate.approval_timeout_hours
+    assert dag.get_task("approval_needed").downstream_task_ids == {"approve_promotion", "promote"}
+    assert "promote" in approve.downstream_task_ids and approve.pool != "team_a_aliases"
+    assert promote.pool == "team_a_aliases" and promote.trigger_rule == "none_failed_min_one_success"

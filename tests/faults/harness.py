@@ -50,6 +50,7 @@ STAGES = (
     "train",
     "prepare_evaluation",
     "evaluate",
+    "decide",
     "promote",
 )
 
@@ -290,9 +291,8 @@ class Pipeline:
             "train": lambda: self._train(x["prepare_training"]),
             "prepare_evaluation": lambda: tasks.prepare_evaluation(x["build_dataset"], x["prepare_training"]),
             "evaluate": lambda: self._evaluate(x["prepare_evaluation"]),
-            "promote": lambda: tasks.promote(
-                x["build_dataset"], x["validate_batches"], x["prepare_training"]
-            ),
+            "decide": lambda: tasks.decide(x["build_dataset"], x["validate_batches"], x["prepare_training"]),
+            "promote": lambda: tasks.promote(x["prepare_training"]),
         }
         for stage in STAGES:
             if stage in x:

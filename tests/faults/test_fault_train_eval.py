@@ -157,7 +157,7 @@ def test_evaluation_crash_before_the_champion_is_scored(pipeline):
     (cached,) = p.keys("eval_cache/")  # the candidate's result is in the cache already
     # promote refuses to decide without report.json, before touching the registry
     with pytest.raises(ContractError, match=r"eval/report.json is missing"):
-        tasks.promote(
+        tasks.decide(
             night.xcom["build_dataset"], night.xcom["validate_batches"], night.xcom["prepare_training"]
         )
     assert p.registry().versions() == [] and p.registry().champion() is None

@@ -41,6 +41,16 @@ def test_run_note():
         run_note(kept)
         == "kept champion v3: candidate v8 micro F1 0.7900 (-0.0080 vs champion v3); failed beats_champion"
     )
+    approved = {
+        **promoted,
+        "decision": {**promoted["decision"], "approval": {"approved": True, "responded_by": "alice"}},
+    }
+    assert run_note(approved) == "promoted v7: micro F1 0.8120 (+0.0140 vs champion v6) (approved by alice)"
+    refused = {
+        **promoted,
+        "decision": {**promoted["decision"], "promote": False, "refused": "champion changed"},
+    }
+    assert run_note(refused).endswith("; not promoted: champion changed")
     dry = {
         "registered_version": None,
         "decision": {

@@ -441,8 +441,10 @@ def test_overview_shows_champion_history_trend_runs_and_rollback_form(client, wo
     # rollback form: the versions that are not champion, and 'previous'
     form = page.split('<form id="rollback"')[1].split("</form>")[0]
     assert 'action="/retrain/rollback"' in form and 'name="reason"' in form
-    assert '<option value="2">v2' in form and '<option value="previous">previous (v2)' in form
-    assert '<option value="1">' not in form
+    assert '<option value="2">v2' in form and '<option value="2">previous (v2)' in form
+    assert '<option value="1">' not in form and "previous" not in form.split("<option")[0]
+    # the champion the page showed travels with the form: the rollback refuses if it moved meanwhile
+    assert '<input type="hidden" name="champion" value="1">' in form
 
 
 def test_overview_survives_an_unreachable_bucket(world):
@@ -567,6 +569,11 @@ def test_static_assets(client):
         ({"target": "7", "reason": "because"}, 400, "is not a version"),
         ({"target": "2", "reason": "no"}, 400, "reason: 3 to 500 characters"),
         ({"target": "2", "reason": "x" * 501}, 400, "reason: 3 to 500 characters"),
+        (
+            {"target": "2", "reason": "because", "champion": "2"},
+            409,
+            "the champion changed since the page was shown (it showed v2, it is v1 now)",
+        ),
     ],
 )
 def test_rollback_form_is_validated_before_anything_is_triggered(client, form, status, message):
@@ -714,14 +721,22 @@ def test_e2e_rollback_form_triggers_ner_rollback(airflow_ui):
     admin = {"Authorization": f"Bearer {airflow_ui['server'].token('admin')}"}
     with httpx.Client(base_url=airflow_ui["url"], timeout=60, headers=admin) as c:
         r = c.post(
-            "/retrain/rollback", data={"target": "2", "reason": "v1 drifted on 地址"}, follow_redirects=False
+            "/retrain/rollback",
+            data={"target": "previous", "reason": "v1 drifted on 地址", "champion": "1"},
+            follow_redirects=False,
         )
         assert r.status_code == 303, r.text[:500]
         assert r.headers["location"].startswith("/retrain/?triggered=")
         runs = c.get("/api/v2/dags/ner_rollback/dagRuns").json()["dag_runs"]
         assert len(runs) == 1
         run = runs[0]
-        assert run["conf"] == {"target": "2", "reason": "v1 drifted on 地址", "base_model": None}
+        # the resolved version and the champion the page showed, never "previous"
+        assert run["conf"] == {
+            "target": "2",
+            "reason": "v1 drifted on 地址",
+            "base_model": None,
+            "expected_champion": "1",
+        }
         assert run["triggering_user_name"] == "admin" and run["state"] == "queued"
         assert run["note"].startswith("rollback to v2 requested by admin")
         page = c.get(r.headers["location"]).text

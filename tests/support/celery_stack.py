@@ -355,8 +355,8 @@ class CeleryStack(AirflowEnv):
                         )
         return out
 
-    def client(self) -> AirflowClient:
-        return AirflowClient(self.base_url, self.username, self.password)
+    def client(self, timeout: float = 30.0) -> AirflowClient:
+        return AirflowClient(self.base_url, self.username, self.password, timeout=timeout)
 
     def __enter__(self) -> CeleryStack:
         return self.start()
@@ -477,6 +477,41 @@ class AirflowClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} run {run_id} still {run['state']} after {timeout}s")
             time.sleep(poll)
+
+    def wait_for_task_state(
+        self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 600.0
+    ) -> str:
+        """Until ``task_id`` of the run is in one of ``states`` (fails early when the run ends)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = self.task_states(dag_id, run_id).get(task_id)
+                if state in states:
+                    return state
+                run = self.run(dag_id, run_id)
+            except httpx.TimeoutException:  # an API server starved of CPU on a shared machine: ask again
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            if run["state"] in TERMINAL_STATES or time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{dag_id} {run_id}: {task_id} is {state}, run {run['state']}: "
+                    f"{self.task_states(dag_id, run_id)}"
+                )
+            time.sleep(2)
+
+    # -- human in the loop (Airflow 3.3: /dags/{dag}/dagRuns/{run}/taskInstances/{task}/{map}/hitlDetails)
+    def _hitl_path(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+        return f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return self._json("GET", self._hitl_path(dag_id, run_id, task_id))
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, options: list[str]) -> dict[str, Any]:
+        """Answer a waiting human-in-the-loop task as this client's user."""
+        return self._json("PATCH", self._hitl_path(dag_id, run_id, task_id), json={"chosen_options": options})
 
     def close(self) -> None:
         self._http.close()

@@ -212,6 +212,16 @@ class AirflowEnv:
         self.home.mkdir(parents=True, exist_ok=True)
         recreate_database(self.database)
         self.run("db", "migrate")
+        self.create_alias_pool()
+
+    def create_alias_pool(self) -> str:
+        """The one-slot pool that serialises champion alias moves (conf ``registry.alias_pool``), as the
+        compose init service creates it."""
+        from retrain.config import load_settings
+
+        name = load_settings(environ=self.env()).registry.alias_pool
+        self.run("pools", "set", name, "1", "one slot: serialises champion alias moves")
+        return name
 
     def dags_test(
         self, dag_id: str, logical_date: str, conf: dict[str, Any] | None = None, log_file: Path | None = None

@@ -1,5 +1,9 @@
 """The rollback form's one write: check the request, then trigger ``ner_rollback`` as the user.
 
+The run is triggered with the resolved version number (never ``previous``, which a promotion may
+move before the run starts) and the champion the page showed as ``expected_champion``: the run
+refuses if the champion moved in between (a promotion, another rollback).
+
 The alias itself moves in the ``ner_rollback`` run (its task calls the registry); the page only
 triggers it with Airflow's own trigger function, so the DAG's Param schema and Airflow's permissions
 apply. Refusals are `HTTPException`s whose text tells the person what to change.
@@ -26,9 +30,10 @@ class RollbackPlan:
     """A checked rollback request: what to trigger ``ner_rollback`` with."""
 
     target: str  # as the form said it: a version or "previous"
-    resolved: str  # the version it names
+    resolved: str  # the version it names: what ner_rollback is triggered with
     reason: str
     base_model: str | None  # set when the model is not conf's train.base_model's
+    expected_champion: str  # the champion the page showed ("none": no champion); the run re-checks it
 
 
 def same_origin_or_403(request: Any) -> None:
@@ -45,10 +50,13 @@ def same_origin_or_403(request: Any) -> None:
         raise HTTPException(403, "request from an opaque origin refused")
 
 
-def plan_rollback(settings: Any, target: str, reason: str, model: str | None) -> RollbackPlan:
+def plan_rollback(
+    settings: Any, target: str, reason: str, model: str | None, *, seen_champion: str = ""
+) -> RollbackPlan:
     """Check the form against the registry: a reason of 3 to 500 characters, a target that exists,
     has an adapter and is not already the champion (and, for another base model's registered model,
-    carries its base_model tag)."""
+    carries its base_model tag), and a champion that is still the one the page showed
+    (``seen_champion``; empty: the champion now)."""
     target, reason = target.strip(), " ".join(reason.split())
     if len(reason) < 3 or len(reason) > 500:
         raise HTTPException(400, "reason: 3 to 500 characters, please (it is kept in the alias history)")
@@ -70,6 +78,14 @@ def plan_rollback(settings: Any, target: str, reason: str, model: str | None) ->
         )
     if not versions.get(resolved, {}).get("adapter_uri"):
         raise HTTPException(400, f"v{resolved} has no adapter_uri tag: it cannot become champion")
+    now = champion["version"] if champion else "none"
+    seen = seen_champion.strip() or now
+    if seen != now:
+        raise HTTPException(
+            409,
+            f"the champion changed since the page was shown (it showed {_v(seen)}, it is {_v(now)} now): "
+            "reload the page and choose again",
+        )
     if champion and champion["version"] == resolved:
         raise HTTPException(400, f"v{resolved} is already the champion")
     base_model = None
@@ -81,7 +97,13 @@ def plan_rollback(settings: Any, target: str, reason: str, model: str | None) ->
                 f"{reg.name} v{resolved} has no base_model tag: roll back from the "
                 f"{ROLLBACK_DAG_ID} trigger form instead",
             )
-    return RollbackPlan(target=target, resolved=resolved, reason=reason, base_model=base_model)
+    return RollbackPlan(
+        target=target, resolved=resolved, reason=reason, base_model=base_model, expected_champion=now
+    )
+
+
+def _v(version: str) -> str:
+    return "no champion" if version == "none" else f"v{version}"
 
 
 def trigger_rollback(plan: RollbackPlan, user_name: str) -> tuple[str, bool]:
@@ -92,7 +114,12 @@ def trigger_rollback(plan: RollbackPlan, user_name: str) -> tuple[str, bool]:
     from airflow.models.dag import DagModel
     from airflow.utils.types import DagRunTriggeredByType
 
-    conf = {"target": plan.target, "reason": plan.reason, "base_model": plan.base_model}
+    conf = {
+        "target": plan.resolved,  # the version the page showed, never "previous" (which may move)
+        "reason": plan.reason,
+        "base_model": plan.base_model,
+        "expected_champion": plan.expected_champion,
+    }
     note = one_line(
         f"rollback to v{plan.resolved} requested by {user_name} on the Retraining page: {plan.reason}", 900
     )

@@ -193,11 +193,12 @@ def _add_rollback_route(app: FastAPI, auth: AuthDeps, load: SettingsLoader) -> N
         target: str = Form(""),
         reason: str = Form(""),
         model: str = Form(""),
+        champion: str = Form(""),
     ) -> Response:
         try:
             rollback.same_origin_or_403(request)
             check_model(model)
-            plan = rollback.plan_rollback(load(), target, reason, model or None)
+            plan = rollback.plan_rollback(load(), target, reason, model or None, seen_champion=champion)
             run_id, paused = rollback.trigger_rollback(plan, user.get_name())
         except HTTPException as exc:  # a person posted the form: answer with a page, same status
             links = links_for(request, load())
