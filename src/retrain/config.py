@@ -49,7 +49,8 @@ class S3Config(_Strict):
 
 class EventsConfig(_Strict):
     """Event-driven runs: S3 object-created/removed notifications on an SQS queue, watched by the
-    triggerer (AssetWatcher + common-messaging MessageQueueTrigger), start ``ner_retrain`` besides the cron."""
+    triggerer (AssetWatcher + common-messaging MessageQueueTrigger), start ``ner_retrain`` besides
+    the cron."""
 
     enabled: bool = False
     queue_url: str | None = None  # the SQS queue the bucket notifies (https://sqs.<region>.amazonaws.com/…)

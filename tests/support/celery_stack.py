@@ -7,10 +7,11 @@ can share one Redis), Celery results in Postgres, SimpleAuthManager with a gener
 client that logs in with ``POST /auth/token``.
 
 Everything binds to 127.0.0.1 or nothing: the API server gets ``AIRFLOW__API__HOST=127.0.0.1``; the
-scheduler, the worker and the triggerer run with ``--skip-serve-logs`` because their log servers bind every interface
-and cannot be told otherwise (``airflow.utils.serve_logs.core`` passes ``host=""`` to uvicorn; only the
-port is configurable). All components share one AIRFLOW_HOME, so the API server reads task logs from the
-log folder directly. ``listening_sockets()`` reports what the stack's processes listen on.
+scheduler, the worker and the triggerer run with ``--skip-serve-logs`` because their log servers bind
+every interface and cannot be told otherwise (``airflow.utils.serve_logs.core`` passes ``host=""`` to
+uvicorn; only the port is configurable). All components share one AIRFLOW_HOME, so the API server reads
+task logs from the log folder directly. ``listening_sockets()`` reports what the stack's processes
+listen on.
 
 Processes are started here and stopped by their PIDs (SIGTERM, then SIGKILL for whatever of the
 recorded process tree is left). Like stack.py, this module runs ``airflow`` as a program and never
