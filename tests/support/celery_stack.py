@@ -473,6 +473,27 @@ class AirflowClient:
         )
         return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
 
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """Task id -> the task instance as the API returns it (state, start_date, end_date, …)."""
+        data = self._json(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
+        )
+        return {ti["task_id"]: ti for ti in data["task_instances"]}
+
+    # -- assets ---------------------------------------------------------------------------------------
+    def asset_by_name(self, name: str) -> dict[str, Any] | None:
+        data = self._json("GET", "/api/v2/assets", params={"name_pattern": name, "limit": 100})
+        return next((a for a in data["assets"] if a["name"] == name), None)
+
+    def asset_events(self, asset_id: int) -> list[dict[str, Any]]:
+        """Every event of one asset, oldest first (``extra`` included)."""
+        data = self._json(
+            "GET",
+            "/api/v2/assets/events",
+            params={"asset_id": asset_id, "limit": 100, "order_by": "timestamp"},
+        )
+        return data["asset_events"]
+
     def wait_for_run(
         self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0
     ) -> dict[str, Any]:
