@@ -38,7 +38,7 @@ def _ts(value: str | None) -> float | None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from tests.support.celery_stack import CeleryStack
+    from tests.support.celery_stack import AirflowClient, CeleryStack
     from tests.support.demo import build_tiny_model, dev_retrain_env
     from tests.support.stack import MotoServer, drop_database
 
@@ -63,7 +63,8 @@ def stack(tmp_path_factory):
         try:
             af.migrate()
             af.start()
-            client = af.client()
+            # a generous HTTP timeout: on a loaded 2-core machine the API server answers slowly
+            client = AirflowClient(af.base_url, af.username, af.password, timeout=180.0)
             client.wait_for_dag(DAG, timeout=180)
             assert client.import_errors() == []
             client.set_paused(DAG, False)
@@ -95,10 +96,18 @@ def _upload(moto, key: str, lines: list[str]) -> float:
     return t
 
 
-def _event_runs(client) -> list[dict]:
-    return sorted(
-        (r for r in client.runs(DAG) if r["run_type"] == "asset_triggered"), key=lambda r: r["queued_at"]
-    )
+def _event_runs(client, attempts: int = 5) -> list[dict]:
+    import httpx
+
+    for attempt in range(attempts):
+        try:
+            runs = client.runs(DAG)
+            break
+        except httpx.TransportError:  # a timeout under load: ask again
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    return sorted((r for r in runs if r["run_type"] == "asset_triggered"), key=lambda r: r["queued_at"])
 
 
 def _wait_settled(stack, known: int, timeout: float = 1200.0, quiet: float = 25.0) -> list[dict]:
