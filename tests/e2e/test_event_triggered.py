@@ -62,7 +62,7 @@ def stack(tmp_path_factory):
         af = CeleryStack(work / "airflow", database, moto, retrain_env, broker_db=8)
         try:
             af.migrate()
-            af.start()
+            af.start(timeout=600)  # the shared 2-core machine can take minutes to start five components
             # a generous HTTP timeout: on a loaded 2-core machine the API server answers slowly
             client = AirflowClient(af.base_url, af.username, af.password, timeout=180.0)
             client.wait_for_dag(DAG, timeout=180)
