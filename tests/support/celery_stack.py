@@ -132,6 +132,10 @@ class CeleryStack(AirflowEnv):
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                # Task processes talk to the execution API of the one api-server worker: on a loaded
+                # 2-core machine a call can take longer than the 5 s default, and a timed-out call
+                # fails the task before it starts (seen at load average ~17).
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             }
         )
         if self.extra_pythonpath:
