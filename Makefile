@@ -34,11 +34,11 @@ test-fast: install
 	$(TR_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
 	$(AF_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
 
-## ner_retrain under the CeleryExecutor (api-server, scheduler, dag-processor, Celery worker on 127.0.0.1;
-## Postgres + Redis as on these machines). Also part of `make test`.
+## ner_retrain under the CeleryExecutor (api-server, scheduler, dag-processor, Celery worker, triggerer on
+## 127.0.0.1; Postgres + Redis as on these machines), REST- and cron- and event-triggered. Also part of `make test`.
 scheduler-test: install
 	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py \
-		tests/e2e/test_celery_approval.py
+		tests/e2e/test_celery_approval.py tests/e2e/test_event_triggered.py
 
 ## Lint, format, type and size checks (ruff and mypy, configured in pyproject.toml; functions of src/ and
 ## plugins/ at most 80 lines); part of `make test`. The same hooks run before each commit with pre-commit

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import DAG, Param, task
-from retrain_airflow import assets, notify
+from retrain_airflow import assets, events, notify
 from retrain_airflow import tasks as t
 from retrain_airflow.launchers import stage_operator
 
@@ -34,12 +34,16 @@ when the decision needs a person; a rejection or a timeout keeps the champion.
 - `base_model`: a local path or a ModelScope id (default from conf `train.base_model`); it must match conf
   `models.allow` (and an id needs a pinned `models.revisions` entry), else `prepare_training` fails.
 - `golden_set`: a fixed golden file (local path or s3:// URI, CLUENER json lines) instead of the hash split.
+
+**Event-driven** (conf `events.enabled`): also runs when S3 notifications about the incoming prefix arrive
+on the SQS queue; `wait_for_quiet_incoming` first waits until no object was added or removed for
+`events.quiet_period_seconds`, so a burst of uploads is ingested by one run.
 """
 
 with DAG(
     dag_id="ner_retrain",
     description="Nightly LoRA retraining of the CLUENER NER model",
-    schedule=settings.schedule.cron,
+    schedule=events.retrain_schedule(settings),  # the cron, OR new data when conf events.enabled
     catchup=False,
     max_active_runs=settings.schedule.max_active_runs,
     doc_md=DOC,
@@ -89,6 +93,8 @@ with DAG(
     )(t.promote)(run_uri)
 
     intake >> dataset
+    if settings.events.enabled:  # conf switch: coalesce a burst of uploads before the intake check
+        task(task_id="wait_for_quiet_incoming")(events.wait_for_quiet_incoming)() >> plan
     run_uri >> train >> eval_uri >> evaluate >> decided
 
     if (

@@ -117,8 +117,10 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     try:
         from sqlalchemy import inspect as sa_inspect
 
-        # in the scheduler's session when the run has one: a session of its own would commit inside the
-        # scheduler loop ("UNEXPECTED COMMIT - THIS WILL BREAK HA LOCKS!") and detach the run
+        # in the scheduler, read through the caller's session: get_task_instances() without one opens
+        # and commits a session of its own inside the scheduler's transaction, which raises
+        # "UNEXPECTED COMMIT - THIS WILL BREAK HA LOCKS!" and leaves the DagRun detached, and the
+        # scheduler then dies on it (seen with a failed asset-triggered run under the Celery stack)
         session = sa_inspect(dag_run).session
         kwargs = {"session": session} if session is not None else {}
         tis = dag_run.get_task_instances(state=["failed", "upstream_failed"], **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrain.errors import InputError
 
@@ -48,6 +48,29 @@ class S3Config(_Strict):
     runs_prefix: str = "runs/"
     adapters_prefix: str = "adapters/"
     state_prefix: str = "state/"
+
+
+class EventsConfig(_Strict):
+    """Event-driven runs: S3 object-created/removed notifications on an SQS queue, watched by the
+    triggerer (AssetWatcher + common-messaging MessageQueueTrigger), start ``ner_retrain`` besides
+    the cron."""
+
+    enabled: bool = False
+    queue_url: str | None = None  # the SQS queue the bucket notifies (https://sqs.<region>.amazonaws.com/…)
+    aws_conn_id: str | None = None  # null = airflow.aws_conn_id
+    region_name: str | None = None  # null = the connection's region
+    wait_time_seconds: int = Field(20, ge=0, le=20)  # SQS long poll per receive (SQS allows 0-20)
+    poll_delay_seconds: int = Field(1, ge=0)  # pause after an empty long poll
+    max_messages: int = Field(10, ge=1, le=10)  # per receive (SQS allows 1-10)
+    quiet_period_seconds: int = Field(60, ge=0)
+    max_wait_seconds: int = Field(1800, ge=0)
+    check_interval_seconds: int = Field(5, gt=0)
+
+    @model_validator(mode="after")
+    def _queue_when_enabled(self) -> EventsConfig:
+        if self.enabled and not self.queue_url:
+            raise ValueError("events.enabled is true but events.queue_url is not set")
+        return self
 
 
 AnnotationFormat = Literal["auto", "cluener", "label_studio", "doccano"]
@@ -289,6 +312,7 @@ class Settings(_Strict):
     airflow: AirflowConfig = AirflowConfig()
     s3: S3Config
     intake: IntakeConfig = IntakeConfig()
+    events: EventsConfig = EventsConfig()
     validation: ValidationConfig = ValidationConfig()
     dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()

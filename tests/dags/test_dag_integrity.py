@@ -35,11 +35,12 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _probe(path: Path, tmp_path: Path) -> dict:
+def _probe(path: Path, tmp_path: Path, extra_env: dict[str, str] | None = None) -> dict:
     import json
 
     env = {
         **os.environ,
+        **(extra_env or {}),
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
@@ -59,6 +60,20 @@ def test_dag_file_imports_fast_and_clean(path, tmp_path):
     assert not r["calls"], f"{path.name} fetched {r['calls']} while parsing"
     assert not r["heavy"], f"{path.name} imported heavy modules at parse time: {r['heavy']}"
     assert r["seconds"] < 2.0, f"{path.name} took {r['seconds']:.2f}s to parse (budget 2 s; see bench/)"
+
+
+def test_ner_retrain_with_events_parses_fast_without_connections(tmp_path):
+    """conf events on: the asset watcher's SQS trigger is built at parse time, its connection is not read."""
+    events = {
+        "RETRAIN__EVENTS__ENABLED": "true",
+        "RETRAIN__EVENTS__QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/ner-retrain-incoming",
+    }
+    r = _probe(REPO / "dags" / "ner_retrain.py", tmp_path, events)
+    assert not r["errors"], r["errors"]
+    assert r["dags"] == ["ner_retrain"]
+    assert not r["calls"], f"fetched {r['calls']} while parsing"
+    assert not r["heavy"], r["heavy"]
+    assert r["seconds"] < 2.0, f"{r['seconds']:.2f}s to parse (budget 2 s)"
 
 
 def test_ner_retrain_shape(tmp_path):

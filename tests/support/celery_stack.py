@@ -1,4 +1,5 @@
-"""Airflow with the CeleryExecutor on this machine: api-server, scheduler, dag-processor, Celery worker.
+"""Airflow with the CeleryExecutor on this machine: api-server, scheduler, dag-processor, Celery worker
+and triggerer (which runs deferred tasks' triggers and the asset watchers of event-driven DAGs).
 
 The production shape (docker-compose.yml) as plain processes, for the scheduler tests: Postgres metadata
 DB (a database of its own), Redis broker (a database number and a queue of its own, so several stacks
@@ -6,10 +7,11 @@ can share one Redis), Celery results in Postgres, SimpleAuthManager with a gener
 client that logs in with ``POST /auth/token``.
 
 Everything binds to 127.0.0.1 or nothing: the API server gets ``AIRFLOW__API__HOST=127.0.0.1``; the
-scheduler and the worker run with ``--skip-serve-logs`` because their log servers bind every interface
-and cannot be told otherwise (``airflow.utils.serve_logs.core`` passes ``host=""`` to uvicorn; only the
-port is configurable). All components share one AIRFLOW_HOME, so the API server reads task logs from the
-log folder directly. ``listening_sockets()`` reports what the stack's processes listen on.
+scheduler, the worker and the triggerer run with ``--skip-serve-logs`` because their log servers bind
+every interface and cannot be told otherwise (``airflow.utils.serve_logs.core`` passes ``host=""`` to
+uvicorn; only the port is configurable). All components share one AIRFLOW_HOME, so the API server reads
+task logs from the log folder directly. ``listening_sockets()`` reports what the stack's processes
+listen on.
 
 Processes are started here and stopped by their PIDs (SIGTERM, then SIGKILL for whatever of the
 recorded process tree is left). Like stack.py, this module runs ``airflow`` as a program and never
@@ -54,8 +56,9 @@ class Component:
 
 
 class CeleryStack(AirflowEnv):
-    """An :class:`AirflowEnv` whose DAG runs go through the CeleryExecutor, with its four long-running
-    components started as child processes on 127.0.0.1."""
+    """An :class:`AirflowEnv` whose DAG runs go through the CeleryExecutor, with its long-running
+    components (api-server, scheduler, dag-processor, Celery worker, and a triggerer unless
+    ``triggerer=False``) started as child processes on 127.0.0.1."""
 
     def __init__(
         self,
@@ -69,8 +72,10 @@ class CeleryStack(AirflowEnv):
         username: str = "admin",
         af_bin: str | Path | None = None,
         extra_pythonpath: list[str] | None = None,
+        triggerer: bool = True,
     ) -> None:
         super().__init__(home, database, moto, retrain_env, af_bin=af_bin)
+        self.with_triggerer = triggerer
         # Paths put before the environment's packages in every component (try a candidate pin without
         # rebuilding the environment); default: $RETRAIN_AIRFLOW_EXTRA_PYTHONPATH (os.pathsep-separated).
         if extra_pythonpath is None:
@@ -127,6 +132,10 @@ class CeleryStack(AirflowEnv):
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                # Task processes talk to the execution API of the one api-server worker: on a loaded
+                # 2-core machine a call can take longer than the 5 s default, and a timed-out call
+                # fails the task before it starts (seen at load average ~17).
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             }
         )
         if self.extra_pythonpath:
@@ -157,7 +166,7 @@ class CeleryStack(AirflowEnv):
 
     # -- processes --------------------------------------------------------------------------------
     def _component_specs(self) -> dict[str, list[str]]:
-        return {
+        specs = {
             "api-server": [
                 "api-server",
                 "--host",
@@ -183,6 +192,9 @@ class CeleryStack(AirflowEnv):
                 "--without-mingle",
             ],
         }
+        if self.with_triggerer:
+            specs["triggerer"] = ["triggerer", "--skip-serve-logs"]
+        return specs
 
     def _spawn(self, comp: Component) -> None:
         assert comp.log_file is not None
@@ -199,8 +211,8 @@ class CeleryStack(AirflowEnv):
         log.info("started %s (pid %d), log %s", comp.name, comp.proc.pid, comp.log_file)
 
     def start(self, timeout: float = 180.0) -> CeleryStack:
-        """Write the auth config, start the four components, wait until the API answers and the worker
-        reports ready. The metadata DB must exist (``migrate()``)."""
+        """Write the auth config, start the components, wait until the API reports them healthy and the
+        worker reports ready. The metadata DB must exist (``migrate()``)."""
         self.preflight()
         self.api_port = free_port()
         self.log_server_port = free_port()
@@ -220,10 +232,10 @@ class CeleryStack(AirflowEnv):
             self.check_alive()
             try:
                 last = client.health()
-                if all(
-                    (last.get(k) or {}).get("status") == "healthy"
-                    for k in ("metadatabase", "scheduler", "dag_processor")
-                ):
+                needed = ("metadatabase", "scheduler", "dag_processor")
+                if self.with_triggerer:
+                    needed += ("triggerer",)
+                if all((last.get(k) or {}).get("status") == "healthy" for k in needed):
                     break
             except Exception as exc:  # not listening yet
                 last = exc
@@ -311,7 +323,7 @@ class CeleryStack(AirflowEnv):
 
     def stop(self) -> None:
         """Stop every component (worker first, API server last) by PID."""
-        for name in ("celery-worker", "scheduler", "dag-processor", "api-server"):
+        for name in ("celery-worker", "triggerer", "scheduler", "dag-processor", "api-server"):
             comp = self.components.get(name)
             if comp is not None:
                 self._stop_component(comp, timeout=45.0 if name == "celery-worker" else 30.0)
@@ -464,6 +476,27 @@ class AirflowClient:
             "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
         )
         return {ti["task_id"]: ti["state"] for ti in data["task_instances"]}
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """Task id -> the task instance as the API returns it (state, start_date, end_date, …)."""
+        data = self._json(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
+        )
+        return {ti["task_id"]: ti for ti in data["task_instances"]}
+
+    # -- assets ---------------------------------------------------------------------------------------
+    def asset_by_name(self, name: str) -> dict[str, Any] | None:
+        data = self._json("GET", "/api/v2/assets", params={"name_pattern": name, "limit": 100})
+        return next((a for a in data["assets"] if a["name"] == name), None)
+
+    def asset_events(self, asset_id: int) -> list[dict[str, Any]]:
+        """Every event of one asset, oldest first (``extra`` included)."""
+        data = self._json(
+            "GET",
+            "/api/v2/assets/events",
+            params={"asset_id": asset_id, "limit": 100, "order_by": "timestamp"},
+        )
+        return data["asset_events"]
 
     def wait_for_run(
         self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0

@@ -111,6 +111,42 @@ class MotoServer:
             aws_secret_access_key=self.secret_key,
         )
 
+    def sqs_client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "sqs",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+    def notify_queue(self, bucket: str, prefix: str, queue: str, *, drain_test_event: bool = True) -> str:
+        """Create the SQS queue ``queue`` and a notification on ``bucket``: object created and removed
+        under ``prefix`` -> that queue (as on AWS; moto delivers the same JSON). S3 sends an
+        ``s3:TestEvent`` when a notification is configured: drained here unless told otherwise.
+        Returns the queue URL."""
+        sqs = self.sqs_client()
+        url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        rule = {"Name": "prefix", "Value": prefix}
+        self.client().put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": arn,
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                        "Filter": {"Key": {"FilterRules": [rule]}},
+                    }
+                ]
+            },
+        )
+        if drain_test_event:
+            sqs.purge_queue(QueueUrl=url)
+        return url
+
     def __enter__(self) -> MotoServer:
         return self.start()
 
