@@ -255,7 +255,7 @@ class GateConfig(_Strict):
     resamples: int = Field(2000, ge=100, le=100_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = Field(20261202, ge=0)
-    min_delta: float = Field(0.0, ge=0, le=1)
+    min_delta: float = Field(0.0, ge=-1, le=1)  # < 0 only for demos: see tests/support/demo.py
     min_support: int = Field(20, ge=1)
     max_label_drop: float = Field(0.05, ge=0, le=1)
     max_parse_failure: float = Field(0.05, ge=0, le=1)
