@@ -181,6 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--actor", default="cli")
     pr.set_defaults(func=_cmd_promote)
 
+    _add_check_parser(sub)
+    _add_gate_parser(sub)
+
+    rg = sub.add_parser("registry", help="model registry: history, rollback, show")
+    rg.add_argument("--base-model", default=None)
+    rg_sub = rg.add_subparsers(dest="registry_cmd", required=True)
+    rg_sub.add_parser("history", help="every alias change, oldest first")
+    rg_sub.add_parser("show", help="versions and aliases")
+    rb = rg_sub.add_parser("rollback", help="move `champion` to a version (or 'previous')")
+    rb.add_argument("target", help="a version number or 'previous'")
+    rb.add_argument("--reason", required=True)
+    rb.add_argument("--actor", default="cli")
+    rg.set_defaults(func=_cmd_registry)
+    return p
+
+
+def _add_check_parser(sub: Any) -> None:
+    """`retrain check`: the annotators' pre-flight (src/retrain/check.py)."""
     ck = sub.add_parser(
         "check",
         help="pre-flight: judge local annotation files as intake would (no S3, Airflow or MLflow)",
@@ -211,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr for large files")
     ck.set_defaults(func=_cmd_check)
 
+
+def _add_gate_parser(sub: Any) -> None:
+    """`retrain gate`: the promotion gate replayed offline."""
     gt = sub.add_parser(
         "gate",
         help="replay the promotion gate offline on a golden file and two prediction files",
@@ -229,18 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--conf", default=None, help="conf directory (default: $RETRAIN_CONF_DIR or the repo's conf/)"
     )
     gt.set_defaults(func=_cmd_gate)
-
-    rg = sub.add_parser("registry", help="model registry: history, rollback, show")
-    rg.add_argument("--base-model", default=None)
-    rg_sub = rg.add_subparsers(dest="registry_cmd", required=True)
-    rg_sub.add_parser("history", help="every alias change, oldest first")
-    rg_sub.add_parser("show", help="versions and aliases")
-    rb = rg_sub.add_parser("rollback", help="move `champion` to a version (or 'previous')")
-    rb.add_argument("target", help="a version number or 'previous'")
-    rb.add_argument("--reason", required=True)
-    rb.add_argument("--actor", default="cli")
-    rg.set_defaults(func=_cmd_registry)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

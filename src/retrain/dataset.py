@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,14 @@ def _benchmark_refs(
     ]
 
 
+def _content_version(files: dict[str, bytes]) -> str:
+    """The dataset version: a hash over every file's name and content."""
+    content_hash = hashlib.sha256()
+    for name in sorted(files):
+        content_hash.update(name.encode() + b"\x00" + hashlib.sha256(files[name]).digest())
+    return content_hash.hexdigest()[:16]
+
+
 def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     """Build (or find) the dataset version for the current accepted history and upload it."""
     rows, sources = load_accepted(store, settings)
@@ -244,14 +253,8 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     held_out = {normalise_text(r.text) for _, recs in benchmarks.values() for r in recs}
     parts, golden_removed, bench_removed = _partition(latest, settings, store, held_out)
     files = _dataset_files(parts, benchmarks, instruction, settings)
-    label_counts: dict[str, int] = {}
-    for rec in parts["train"]:
-        for e in rec.entities:
-            label_counts[e.label] = label_counts.get(e.label, 0) + 1
-    content_hash = hashlib.sha256()
-    for name in sorted(files):
-        content_hash.update(name.encode() + b"\x00" + hashlib.sha256(files[name]).digest())
-    version = content_hash.hexdigest()[:16]
+    label_counts = dict(Counter(e.label for rec in parts["train"] for e in rec.entities))
+    version = _content_version(files)
     golden_hash = hashlib.sha256(files["golden.json"]).hexdigest()[:16]
     prompt_hash = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
     manifest = {
@@ -279,14 +282,13 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         store.put_bytes(
             manifest_key, _canonical_json(manifest), "application/json"
         )  # last: commits the version
+    counts = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
     log.info(
-        "dataset %s %s: train %d, validation %d, golden %d (golden %s); %d conflicts, %d duplicates, "
-        "%d golden sentences removed from training",
+        "dataset %s %s: %s (golden %s); %d conflicts, %d duplicates, %d golden sentences removed from "
+        "training",
         version,
         "written" if created else "already exists",
-        len(parts["train"]),
-        len(parts["validation"]),
-        len(parts["golden"]),
+        counts,
         golden_hash,
         conflicts,
         duplicates,

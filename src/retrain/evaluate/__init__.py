@@ -413,29 +413,10 @@ def run_evaluation(
             adapter_dirs=adapter_dirs,
             trust_remote_code=request.trust_remote_code,
         )
-        results: dict[str, ModelResult] = {}
-        for side in (candidate, champion):
-            if side is champion and cached is not None:
-                log.info("champion %s: cached result %s reused", side.spec.name, side.key[:12])
-                res = ModelResult({**cached["metrics"], "cached": True}, cached["predictions"])
-            else:
-                res = _examine(side, backend, golden, request)
-                material = {
-                    "adapter_digest": side.digest,
-                    "golden_hash": request.golden_hash,
-                    "decoding": request.decoding(),
-                    "base_model": fingerprint,
-                }
-                _write_cache(store, side.key, res, material)
-            res.metrics.update(
-                name=side.spec.name,
-                version=side.spec.version,
-                adapter_uri=side.spec.adapter_uri,
-                adapter_digest=side.digest,
-                cache_key=side.key,
-            )
-            results[side.role] = res
-            _log_scores(side, res.metrics, golden.n)
+        results = {
+            side.role: _score_side(store, side, backend, golden, request, fingerprint, cached)
+            for side in (candidate, champion)
+        }
         report = runs.EvalReport(
             run_id=request.run_id,
             golden_hash=request.golden_hash,
@@ -455,6 +436,40 @@ def run_evaluation(
         )
         _publish(store, run_prefix, report, results, Path(wd))
     return report
+
+
+def _score_side(
+    store: ObjectStore,
+    side: _Side,
+    backend: Any,
+    golden: GoldenSet,
+    request: EvalRequest,
+    fingerprint: str,
+    cached: dict[str, Any] | None,
+) -> ModelResult:
+    """One side's result on the golden set: the champion's cached one when there is one, else
+    generated, scored and cached; tagged with the side's name, version, adapter and cache key."""
+    if side.role == "champion" and cached is not None:
+        log.info("champion %s: cached result %s reused", side.spec.name, side.key[:12])
+        res = ModelResult({**cached["metrics"], "cached": True}, cached["predictions"])
+    else:
+        res = _examine(side, backend, golden, request)
+        material = {
+            "adapter_digest": side.digest,
+            "golden_hash": request.golden_hash,
+            "decoding": request.decoding(),
+            "base_model": fingerprint,
+        }
+        _write_cache(store, side.key, res, material)
+    res.metrics.update(
+        name=side.spec.name,
+        version=side.spec.version,
+        adapter_uri=side.spec.adapter_uri,
+        adapter_digest=side.digest,
+        cache_key=side.key,
+    )
+    _log_scores(side, res.metrics, golden.n)
+    return res
 
 
 def _load_benchmark(store_for: Any, bench: runs.BenchmarkRef) -> GoldenSet:

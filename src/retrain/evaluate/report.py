@@ -92,41 +92,50 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return html.escape(str(value))
 
 
+_SUMMARY_ROWS = (
+    ("micro_f1", "micro F1 (strict)"),
+    ("lenient_f1", "micro F1 (lenient: salvaged entities count)"),
+    ("micro_p", "micro precision"),
+    ("micro_r", "micro recall"),
+    ("macro_f1", "macro F1"),
+    ("cluener_score", "CLUENER score"),
+    ("parse_failure_rate", "parse-failure rate (salvaged + unparseable)"),
+    ("valid", "outputs valid JSON"),
+    ("repaired", "outputs repaired (fence, text around, trailing comma)"),
+    ("salvaged", "outputs salvaged from invalid JSON"),
+    ("unparseable", "outputs unparseable"),
+    ("latency_s", "generation time (s)"),
+    ("tokens_per_s", "tokens/s"),
+)
+
+
+def _figure(m: dict[str, Any], key: str) -> Any:
+    """One summary figure of a side's metrics, by its row key."""
+    if key == "micro_f1":
+        return m["micro"]["f1"]
+    if key == "lenient_f1":
+        return (m.get("lenient_micro") or {}).get("f1")
+    if key == "micro_p":
+        return m["micro"]["precision"]
+    if key == "micro_r":
+        return m["micro"]["recall"]
+    if key in ("valid", "repaired", "salvaged", "unparseable"):
+        return (m.get("parse_readings") or {}).get(key)
+    return m.get(key)
+
+
+def _summary_rows(cand: dict[str, Any], champ: dict[str, Any]) -> list[str]:
+    return [
+        f"<tr><th>{title}</th><td>{_fmt(_figure(cand, key))}</td><td>{_fmt(_figure(champ, key))}</td></tr>"
+        for key, title in _SUMMARY_ROWS
+    ]
+
+
 def render_html(report: dict[str, Any], png: bytes) -> str:
     """One HTML page with everything inline (no external CSS, JS or images)."""
     cand, champ = report["candidate"], report["champion"]
     esc = html.escape
-    rows = []
-    for key, title in (
-        ("micro_f1", "micro F1 (strict)"),
-        ("lenient_f1", "micro F1 (lenient: salvaged entities count)"),
-        ("micro_p", "micro precision"),
-        ("micro_r", "micro recall"),
-        ("macro_f1", "macro F1"),
-        ("cluener_score", "CLUENER score"),
-        ("parse_failure_rate", "parse-failure rate (salvaged + unparseable)"),
-        ("valid", "outputs valid JSON"),
-        ("repaired", "outputs repaired (fence, text around, trailing comma)"),
-        ("salvaged", "outputs salvaged from invalid JSON"),
-        ("unparseable", "outputs unparseable"),
-        ("latency_s", "generation time (s)"),
-        ("tokens_per_s", "tokens/s"),
-    ):
-
-        def get(m: dict[str, Any], key: str = key) -> Any:
-            if key == "micro_f1":
-                return m["micro"]["f1"]
-            if key == "lenient_f1":
-                return (m.get("lenient_micro") or {}).get("f1")
-            if key == "micro_p":
-                return m["micro"]["precision"]
-            if key == "micro_r":
-                return m["micro"]["recall"]
-            if key in ("valid", "repaired", "salvaged", "unparseable"):
-                return (m.get("parse_readings") or {}).get(key)
-            return m.get(key)
-
-        rows.append(f"<tr><th>{title}</th><td>{_fmt(get(cand))}</td><td>{_fmt(get(champ))}</td></tr>")
+    rows = _summary_rows(cand, champ)
     label_rows = []
     for lab, m in cand["per_label"].items():
         h = champ["per_label"].get(lab, {})
