@@ -11,7 +11,7 @@ JSONL (`doccano`); chosen per key prefix by ``intake.formats`` or detected from 
 """
 
 from retrain.formats._lines import OversizedLine, iter_bounded_lines
-from retrain.formats.stream import FORMATS, REASONS, format_for_key, parse_stream, read_object
+from retrain.formats.stream import FORMATS, REASONS, format_for_key, iter_object, parse_stream, read_object
 
 __all__ = [
     "FORMATS",
@@ -19,6 +19,7 @@ __all__ = [
     "OversizedLine",
     "format_for_key",
     "iter_bounded_lines",
+    "iter_object",
     "parse_stream",
     "read_object",
 ]

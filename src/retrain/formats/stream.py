@@ -432,22 +432,36 @@ def _chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
 def read_object(
     store: Any, obj: Any, settings: Any, *, chunk_size: int = 256 * 1024
 ) -> tuple[list[Record], list[Rejection], dict[str, Any]]:
-    """Stream one S3 object (``store.open_stream(key, etag)``) and parse it with `parse_stream`.
+    """`iter_object`, collected: (records, rejections, stats); ``stats["seconds"]`` is the wall time.
+
+    Holds every outcome of the object in memory; intake uses `iter_object` in bounded chunks."""
+    t0 = time.perf_counter()
+    stats: dict[str, Any] = {}
+    records: list[Record] = []
+    rejections: list[Rejection] = []
+    for item in iter_object(store, obj, settings, chunk_size=chunk_size, stats=stats):
+        (records if isinstance(item, Record) else rejections).append(item)
+    stats["seconds"] = time.perf_counter() - t0
+    return records, rejections, stats
+
+
+def iter_object(
+    store: Any, obj: Any, settings: Any, *, chunk_size: int = 256 * 1024, stats: dict[str, Any] | None = None
+) -> Iterator[Record | Rejection]:
+    """Stream one S3 object (``store.open_stream(key, etag)``) and yield `parse_stream`'s outcomes.
 
     The format comes from ``intake.formats`` for the key's prefix, else from the content. JSON
     lines are split by `iter_bounded_lines` (not botocore's ``iter_lines``, which re-copies a
     pending line on every chunk and holds any line whole), so no line above
-    ``intake.max_line_bytes`` is ever held. A JSON array is read whole, refused unread above
+    ``intake.max_line_bytes`` is ever held, and one outcome at a time is produced: memory does not
+    grow with the object. A JSON array is read whole, refused unread above
     ``intake.max_object_bytes`` when the listing's size already says so. The ETag is sent as
     ``If-Match``: an object replaced since it was listed raises botocore's ClientError
-    (PreconditionFailed) instead of being parsed as the listed version.
-    Returns (records, rejections, stats); ``stats["seconds"]`` is the wall time.
+    (PreconditionFailed) instead of being parsed as the listed version. ``stats`` (when given) is
+    filled as the stream is consumed.
     """
-    t0 = time.perf_counter()
     fmt = format_for_key(obj.key, settings)
-    stats: dict[str, Any] = {}
-    records: list[Record] = []
-    rejections: list[Rejection] = []
+    stats = stats if stats is not None else {}
     body = store.open_stream(obj.key, obj.etag or None)
     try:
         chunks = _chunks(body, chunk_size)
@@ -462,27 +476,21 @@ def read_object(
         if lead.startswith(b"["):
             limit = settings.intake.max_object_bytes
             if obj.size > limit:
-                rejections.append(
-                    Rejection(
-                        obj.key,
-                        0,
-                        "object_too_large",
-                        f"{obj.size} bytes > intake.max_object_bytes={limit}; "
-                        "a JSON array is parsed whole; split the export",
-                        raw=raw_excerpt(lead),
-                    )
-                )
                 stats.update(
                     _new_stats(obj.key, obj.etag, fmt), records=1, rejected=1, reasons={"object_too_large": 1}
                 )
-                stats["seconds"] = time.perf_counter() - t0
-                return records, rejections, stats
+                yield Rejection(
+                    obj.key,
+                    0,
+                    "object_too_large",
+                    f"{obj.key}: {obj.size} bytes > intake.max_object_bytes={limit}; "
+                    "a JSON array is parsed whole; split the export (or export JSON lines, which stream)",
+                    raw=raw_excerpt(lead),
+                )
+                return
             lines = iter_bounded_lines(stream, limit)
         else:
             lines = iter_bounded_lines(stream, settings.intake.max_line_bytes)
-        for item in parse_stream(lines, obj.key, obj.etag, settings, fmt=fmt, stats=stats):
-            (records if isinstance(item, Record) else rejections).append(item)
+        yield from parse_stream(lines, obj.key, obj.etag, settings, fmt=fmt, stats=stats)
     finally:
         body.close()
-    stats["seconds"] = time.perf_counter() - t0
-    return records, rejections, stats
