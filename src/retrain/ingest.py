@@ -310,8 +310,13 @@ def process_batches(
             history = _history_excluding(commits.by_object, pending.key)
             outcome, counts = _ingest_object(store, settings, pending, run_id, now, Path(tmp), history)
             result.objects.append(outcome)
-            entry = {"etag": pending.etag, "run_id": run_id, "processed_at": now[:19] + "+00:00"}
-            entry["change"] = pending.change
+            done_at = datetime.now(UTC).isoformat(timespec="seconds")
+            entry = {
+                "etag": pending.etag,
+                "run_id": run_id,
+                "processed_at": done_at,
+                "change": pending.change,
+            }
             commits.commit(pending.key, entry, counts, data_changed=outcome.accepted > 0)
             _log_outcome(i, len(objects), pending, outcome)
     report_key = join_key(settings.s3.quarantine_prefix, rid, "report.md")
