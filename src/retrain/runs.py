@@ -5,7 +5,7 @@ same name and the same model (pydantic, unknown keys rejected): the Airflow task
 stages (``retrain train|evaluate|export --run-uri``), the promotion, the UI and the tests.
 
     runs/<run id>/
-      intake.json              IntakeSummary     validate_batches: what was read, accepted, quarantined
+      intake.json              IntakeSummary     validate_batches: read, accepted, quarantined, retracted
       dataset.json             DatasetRef        build_dataset: the dataset version this run trains on
       train_request.json       TrainRequest      prepare_training -> train
       train/                   trainer_log.jsonl, training_loss.png, all_results.json,
