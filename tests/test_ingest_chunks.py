@@ -56,6 +56,8 @@ def test_bad_lines_at_chunk_boundaries_are_each_accounted_for_once(store, settin
     assert got[10] == got[20] == "truncated" and got[11] == "empty_text"
     assert got[30].startswith("gx:") and got[9] == got[12] == got[31] == "accepted"
     assert sum(v == "accepted" for v in got.values()) == o.accepted
+    # Data Docs keep the first chunk and the one with a GX rejection (line 30), not the other two.
+    assert o.docs_uri and any("Data Docs show 2 of 4 chunks" in w for w in o.warnings), o.warnings
 
     # The same bytes in one chunk give the same outcome for every line.
     _put(store, "incoming/whole.json", lines)

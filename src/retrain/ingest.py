@@ -388,7 +388,11 @@ def _ingest_object(
     slug = object_slug(pending.key)
     docs_dir = tmp / slug
     validator = validate.BatchValidator(
-        settings, batch_name=slug, docs_dir=docs_dir, history_label_counts=history
+        settings,
+        batch_name=slug,
+        docs_dir=docs_dir,
+        history_label_counts=history,
+        docs_max_chunks=settings.intake.docs_max_chunks,
     )
     spool = _Spool(tmp / f"{slug}.accepted.jsonl", tmp / f"{slug}.quarantine.jsonl")
     stamp = {"source_etag": pending.etag, "ingested_at": now, "run_id": run_id}

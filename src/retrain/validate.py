@@ -393,8 +393,10 @@ class BatchValidator:
         batch_name: str,
         docs_dir: Path | None,
         history_label_counts: dict[str, int] | None = None,
+        docs_max_chunks: int = 10,
     ) -> None:
         v = settings.validation
+        self.docs_max_chunks, self.docs_chunks = docs_max_chunks, 0
         self.settings, self.batch_name, self.history = settings, batch_name, history_label_counts
         self.limit, self.limit_how = max_text_chars(settings)
         self.suites = load_suites(settings)
@@ -444,11 +446,20 @@ class BatchValidator:
         self.anomalies.update(anomaly_counts(spans))
         frames = {"sentences": sentences, "spans": spans}
         marks = _RowMarks()
+        backend = self.ctx.validation_results_store.store_backend
+        before = set(backend.list_keys())
         for suite_dict in (s for s in self.suites if s["meta"]["frame"] in frames):
             df = frames[suite_dict["meta"]["frame"]]
             result = self._run(suite_dict, df)
             for pos, er in enumerate(result.results):
                 self._judge_rows(er, (suite_dict["name"], pos), suite_dict, df, records, marks)
+        # The results store (what the Data Docs render) keeps the first chunk and those that rejected
+        # records, at most docs_max_chunks: its memory and the docs' build time stay bounded.
+        if self.chunks == 1 or (marks.problems and self.docs_chunks < self.docs_max_chunks):
+            self.docs_chunks += 1
+        else:
+            for key in set(backend.list_keys()) - before:
+                backend.remove_key(key)
         accepted, rejected = marks.split(records)
         self.label_counts.update(e.label for r in accepted for e in r.entities)
         self.rows_total += len(records) + parse_rejected
@@ -546,6 +557,12 @@ class BatchValidator:
         drift, drift_note = _drift(label_counts, self.history, v.drift_min_spans)
         if drift_note:
             warnings.append(drift_note)
+        if self.docs_chunks < self.chunks:
+            warnings.append(
+                f"GX Data Docs show {self.docs_chunks} of {self.chunks} chunks (the first and those that "
+                f"rejected records, at most {self.docs_max_chunks}); the expectation counts cover every "
+                "chunk and every rejection is in the quarantine file"
+            )
         failures = self._batch_suite(drift, warnings)
         failures.extend(f"expectation error: {e}" for e in self.errors)
         docs_index = _build_docs(self.ctx, self.docs_dir, warnings) if self.docs_dir is not None else None
