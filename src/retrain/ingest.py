@@ -111,10 +111,10 @@ def find_new_batches(store: ObjectStore, settings: Settings) -> IntakePlan:
         if obj.key.endswith("/"):
             continue  # folder placeholder objects
         prev = ledger.get(obj.key)
-        if not is_live(prev):  # never seen, or retracted and uploaded again
+        if prev is None or not is_live(prev):  # never seen, or retracted and uploaded again
             pending.append(PendingObject(obj.key, obj.etag, obj.size, "new"))
-        elif prev["etag"] != obj.etag:  # type: ignore[index]
-            pending.append(PendingObject(obj.key, obj.etag, obj.size, "changed", prev["etag"]))  # type: ignore[index]
+        elif prev["etag"] != obj.etag:
+            pending.append(PendingObject(obj.key, obj.etag, obj.size, "changed", prev["etag"]))
     removed = [RemovedObject(k, ledger[k]["etag"]) for k in sorted(unseen)]
     if removed and not settings.intake.retract_removed:
         log.warning(
