@@ -7,6 +7,10 @@
   validation and golden across runs. A fixed golden file (conf ``dataset.golden_file``) replaces
   the hash-chosen golden part; any golden sentence found in the training data is removed from
   training and validation and counted.
+- Retractions (`retrain.ingest`): an object removed from the incoming prefix has its accepted
+  records moved out of ``accepted/``, so the next version simply does not hold them; the manifest
+  counts them (``retracted``, from the ledger), and a golden sentence only that object held leaves
+  the hash-chosen golden set, which changes its hash.
 - The version is a content hash of the files written: same inputs give the same version and
   byte-identical files, and a version folder once written is never rewritten.
 """
@@ -65,6 +69,7 @@ class DatasetResult:
     duplicates: int
     label_counts: dict[str, int]
     created: bool
+    retracted: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +89,23 @@ def load_accepted(
                 rows.append(row)
                 sources[row["source_key"]] = row.get("source_etag", "")
     return rows, [{"key": k, "etag": v} for k, v in sorted(sources.items())]
+
+
+def retracted_sources(store: ObjectStore, settings: Settings) -> list[dict[str, Any]]:
+    """The retracted objects the ledger records (key, etag, records, when, by which run), by key."""
+    from retrain.ingest import read_ledger
+
+    return [
+        {
+            "key": key,
+            "etag": e["etag"],
+            "records": int(e.get("retracted_records", 0)),
+            "retracted_at": e.get("retracted_at", ""),
+            "retracted_by_run": e.get("retracted_by_run", ""),
+        }
+        for key, e in sorted(read_ledger(store, settings).items())
+        if e.get("retracted")
+    ]
 
 
 def _load_golden_file(settings: Settings, store: ObjectStore) -> list[Record]:
@@ -186,6 +208,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     if not rows:
         raise EmptyDatasetError(f"no accepted records under {store.uri(settings.s3.accepted_prefix)}")
     latest, conflicts, duplicates = _latest_records(rows)
+    retracted = retracted_sources(store, settings)
     cfg = settings.dataset
     instruction = settings.prompt.render_instruction()
     parts, golden_removed = _split_records(latest, settings, store)
@@ -210,6 +233,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         "golden_removed_from_train": golden_removed,
         "conflicts": conflicts,
         "duplicates": duplicates,
+        "retracted": {"records": sum(r["records"] for r in retracted), "objects": retracted},
         "prompt_template_hash": prompt_hash,
         "split_seed": cfg.split_seed,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
@@ -225,7 +249,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         )  # last: commits the version
     log.info(
         "dataset %s %s: train %d, validation %d, golden %d (golden %s); %d conflicts, %d duplicates, "
-        "%d golden sentences removed from training",
+        "%d golden sentences removed from training; %d records retracted so far",
         version,
         "written" if created else "already exists",
         len(parts["train"]),
@@ -235,6 +259,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         conflicts,
         duplicates,
         golden_removed,
+        sum(r["records"] for r in retracted),
     )
     return DatasetResult(
         version=version,
@@ -248,4 +273,5 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         duplicates=duplicates,
         label_counts=label_counts,
         created=created,
+        retracted=sum(r["records"] for r in retracted),
     )
