@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         ("dag_parse", [AF_PY, BENCH / "dag_parse.py", "--json"], None, 600),
         ("no_new_data", [AF_PY, BENCH / "no_new_data.py", "--json"], None, 600),
         ("intake_throughput", [AF_PY, BENCH / "intake_throughput.py"], parse_intake, 600),
+        ("intake_memory", [AF_PY, BENCH / "intake_memory.py", "--json"], None, 900),
         ("eval_batched", [TR_PY, BENCH / "eval_batched.py"], parse_eval, 900),
         ("e2e_stages" + (" (demo logs)" if use_logs else " (small night)"), e2e_cmd, None, 900),
     ]

@@ -80,6 +80,7 @@ def find_new_batches() -> dict[str, Any]:
         return {}
     return {
         "objects": [asdict(o) for o in plan.objects],
+        "removed": [asdict(r) for r in plan.removed],
         "dataset_pending": plan.dataset_pending,
         "forced": force,
     }
@@ -87,14 +88,16 @@ def find_new_batches() -> dict[str, Any]:
 
 # -- stage 2 ---------------------------------------------------------------------------------
 def ingest_batches(plan: dict[str, Any]) -> dict[str, Any]:
-    from retrain.ingest import PendingObject, process_batches
+    from retrain.ingest import PendingObject, RemovedObject, process_batches
 
     objects = [PendingObject(**o) for o in plan.get("objects", [])]
-    result = process_batches(_store(), settings(), objects, _run_id())
+    removed = [RemovedObject(**r) for r in plan.get("removed", [])]
+    result = process_batches(_store(), settings(), objects, _run_id(), removed=removed)
     out = {
         "read": result.read,
         "accepted": result.accepted,
         "quarantined": result.quarantined,
+        "retracted": result.retracted,
         "report_uri": result.report_uri,
         "objects": len(result.objects),
     }

@@ -1,8 +1,9 @@
 """Pre-flight check for annotators: ``retrain check PATH…`` judges local files as intake would.
 
 The same parsers (`retrain.formats.parse_chunks`), label map, text-hygiene policy and Great
-Expectations suite (`retrain.validate.validate_batch`) as the pipeline, on files on disk: each
-file is one batch, as one uploaded object would be. Nothing here touches S3, Airflow or MLflow.
+Expectations suite (`retrain.validate.BatchValidator`, in chunks of ``intake.chunk_records`` as
+intake runs it) as the pipeline, on files on disk: each file is one batch, as one uploaded object
+would be. Nothing here touches S3, Airflow or MLflow.
 What differs from a nightly run: no label-drift check (it needs the accepted history in S3) and
 no ``intake.formats`` prefixes (a local path is not a key; ``--format`` fixes the format instead).
 """
@@ -14,11 +15,15 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from retrain.config import Settings
 from retrain.records import Record, Rejection
+
+if TYPE_CHECKING:  # Great Expectations is imported only when a file is checked
+    from retrain.validate import BatchValidator
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # files at least this large show progress
 _SUFFIXES = (".json", ".jsonl", ".ndjson")  # what a folder given as PATH contributes
@@ -124,6 +129,40 @@ def _docs_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", path.as_posix()).strip("_")[-80:] or "file"
 
 
+@dataclass
+class _Tally:
+    """One file's outcomes gathered chunk by chunk: every rejection, the records validation accepted
+    (held only so that a quarantined batch can name each of them) and their warnings."""
+
+    read: int = 0
+    records: int = 0  # parsed into Records, i.e. validated by GX
+    duplicates: int = 0
+    chunks: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    accepted: list[Record] = field(default_factory=list)
+
+
+def _validate_chunks(
+    items: Iterable[Record | Rejection], validator: BatchValidator, chunk_records: int, tally: _Tally
+) -> None:
+    """Intake's streaming path: parser outcomes in chunks of ``intake.chunk_records``, each chunk's
+    records through the row-level suites (`BatchValidator.add`), duplicates kept out of the bad share."""
+    from retrain.validate import count_parse_rejections
+
+    it = iter(items)
+    while chunk := list(islice(it, chunk_records)):
+        records = [x for x in chunk if isinstance(x, Record)]
+        parse_rejections = [x for x in chunk if not isinstance(x, Record)]
+        bad, dups = count_parse_rejections(parse_rejections)
+        accepted, rejected = validator.add(records, parse_rejected=bad, parse_duplicates=dups)
+        tally.read += len(chunk)
+        tally.records += len(records)
+        tally.duplicates += dups
+        tally.chunks += 1
+        tally.rejections += parse_rejections + rejected
+        tally.accepted += accepted
+
+
 def check_file(
     path: Path,
     settings: Settings,
@@ -132,9 +171,10 @@ def check_file(
     docs_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> FileCheck:
-    """Parse and validate one local file as intake would an object holding its bytes."""
+    """Parse and validate one local file as intake would an object holding its bytes: streamed, and
+    validated in chunks of ``intake.chunk_records`` with the batch judged once on the totals."""
     from retrain.formats import parse_chunks
-    from retrain.validate import SUMMARISED_WARNINGS, count_parse_rejections, validate_batch
+    from retrain.validate import DOCS_PARTIAL, SUMMARISED_WARNINGS, BatchValidator
 
     t0 = time.perf_counter()
     name, size = str(path), path.stat().st_size
@@ -142,41 +182,45 @@ def check_file(
     if progress is not None:
         chunks = progress.reading(chunks, name, size)
     stats: dict[str, Any] = {}
-    records: list[Record] = []
-    parse_rejections: list[Rejection] = []
-    for item in parse_chunks(chunks, name, "", size, settings, fmt=fmt, stats=stats):
-        if isinstance(item, Record):
-            records.append(item)
-        else:
-            parse_rejections.append(item)
-    if progress is not None:
-        progress.note(name, size, f"validating {len(records)} records with Great Expectations")
-    bad, dups = count_parse_rejections(parse_rejections)
-    bv = validate_batch(
-        records,
+    validator = BatchValidator(
         settings,
         batch_name=_docs_name(path),
         docs_dir=docs_dir / _docs_name(path) if docs_dir is not None else None,
         history_label_counts=None,
-        parse_rejected=bad,
-        parse_duplicates=dups,
+        docs_max_chunks=settings.intake.docs_max_chunks,
     )
-    rejections = sorted(parse_rejections + bv.rejected, key=lambda r: (r.line, r.reason))
+    tally = _Tally()
+    items = parse_chunks(chunks, name, "", size, settings, fmt=fmt, stats=stats)
+    _validate_chunks(items, validator, settings.intake.chunk_records, tally)
+    if progress is not None:
+        progress.note(
+            name,
+            size,
+            f"validated {tally.records} records with Great Expectations in {tally.chunks} chunks "
+            f"(intake.chunk_records={settings.intake.chunk_records}); judging the file as one batch",
+        )
+    bv = validator.finish()
+    accepted = tally.accepted
+    if bv.batch_quarantined:
+        tally.rejections += [validator.batch_rejection(r, bv.reason) for r in accepted]
+        accepted = []
+    rejections = sorted(tally.rejections, key=lambda r: (r.line, r.reason))
     reasons: dict[str, int] = {}
     for r in rejections:
         reasons[r.reason] = reasons.get(r.reason, 0) + 1
-    warnings = sorted({(r.line, w) for r in bv.accepted for w in r.warnings})
-    # batch warnings, less the drift note (no history here) and the summaries of record warnings
-    skip = ("label drift not judged", *(f"{k}:" for k in SUMMARISED_WARNINGS))
+    warnings = sorted({(r.line, w) for r in accepted for w in r.warnings})
+    # batch warnings, less the drift note (no history here), the summaries of record warnings and
+    # the note on Data Docs of some chunks only (not a problem of the data: --strict ignores it)
+    skip = ("label drift not judged", DOCS_PARTIAL, *(f"{k}:" for k in SUMMARISED_WARNINGS))
     warnings += [(0, w) for w in bv.warnings if not w.startswith(skip)]
     return FileCheck(
         path=name,
         format=stats.get("format"),
         bytes=size,
-        read=len(records) + len(parse_rejections),
-        accepted=len(bv.accepted),
-        quarantined=len(rejections) - dups,
-        duplicates=dups,
+        read=tally.read,
+        accepted=len(accepted),
+        quarantined=len(rejections) - tally.duplicates,
+        duplicates=tally.duplicates,
         reasons=dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         batch_quarantined=bv.batch_quarantined,
         batch_reason=bv.reason,

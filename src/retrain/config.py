@@ -80,6 +80,9 @@ class IntakeConfig(_Strict):
     max_object_bytes: int = Field(256 * 1024 * 1024, gt=0)
     max_line_bytes: int = Field(1024 * 1024, gt=0)
     page_size: int = 1000
+    chunk_records: int = Field(10000, gt=0)  # records parsed + validated + written at a time per object
+    docs_max_chunks: int = Field(10, ge=1)  # chunks of one object kept in its GX Data Docs
+    retract_removed: bool = True  # an object removed from the incoming prefix retracts its records
     # key prefix -> format; the longest matching prefix wins, "auto" (or no match) = detect by content
     formats: dict[str, AnnotationFormat] = {}
     # zero-width / bidi / soft-hyphen characters in a sentence or entity (retrain.formats.hygiene)

@@ -10,6 +10,10 @@
 - Fixed benchmark files (conf ``dataset.benchmark_files``: a team's own dev sets, CLUENER JSON lines)
   are written as ``benchmark_<name>.json`` in the same alpaca form; the evaluation scores candidate
   and champion on each of them every run, beside the golden set. Their sentences never train.
+- Retractions (`retrain.ingest`): an object removed from the incoming prefix has its accepted
+  records moved out of ``accepted/``, so the next version simply does not hold them; the manifest
+  counts them (``retracted``, from the ledger), and a golden sentence only that object held leaves
+  the hash-chosen golden set, which changes its hash.
 - The version is a content hash of the files written: same inputs give the same version and
   byte-identical files, and a version folder once written is never rewritten.
 """
@@ -72,6 +76,7 @@ class DatasetResult:
     created: bool
     benchmarks: list[dict[str, Any]] = field(default_factory=list)  # runs.BenchmarkRef fields
     benchmark_removed_from_train: int = 0
+    retracted: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +96,23 @@ def load_accepted(
                 rows.append(row)
                 sources[row["source_key"]] = row.get("source_etag", "")
     return rows, [{"key": k, "etag": v} for k, v in sorted(sources.items())]
+
+
+def retracted_sources(store: ObjectStore, settings: Settings) -> list[dict[str, Any]]:
+    """The retracted objects the ledger records (key, etag, records, when, by which run), by key."""
+    from retrain.ingest import read_ledger
+
+    return [
+        {
+            "key": key,
+            "etag": e["etag"],
+            "records": int(e.get("retracted_records", 0)),
+            "retracted_at": e.get("retracted_at", ""),
+            "retracted_by_run": e.get("retracted_by_run", ""),
+        }
+        for key, e in sorted(read_ledger(store, settings).items())
+        if e.get("retracted")
+    ]
 
 
 def _load_fixed_file(path: str, settings: Settings, store: ObjectStore, what: str) -> list[Record]:
@@ -247,6 +269,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     if not rows:
         raise EmptyDatasetError(f"no accepted records under {store.uri(settings.s3.accepted_prefix)}")
     latest, conflicts, duplicates = _latest_records(rows)
+    retracted = retracted_sources(store, settings)
     cfg = settings.dataset
     instruction = settings.prompt.render_instruction()
     benchmarks = _load_benchmarks(settings, store)
@@ -269,6 +292,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         "benchmark_removed_from_train": bench_removed,
         "conflicts": conflicts,
         "duplicates": duplicates,
+        "retracted": {"records": sum(r["records"] for r in retracted), "objects": retracted},
         "prompt_template_hash": prompt_hash,
         "split_seed": cfg.split_seed,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
@@ -285,7 +309,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
     counts = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
     log.info(
         "dataset %s %s: %s (golden %s); %d conflicts, %d duplicates, %d golden sentences removed from "
-        "training",
+        "training; %d records retracted so far",
         version,
         "written" if created else "already exists",
         counts,
@@ -293,6 +317,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         conflicts,
         duplicates,
         golden_removed,
+        sum(r["records"] for r in retracted),
     )
     return DatasetResult(
         version=version,
@@ -306,15 +331,7 @@ def build_dataset(store: ObjectStore, settings: Settings) -> DatasetResult:
         duplicates=duplicates,
         label_counts=label_counts,
         created=created,
-        benchmarks=[
-            {
-                "name": name,
-                "source": path,
-                "uri": store.uri(join_key(prefix, f"benchmark_{name}.json")),
-                "hash": hashlib.sha256(files[f"benchmark_{name}.json"]).hexdigest()[:16],
-                "size": len(recs),
-            }
-            for name, (path, recs) in benchmarks.items()
-        ],
+        benchmarks=_benchmark_refs(store, prefix, benchmarks, files),
         benchmark_removed_from_train=bench_removed,
+        retracted=sum(r["records"] for r in retracted),
     )

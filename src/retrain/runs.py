@@ -5,7 +5,7 @@ same name and the same model (pydantic, unknown keys rejected): the Airflow task
 stages (``retrain train|evaluate|export --run-uri``), the promotion, the UI and the tests.
 
     runs/<run id>/
-      intake.json              IntakeSummary     validate_batches: what was read, accepted, quarantined
+      intake.json              IntakeSummary     validate_batches: read, accepted, quarantined, retracted
       dataset.json             DatasetRef        build_dataset: the dataset version this run trains on
       train_request.json       TrainRequest      prepare_training -> train
       train/                   trainer_log.jsonl, training_loss.png, all_results.json,
@@ -172,15 +172,32 @@ class ObjectOutcome(Contract):
     docs_uri: str
 
 
+class RetractionOutcome(Contract):
+    """One source object removed from the incoming prefix: its accepted records left the dataset.
+
+    ``etag`` is the version whose records were removed (the one the ledger had processed, by
+    ``processed_by_run``); ``evidence_uri`` holds those records as they were accepted."""
+
+    key: str
+    etag: str
+    processed_by_run: str
+    records: int
+    retracted_at: str
+    evidence_uri: str
+
+
 class IntakeSummary(Contract):
-    """``intake.json``: every object processed by one run; ``read == accepted + quarantined``."""
+    """``intake.json``: every object processed by one run; ``read == accepted + quarantined``;
+    ``retracted``: the accepted records this run removed with their objects (``retractions``)."""
 
     run_id: str
     objects: list[ObjectOutcome] = []
+    retractions: list[RetractionOutcome] = []
     report_uri: str = ""
     read: int = 0
     accepted: int = 0
     quarantined: int = 0
+    retracted: int = 0
 
 
 class BenchmarkRef(Contract):
@@ -213,6 +230,7 @@ class DatasetRef(Contract):
     created: bool
     benchmarks: list[BenchmarkRef] = []
     benchmark_removed_from_train: int = 0
+    retracted: int = 0  # accepted records removed by retractions so far (the manifest's count)
 
     @property
     def exam(self) -> str:

@@ -189,8 +189,14 @@ class ObjectStore:
         data = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8")
         return self.put_bytes(key, data, "application/json")
 
-    def upload_file(self, path: str | Path, key: str) -> None:
-        self.client.upload_file(str(path), self.bucket, key)
+    def upload_file(self, path: str | Path, key: str, content_type: str | None = None) -> None:
+        """Upload a local file (boto3's managed transfer: multipart above 8 MiB, bounded memory)."""
+        extra = {"ContentType": content_type} if content_type else None
+        self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Server-side copy within the bucket (managed: multipart for large objects)."""
+        self.client.copy({"Bucket": self.bucket, "Key": src_key}, self.bucket, dst_key)
 
     def download_file(self, key: str, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

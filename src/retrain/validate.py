@@ -31,6 +31,7 @@ from retrain.records import Record, Rejection
 log = logging.getLogger(__name__)
 
 BATCH_QUARANTINED = "batch_quarantined"
+DOCS_PARTIAL = "GX Data Docs show"  # how the batch warning about Data Docs of some chunks only begins
 
 
 @dataclass
@@ -296,11 +297,10 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:100] or "batch"
 
 
-def _run_suite(ctx: Any, suite_dict: dict[str, Any], df: Any, params: dict[str, Any], batch_name: str) -> Any:
-    """Run one suite on ``df`` (a dataframe asset named after the frame, in a pandas data source
-    named after the batch) with COMPLETE results, so failing rows come back by index."""
+def _add_definition(ctx: Any, suite_dict: dict[str, Any], batch_name: str) -> Any:
+    """A validation definition for one suite: a dataframe asset named after the frame, in a pandas
+    data source named after the batch. Made once per batch and run once per chunk."""
     import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
 
     frame = suite_dict["meta"]["frame"]
     name = _safe_name(batch_name)
@@ -311,14 +311,20 @@ def _run_suite(ctx: Any, suite_dict: dict[str, Any], df: Any, params: dict[str, 
     asset = source.add_dataframe_asset(frame)
     batch_def = asset.add_batch_definition_whole_dataframe("whole")
     suite = ctx.suites.add(gx.ExpectationSuite(**copy.deepcopy(suite_dict)))
-    vd = ctx.validation_definitions.add(
+    return ctx.validation_definitions.add(
         gx.ValidationDefinition(name=f"{suite.name}", data=batch_def, suite=suite)
     )
+
+
+def _run_definition(vd: Any, df: Any, params: dict[str, Any], run_name: str) -> Any:
+    """Run a validation definition on ``df`` with COMPLETE results, so failing rows come back by index."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
     return vd.run(
         batch_parameters={"dataframe": df},
         expectation_parameters=params,
         result_format={"result_format": "COMPLETE"},
-        run_id=RunIdentifier(run_name=_safe_name(batch_name)),
+        run_id=RunIdentifier(run_name=_safe_name(run_name)),
     )
 
 
@@ -357,170 +363,324 @@ def _severity(cfg: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The batch
+# The batch, validated in chunks
 
 
 @dataclass
-class _Findings:
-    """What the expectations of one batch found, gathered across suites."""
+class _WarnTally:
+    """One warn-policy expectation, or one kind of summarised parser warning, summed over a batch's chunks."""
 
-    expectations: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    #: record index -> (reason, field, detail) of each rejecting expectation
-    problems: dict[int, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
-    record_warnings: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
-    #: record index -> indices of entities to drop (duplicates kept once under a non-reject policy)
-    drop_entities: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    spans: int = 0
+    records: int = 0
+    examples: list[str] = field(default_factory=list)
+    first: str = ""  # the first warning itself (summarised record warnings)
 
-    def add(self, suite_name: str, er: Any, policy: str | None, action: str) -> dict[str, Any] | None:
-        """Record one expectation's entry; None when it passed or raised (then it is an error)."""
+
+class BatchValidator:
+    """Validate one batch (one source object) in bounded chunks of records.
+
+    `add` runs the row-level suites (sentences, spans) on one chunk and returns that chunk's
+    accepted records and rejections at once, so a caller can write them out and let them go;
+    only counts survive between chunks (rows, rejections, label counts, anomaly counts, one
+    entry per expectation, warning tallies). `finish` then judges the batch as a whole with the
+    batch suite on those totals (minimum rows, share of bad rows over every chunk, label drift)
+    and builds the Data Docs. When `finish` quarantines the batch, the caller turns every record
+    it accepted into a `batch_rejection`. One chunk holding every record is `validate_batch`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        batch_name: str,
+        docs_dir: Path | None,
+        history_label_counts: dict[str, int] | None = None,
+        docs_max_chunks: int = 10,
+    ) -> None:
+        v = settings.validation
+        self.docs_max_chunks, self.docs_chunks = docs_max_chunks, 0
+        self.settings, self.batch_name, self.history = settings, batch_name, history_label_counts
+        self.limit, self.limit_how = max_text_chars(settings)
+        self.suites = load_suites(settings)
+        self.docs_dir = Path(docs_dir).absolute() if docs_dir is not None else None  # GX wants absolute
+        if self.docs_dir is not None:
+            self.docs_dir.mkdir(parents=True, exist_ok=True)
+        self.ctx = _gx_context(self.docs_dir)
+        self.params: dict[str, Any] = {
+            "labels": list(settings.prompt.labels),
+            "max_text_chars": self.limit,
+            "min_rows": v.min_rows,
+            "max_bad_fraction": v.max_bad_fraction,
+            "drift_warn": v.drift_warn,
+            "drift_fail": v.drift_fail,
+        }
+        self.expectations: dict[tuple[str, int], dict[str, Any]] = {}  # (suite, position): merged
+        self.errors: list[str] = []
+        self.tallies: dict[str, _WarnTally] = {}
+        self.anomalies: Counter[str] = Counter()
+        self.label_counts: Counter[str] = Counter()
+        self.rows_total = self.rows_rejected = self.rows_accepted = self.rows_duplicate = self.chunks = 0
+        self.record_warnings: dict[str, _WarnTally] = {}  # SUMMARISED_WARNINGS kind -> over every chunk
+        self._definitions: dict[str, Any] = {}
+
+    def _run(self, suite_dict: dict[str, Any], df: Any) -> Any:
+        name = suite_dict["name"]
+        if name not in self._definitions:
+            self._definitions[name] = _add_definition(self.ctx, suite_dict, self.batch_name)
+        run = self.batch_name if self.chunks <= 1 else f"{self.batch_name}-chunk{self.chunks:05d}"
+        return _run_definition(self._definitions[name], df, self.params, run)
+
+    def _entry(self, key: tuple[str, int], entry: dict[str, Any]) -> None:
+        """Record one expectation's outcome; the same expectation in a later chunk is merged."""
+        seen = self.expectations.get(key)
+        if seen is None:
+            self.expectations[key] = entry
+        else:
+            seen["success"] = seen["success"] and entry["success"]
+            seen["unexpected_count"] += entry["unexpected_count"]
+
+    def add(
+        self, records: list[Record], parse_rejected: int = 0, parse_duplicates: int = 0
+    ) -> tuple[list[Record], list[Rejection]]:
+        """Row-level validation of one chunk: (accepted, rejected), every record exactly once.
+
+        ``parse_rejected``: how many input records of this chunk the parser already quarantined as
+        bad; they count as bad rows of the batch (they are not returned again).
+        ``parse_duplicates``: how many exact duplicates (``duplicate_record``) of this chunk the
+        parser dropped: counted in the batch frame's ``rows_duplicate``, and bad rows only when
+        ``validation.duplicates_are_bad_rows``; `count_parse_rejections` splits a rejection list so."""
+        self.chunks += 1
+        sentences, spans = build_frames(records)
+        self.anomalies.update(anomaly_counts(spans))
+        frames = {"sentences": sentences, "spans": spans}
+        marks = _RowMarks()
+        backend = self.ctx.validation_results_store.store_backend
+        before = set(backend.list_keys())
+        for suite_dict in (s for s in self.suites if s["meta"]["frame"] in frames):
+            df = frames[suite_dict["meta"]["frame"]]
+            result = self._run(suite_dict, df)
+            for pos, er in enumerate(result.results):
+                self._judge_rows(er, (suite_dict["name"], pos), suite_dict, df, records, marks)
+        # The results store (what the Data Docs render) keeps the first chunk and those that rejected
+        # records, at most docs_max_chunks: its memory and the docs' build time stay bounded.
+        if self.chunks == 1 or (marks.problems and self.docs_chunks < self.docs_max_chunks):
+            self.docs_chunks += 1
+        else:
+            for key in set(backend.list_keys()) - before:
+                backend.remove_key(key)
+        accepted, rejected = marks.split(records)
+        self.label_counts.update(e.label for r in accepted for e in r.entities)
+        _tally_record_warnings(accepted, self.record_warnings)
+        dup_bad = parse_duplicates if self.settings.validation.duplicates_are_bad_rows else 0
+        self.rows_total += len(records) + parse_rejected + dup_bad
+        self.rows_rejected += len(rejected) + parse_rejected + dup_bad
+        self.rows_accepted += len(accepted)
+        self.rows_duplicate += parse_duplicates
+        return accepted, rejected
+
+    def _judge_rows(
+        self,
+        er: Any,
+        key: tuple[str, int],
+        suite_dict: dict[str, Any],
+        df: Any,
+        records: list[Record],
+        marks: _RowMarks,
+    ) -> None:
+        """Mark the rows one expectation result blames (reject, warn or drop a repeated span)."""
         cfg = er.expectation_config
+        meta = cfg.meta or {}
+        policy_key = meta.get("policy")
+        action = getattr(self.settings.validation, policy_key) if policy_key else "reject"
+        res = er.result or {}
         entry = {
-            "name": f"{suite_name}:{cfg.type}({','.join(_columns(cfg.kwargs))})",
+            "name": f"{suite_dict['name']}:{cfg.type}({','.join(_columns(cfg.kwargs))})",
             "success": bool(er.success),
-            "unexpected_count": int((er.result or {}).get("unexpected_count") or 0),
+            "unexpected_count": int(res.get("unexpected_count") or 0),
             "severity": _severity(cfg),
-            "policy": policy,
+            "policy": policy_key,
             "action": action,
         }
-        self.expectations.append(entry)
+        self._entry(key, entry)
         raised = _exception(er)
         if raised:
             self.errors.append(f"{entry['name']} raised: {raised}")
-            return None
-        return None if er.success else entry
+            return
+        if er.success:
+            return
+        rows = res.get("unexpected_index_list") or []
+        if not rows:  # failed, but no rows to blame: never let that pass silently
+            self.errors.append(f"{entry['name']} failed without an unexpected_index_list")
+            return
+        frame = suite_dict["meta"]["frame"]
+        cols = _columns(cfg.kwargs)
+        explain = meta.get("explain", cfg.type)
+        reason = f"gx:{cfg.type}"
+        seen_keys: set[tuple[Any, ...]] = set()
+        affected: set[int] = set()
+        for row_idx in sorted(rows):
+            row = df.loc[row_idx]
+            rec = int(row["record_idx"])
+            values = ", ".join(f"{c}={_show(row[c])}" for c in cols)
+            if frame == "spans":
+                ent = int(row["entity_idx"])
+                values = (
+                    f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} "
+                    f"{_show(row['entity_text'])}: {values}"
+                )
+                shown = [c for c in cols if c != "record_idx"]
+                fld = f"entities[{ent}].{shown[0]}" if len(shown) == 1 else f"entities[{ent}]"
+                if cfg.type == "expect_compound_columns_to_be_unique":
+                    key = tuple(row[c] for c in cols)
+                    if key not in seen_keys:  # the first of a duplicate group is kept
+                        seen_keys.add(key)
+                        continue
+                    if action != "reject":
+                        marks.drop_entities[rec].add(ent)
+            else:
+                fld = cols[0]
+            detail = f"{values}: {explain}"
+            affected.add(rec)
+            if action == "reject":
+                marks.problems[rec].append((reason, fld, detail))
+            elif action == "warn":
+                marks.warnings[rec].append(f"{policy_key}: {fld}: {detail}")
+        if affected and action == "warn" and policy_key:
+            tally = self.tallies.setdefault(policy_key, _WarnTally())
+            tally.spans += len(rows)
+            tally.records += len(affected)
+            for i in sorted(affected):
+                if len(tally.examples) < 3:
+                    tally.examples.append(f"{records[i].source_key}:{records[i].line}")
 
+    def finish(self) -> BatchValidation:
+        """Judge the batch on the totals of every chunk and build the Data Docs.
 
-def _judge_rows(
-    er: Any, suite_name: str, frame: str, df: Any, records: list[Record], settings: Settings, f: _Findings
-) -> None:
-    """One record-level expectation: blame each unexpected row's record (reject, warn or drop per policy)."""
-    cfg = er.expectation_config
-    meta = cfg.meta or {}
-    policy_key = meta.get("policy")
-    action = getattr(settings.validation, policy_key) if policy_key else "reject"
-    entry = f.add(suite_name, er, policy_key, action)
-    if entry is None:
-        return
-    rows = (er.result or {}).get("unexpected_index_list") or []
-    if not rows:  # failed, but no rows to blame: never let that pass silently
-        f.errors.append(f"{entry['name']} failed without an unexpected_index_list")
-        return
-    cols = _columns(cfg.kwargs)
-    explain = meta.get("explain", cfg.type)
-    reason = f"gx:{cfg.type}"
-    seen_keys: set[tuple[Any, ...]] = set()
-    affected: set[int] = set()
-    for row_idx in sorted(rows):
-        row = df.loc[row_idx]
-        rec = int(row["record_idx"])
-        values = ", ".join(f"{c}={_show(row[c])}" for c in cols)
-        if frame == "spans":
-            ent = int(row["entity_idx"])
-            values = (
-                f"span [{_show(row['start'])}, {_show(row['end'])}) {_show(row['label'])} "
-                f"{_show(row['entity_text'])}: {values}"
+        The returned `BatchValidation` holds no records (``accepted``/``rejected`` are empty): they
+        went back chunk by chunk from `add`."""
+        v = self.settings.validation
+        warnings = [
+            f"{policy} (warn): {t.spans} spans in {t.records} records, e.g. {', '.join(t.examples)}"
+            + ("" if t.records <= 3 else f", … ({t.records} records)")
+            for policy, t in self.tallies.items()
+        ]
+        label_counts = dict(self.label_counts)
+        drift, drift_note = _drift(label_counts, self.history, v.drift_min_spans)
+        if drift_note:
+            warnings.append(drift_note)
+        warnings.extend(_record_warning_summary(self.record_warnings))
+        if self.docs_dir is not None and self.docs_chunks < self.chunks:
+            warnings.append(
+                f"{DOCS_PARTIAL} {self.docs_chunks} of {self.chunks} chunks (the first and those that "
+                f"rejected records, at most {self.docs_max_chunks}); the expectation counts cover every "
+                "chunk and every rejection is in the quarantine file"
             )
-            shown = [c for c in cols if c != "record_idx"]
-            fld = f"entities[{ent}].{shown[0]}" if len(shown) == 1 else f"entities[{ent}]"
-            if cfg.type == "expect_compound_columns_to_be_unique":
-                key = tuple(row[c] for c in cols)
-                if key not in seen_keys:  # the first of a duplicate group is kept
-                    seen_keys.add(key)
-                    continue
-                if action != "reject":
-                    f.drop_entities[rec].add(ent)
-        else:
-            fld = cols[0]
-        detail = f"{values}: {explain}"
-        affected.add(rec)
-        if action == "reject":
-            f.problems[rec].append((reason, fld, detail))
-        elif action == "warn":
-            f.record_warnings[rec].append(f"{policy_key}: {fld}: {detail}")
-    if affected and action == "warn":
-        where = ", ".join(f"{records[i].source_key}:{records[i].line}" for i in sorted(affected)[:3])
-        more = "" if len(affected) <= 3 else f", … ({len(affected)} records)"
-        f.warnings.append(
-            f"{policy_key} (warn): {len(rows)} spans in {len(affected)} records, e.g. {where}{more}"
+        failures = self._batch_suite(drift, warnings)
+        failures.extend(f"expectation error: {e}" for e in self.errors)
+        docs_index = _build_docs(self.ctx, self.docs_dir, warnings) if self.docs_dir is not None else None
+        return BatchValidation(
+            accepted=[],
+            rejected=[],
+            warnings=warnings,
+            expectations=list(self.expectations.values()),
+            docs_index=docs_index,
+            batch_quarantined=bool(failures),
+            reason="; ".join(failures),
+            label_counts=label_counts,
+            drift=drift,
+            anomalies=dict(self.anomalies),
+            max_text_chars=self.limit,
+            max_text_chars_how=self.limit_how,
         )
 
+    def _batch_suite(self, drift: float | None, warnings: list[str]) -> list[str]:
+        """Run the batch-level suite on the totals; the critical failures (warnings appended)."""
+        import pandas as pd
 
-def _sort_records(records: list[Record], f: _Findings) -> tuple[list[Record], list[Rejection]]:
-    """Accepted records (warnings attached, dropped entities removed) and rejected ones (every
-    problem named: the first as the reason, up to five more in the detail)."""
-    accepted: list[Record] = []
-    rejected: list[Rejection] = []
-    for i, record in enumerate(records):
-        if i in f.problems:
-            (reason, fld, detail), *rest = f.problems[i]
-            if rest:
-                detail += "; also: " + "; ".join(f"{f_}: {r}: {d}" for r, f_, d in rest[:5])
-                if len(rest) > 5:
-                    detail += f"; and {len(rest) - 5} more"
-            rejected.append(
-                Rejection(record.source_key, record.line, reason, detail, field=fld, raw=_raw(record))
-            )
-            continue
-        if i in f.record_warnings or i in f.drop_entities:
-            record = dataclasses.replace(
-                record,
-                entities=[e for j, e in enumerate(record.entities) if j not in f.drop_entities.get(i, set())],
-                warnings=list(record.warnings) + f.record_warnings.get(i, []),
-            )
-        accepted.append(record)
-    return accepted, rejected
+        total, bad = self.rows_total, self.rows_rejected
+        batch_df = pd.DataFrame(
+            [
+                {
+                    "rows_total": total,
+                    "rows_rejected": bad,
+                    "rows_accepted": self.rows_accepted,
+                    "rows_duplicate": self.rows_duplicate,
+                    "bad_fraction": bad / total if total else 0.0,
+                    "label_drift_tv": drift if drift is not None else float("nan"),
+                }
+            ]
+        )
+        failures: list[str] = []
+        for suite_dict in (s for s in self.suites if s["meta"]["frame"] == "batch"):
+            result = self._run(suite_dict, batch_df)
+            for pos, er in enumerate(result.results):
+                cfg = er.expectation_config
+                cols = _columns(cfg.kwargs)
+                entry = {
+                    "name": f"{suite_dict['name']}:{cfg.type}({','.join(cols)})",
+                    "success": bool(er.success),
+                    "unexpected_count": int((er.result or {}).get("unexpected_count") or 0),
+                    "severity": _severity(cfg),
+                    "policy": None,
+                    "action": "batch",
+                }
+                self._entry((suite_dict["name"], pos), entry)
+                raised = _exception(er)
+                if raised:
+                    self.errors.append(f"{entry['name']} raised: {raised}")
+                    continue
+                if er.success:
+                    continue
+                lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
+                bound = f"> {hi}" if lo is None else f"< {lo}" if hi is None else f"outside [{lo}, {hi}]"
+                explain = (cfg.meta or {}).get("explain", cfg.type)
+                msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {explain}"
+                (failures if entry["severity"] == "critical" else warnings).append(msg)
+        return failures
+
+    def batch_rejection(self, record: Record, reason: str) -> Rejection:
+        """The Rejection of a record accepted by `add` when `finish` quarantined the whole batch."""
+        return batch_rejection(record, self.batch_name, reason)
 
 
-def _batch_frame(
-    rows_total: int, rows_rejected: int, rows_accepted: int, drift: float | None, rows_duplicate: int = 0
-) -> Any:
-    """The one-row frame the batch suites judge."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            {
-                "rows_total": rows_total,
-                "rows_rejected": rows_rejected,
-                "rows_accepted": rows_accepted,
-                "rows_duplicate": rows_duplicate,
-                "bad_fraction": rows_rejected / rows_total if rows_total else 0.0,
-                "label_drift_tv": drift if drift is not None else float("nan"),
-            }
-        ]
+def batch_rejection(record: Record, batch_name: str, reason: str) -> Rejection:
+    """A record of a quarantined batch: reason `batch_quarantined`, the batch's failures as detail."""
+    return Rejection(
+        record.source_key, record.line, BATCH_QUARANTINED, f"batch {batch_name}: {reason}", raw=_raw(record)
     )
 
 
-def _judge_batch(
-    ctx: Any,
-    suites: list[dict[str, Any]],
-    batch_df: Any,
-    params: dict[str, Any],
-    batch_name: str,
-    f: _Findings,
-) -> list[str]:
-    """Run the batch-level suites; critical failures (and every expectation error) quarantine the batch."""
-    batch_failures: list[str] = []
-    for suite_dict in (s for s in suites if s["meta"]["frame"] == "batch"):
-        result = _run_suite(ctx, suite_dict, batch_df, params, batch_name)
-        for er in result.results:
-            entry = f.add(suite_dict["name"], er, None, "batch")
-            if entry is None:
+@dataclass
+class _RowMarks:
+    """What one chunk's row-level results said about its records (by position in the chunk)."""
+
+    problems: dict[int, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
+    warnings: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    drop_entities: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+
+    def split(self, records: list[Record]) -> tuple[list[Record], list[Rejection]]:
+        accepted: list[Record] = []
+        rejected: list[Rejection] = []
+        for i, record in enumerate(records):
+            if i in self.problems:
+                (reason, fld, detail), *rest = self.problems[i]
+                if rest:
+                    detail += "; also: " + "; ".join(f"{f}: {r}: {d}" for r, f, d in rest[:5])
+                    if len(rest) > 5:
+                        detail += f"; and {len(rest) - 5} more"
+                rejected.append(
+                    Rejection(record.source_key, record.line, reason, detail, field=fld, raw=_raw(record))
+                )
                 continue
-            cfg = er.expectation_config
-            cols = _columns(cfg.kwargs)
-            lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
-            bound = f"> {hi}" if lo is None else f"< {lo}" if hi is None else f"outside [{lo}, {hi}]"
-            explain = (cfg.meta or {}).get("explain", cfg.type)
-            msg = f"{cols[0]}={_show(batch_df.loc[0, cols[0]])} {bound}: {explain}"
-            if entry["severity"] == "critical":
-                batch_failures.append(msg)
-            else:
-                f.warnings.append(msg)
-    batch_failures.extend(f"expectation error: {e}" for e in f.errors)
-    return batch_failures
+            if i in self.warnings or i in self.drop_entities:
+                drop = self.drop_entities.get(i, set())
+                record = dataclasses.replace(
+                    record,
+                    entities=[e for j, e in enumerate(record.entities) if j not in drop],
+                    warnings=list(record.warnings) + self.warnings.get(i, []),
+                )
+            accepted.append(record)
+        return accepted, rejected
 
 
 def validate_batch(
@@ -533,7 +693,7 @@ def validate_batch(
     parse_rejected: int = 0,
     parse_duplicates: int = 0,
 ) -> BatchValidation:
-    """Validate one batch with Great Expectations; see the module docstring.
+    """Validate one batch held in memory with Great Expectations (one `BatchValidator` chunk).
 
     ``parse_rejected`` is how many of the batch's input records the parser already quarantined
     as bad: they count as bad rows for ``validation.max_bad_fraction`` (they are not returned
@@ -543,75 +703,25 @@ def validate_batch(
     ``docs_dir``: where GX Data Docs are built (None: none are built). ``history_label_counts``:
     span counts per label of the data accepted so far, for the drift check (None: not judged).
     """
-    v = settings.validation
-    limit, limit_how = max_text_chars(settings)
-    suites = load_suites(settings)
-    sentences, spans = build_frames(records)
-    anomalies = anomaly_counts(spans)
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir).absolute()  # GX wants an absolute base_directory
-        docs_dir.mkdir(parents=True, exist_ok=True)
-    ctx = _gx_context(docs_dir)
-    params: dict[str, Any] = {
-        "labels": list(settings.prompt.labels),
-        "max_text_chars": limit,
-        "min_rows": v.min_rows,
-        "max_bad_fraction": v.max_bad_fraction,
-        "drift_warn": v.drift_warn,
-        "drift_fail": v.drift_fail,
-    }
-    frames = {"sentences": sentences, "spans": spans}
-    f = _Findings()
-    for suite_dict in (s for s in suites if s["meta"]["frame"] in frames):
-        frame = suite_dict["meta"]["frame"]
-        result = _run_suite(ctx, suite_dict, frames[frame], params, batch_name)
-        for er in result.results:
-            _judge_rows(er, suite_dict["name"], frame, frames[frame], records, settings, f)
-    accepted, rejected = _sort_records(records, f)
-
-    label_counts = dict(Counter(e.label for r in accepted for e in r.entities))
-    drift, drift_note = _drift(label_counts, history_label_counts, v.drift_min_spans)
-    if drift_note:
-        f.warnings.append(drift_note)
-    dup_bad = parse_duplicates if v.duplicates_are_bad_rows else 0
-    rows_total = len(records) + parse_rejected + dup_bad
-    rows_rejected = len(rejected) + parse_rejected + dup_bad
-    f.warnings.extend(_record_warning_summary(accepted))
-    batch_df = _batch_frame(rows_total, rows_rejected, len(accepted), drift, parse_duplicates)
-    batch_failures = _judge_batch(ctx, suites, batch_df, params, batch_name, f)
-
-    quarantined = bool(batch_failures)
-    reason = "; ".join(batch_failures)
-    if quarantined:
-        rejected.extend(
-            Rejection(r.source_key, r.line, BATCH_QUARANTINED, f"batch {batch_name}: {reason}", raw=_raw(r))
-            for r in accepted
-        )
-        accepted = []
-
-    docs_index = _build_docs(ctx, docs_dir, f.warnings) if docs_dir is not None else None
-    return BatchValidation(
-        accepted=accepted,
-        rejected=rejected,
-        warnings=f.warnings,
-        expectations=f.expectations,
-        docs_index=docs_index,
-        batch_quarantined=quarantined,
-        reason=reason,
-        label_counts=label_counts,
-        drift=drift,
-        anomalies=anomalies,
-        max_text_chars=limit,
-        max_text_chars_how=limit_how,
+    validator = BatchValidator(
+        settings, batch_name=batch_name, docs_dir=docs_dir, history_label_counts=history_label_counts
     )
+    accepted, rejected = validator.add(
+        records, parse_rejected=parse_rejected, parse_duplicates=parse_duplicates
+    )
+    verdict = validator.finish()
+    if verdict.batch_quarantined:
+        rejected.extend(validator.batch_rejection(r, verdict.reason) for r in accepted)
+        accepted = []
+    return dataclasses.replace(verdict, accepted=accepted, rejected=rejected)
 
 
 DUPLICATE_RECORD = "duplicate_record"
 
 
 def count_parse_rejections(rejections: list[Rejection]) -> tuple[int, int]:
-    """(bad rows, exact duplicates) among the parser's rejections of one batch: the
-    ``parse_rejected`` and ``parse_duplicates`` arguments of `validate_batch`."""
+    """(bad rows, exact duplicates) among the parser's rejections of one batch (or chunk): the
+    ``parse_rejected`` and ``parse_duplicates`` arguments of `validate_batch` and `BatchValidator.add`."""
     dups = sum(1 for r in rejections if r.reason == DUPLICATE_RECORD)
     return len(rejections) - dups, dups
 
@@ -619,19 +729,26 @@ def count_parse_rejections(rejections: list[Rejection]) -> tuple[int, int]:
 SUMMARISED_WARNINGS = ("invisible_characters",)
 
 
-def _record_warning_summary(records: list[Record]) -> list[str]:
+def _tally_record_warnings(records: list[Record], tallies: dict[str, _WarnTally]) -> None:
+    """Count, per kind of parser warning in `SUMMARISED_WARNINGS`, the records that carry one (the
+    first three as examples, with the first such warning), across a batch's chunks."""
+    for r in records:
+        for kind in sorted({w.split(" ", 1)[0] for w in r.warnings if w.startswith(SUMMARISED_WARNINGS)}):
+            tally = tallies.setdefault(kind, _WarnTally())
+            tally.records += 1
+            if not tally.examples:
+                tally.first = next(w for w in r.warnings if w.startswith(kind))
+            if len(tally.examples) < 3:
+                tally.examples.append(f"{r.source_key}:{r.line}")
+
+
+def _record_warning_summary(tallies: dict[str, _WarnTally]) -> list[str]:
     """One batch warning per kind of parser warning in `SUMMARISED_WARNINGS` (records carry the
     detail), so the report shows it without listing every record."""
-    by_kind: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        for kind in {w.split(" ", 1)[0] for w in r.warnings if w.startswith(SUMMARISED_WARNINGS)}:
-            by_kind[kind].append(r)
     out = []
-    for kind, recs in sorted(by_kind.items()):
-        where = ", ".join(f"{r.source_key}:{r.line}" for r in recs[:3])
-        more = "" if len(recs) <= 3 else f", … ({len(recs)} records)"
-        first = next(w for w in recs[0].warnings if w.startswith(kind))
-        out.append(f"{kind}: {len(recs)} records, e.g. {where}{more}: {first}")
+    for kind, t in sorted(tallies.items()):
+        more = "" if t.records <= 3 else f", … ({t.records} records)"
+        out.append(f"{kind}: {t.records} records, e.g. {', '.join(t.examples)}{more}: {t.first}")
     return out
 
 

@@ -413,7 +413,7 @@ def check_invariants(p: Pipeline) -> None:
     pending = {o.key for o in find_new_batches(store, s).objects}
     for obj in store.iter_objects(s.s3.incoming_prefix):
         entry = ledger.get(obj.key)
-        in_ledger = entry is not None and entry["etag"] == obj.etag
+        in_ledger = entry is not None and entry["etag"] == obj.etag and not entry.get("retracted")
         assert in_ledger != (obj.key in pending), (obj.key, entry, obj.key in pending)
         if not in_ledger:
             continue

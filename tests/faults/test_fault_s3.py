@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from retrain.ingest import read_ledger
 from tests.faults.harness import check_invariants, jsonl
 
 
@@ -87,9 +88,15 @@ def test_intake_fault_leaves_every_object_pending_and_a_retry_ingests_each_recor
 
     assert night.failed_at == "validate_batches", (night.failed_at, night.error)
     assert p.faults.injected(operation), "the fault was never hit"
-    # Nothing was committed to the ledger: both objects are still found for the next run.
-    assert p.keys("state/ledger.json") == []
-    assert not p.pending_marker() or prefix == "state/ledger.json"
+    # Objects are committed one at a time: a fault in the second object's download leaves the
+    # first one committed (ledger, intake.json, pending marker); any other fault hits the first
+    # object, so nothing is in the ledger and both are still found for the next run.
+    if prefix == "incoming/b":
+        assert set(read_ledger(p.clean, p.settings)) == {"incoming/a.json"}
+        assert p.pending_marker()
+    else:
+        assert p.keys("state/ledger.json") == []
+        assert not p.pending_marker() or prefix == "state/ledger.json"
     check_invariants(p)  # every incoming object in the ledger or pending
 
     # The Airflow retry of validate_batches (same plan, same run id), the fault gone.

@@ -502,8 +502,8 @@ def parse_chunks(
                 key,
                 0,
                 "object_too_large",
-                f"{size} bytes > intake.max_object_bytes={limit}; "
-                "a JSON array is parsed whole; split the export",
+                f"{key}: {size} bytes > intake.max_object_bytes={limit}; "
+                "a JSON array is parsed whole; split the export (or export JSON lines, which stream)",
                 raw=raw_excerpt(lead),
             )
             return
@@ -516,31 +516,42 @@ def parse_chunks(
 def read_object(
     store: Any, obj: Any, settings: Any, *, chunk_size: int = 256 * 1024
 ) -> tuple[list[Record], list[Rejection], dict[str, Any]]:
-    """Stream one S3 object (``store.open_stream(key, etag)``) and parse it with `parse_chunks`.
+    """`iter_object`, collected: (records, rejections, stats); ``stats["seconds"]`` is the wall time.
+
+    Holds every outcome of the object in memory; intake uses `iter_object` in bounded chunks."""
+    t0 = time.perf_counter()
+    stats: dict[str, Any] = {}
+    records: list[Record] = []
+    rejections: list[Rejection] = []
+    for item in iter_object(store, obj, settings, chunk_size=chunk_size, stats=stats):
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            rejections.append(item)
+    stats["seconds"] = time.perf_counter() - t0
+    return records, rejections, stats
+
+
+def iter_object(
+    store: Any, obj: Any, settings: Any, *, chunk_size: int = 256 * 1024, stats: dict[str, Any] | None = None
+) -> Iterator[Record | Rejection]:
+    """Stream one S3 object (``store.open_stream(key, etag)``) and yield `parse_chunks`' outcomes.
 
     The format comes from ``intake.formats`` for the key's prefix, else from the content. JSON
     lines are split by `iter_bounded_lines` (not botocore's ``iter_lines``, which re-copies a
     pending line on every chunk and holds any line whole), so no line above
-    ``intake.max_line_bytes`` is ever held. A JSON array is read whole, refused unread above
+    ``intake.max_line_bytes`` is ever held, and one outcome at a time is produced: memory does not
+    grow with the object. A JSON array is read whole, refused unread above
     ``intake.max_object_bytes`` when the listing's size already says so. The ETag is sent as
     ``If-Match``: an object replaced since it was listed raises botocore's ClientError
-    (PreconditionFailed) instead of being parsed as the listed version.
-    Returns (records, rejections, stats); ``stats["seconds"]`` is the wall time.
+    (PreconditionFailed) instead of being parsed as the listed version. ``stats`` (when given) is
+    filled as the stream is consumed.
     """
-    t0 = time.perf_counter()
     fmt = format_for_key(obj.key, settings)
-    stats: dict[str, Any] = {}
-    records: list[Record] = []
-    rejections: list[Rejection] = []
+    stats = stats if stats is not None else {}
     body = store.open_stream(obj.key, obj.etag or None)
     try:
         chunks = _chunks(body, chunk_size)
-        for item in parse_chunks(chunks, obj.key, obj.etag, obj.size, settings, fmt=fmt, stats=stats):
-            if isinstance(item, Record):
-                records.append(item)
-            else:
-                rejections.append(item)
+        yield from parse_chunks(chunks, obj.key, obj.etag, obj.size, settings, fmt=fmt, stats=stats)
     finally:
         body.close()
-    stats["seconds"] = time.perf_counter() - t0
-    return records, rejections, stats
