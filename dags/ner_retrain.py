@@ -30,6 +30,8 @@ golden set, and promotes it in the MLflow registry when it passes the gate.
 - `epochs`, `learning_rate`, `lora_rank`, `max_samples`: override the LLaMA-Factory profile for this run.
 - `base_model`: a local path or a ModelScope id (default from conf `train.base_model`).
 - `golden_set`: a fixed golden file (local path or s3:// URI, CLUENER json lines) instead of the hash split.
+- `baseline_approval`: used only when the champion's adapter is gone from the bucket (`prepare_evaluation`
+  then fails, alerting, and says so): who approved comparing the candidate with the base model, and why.
 """
 
 with DAG(
@@ -61,6 +63,12 @@ with DAG(
         "base_model": Param(None, type=["null", "string"], description="Local path or ModelScope id"),
         "golden_set": Param(
             None, type=["null", "string"], description="Fixed golden file (path or s3:// URI)"
+        ),
+        "baseline_approval": Param(
+            None,
+            type=["null", "string"],
+            description="Only when the champion's adapter is gone from the bucket: who approved comparing "
+            "the candidate with the base model instead, and why",
         ),
     },
 ) as dag:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -138,8 +139,17 @@ def run_demo(
     ``keep_db``: leave the Airflow metadata database (``result.database``) for the caller to use and
     drop (``stack.drop_database``). ``moto``: a running S3 server to use, left running with the demo
     bucket in it; by default the demo starts its own and stops it on return (the bucket is mirrored
-    to ``workdir/bucket`` either way)."""
+    to ``workdir/bucket`` either way).
+
+    Every run starts clean: the registry (``workdir/state``), the bucket mirror, the logs and
+    AIRFLOW_HOME of an earlier run are removed first, because the bucket (moto, in memory) is new
+    each time and a registry kept from an earlier run would name a champion whose adapter is not in
+    it. The tiny model (``workdir/models``) is rebuilt in place."""
     workdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("state", "bucket", "logs", "airflow"):
+        if (workdir / stale).exists():
+            log.info("starting clean: removing %s from an earlier run", workdir / stale)
+            shutil.rmtree(workdir / stale)
     tiny = build_tiny_model(workdir)
     database = f"retrain_demo_{int(time.time())}"
     retrain_env = {
