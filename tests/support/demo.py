@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database
+from tests.support.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database, metadata_database
 from tests.support.synth import make_batch
 
 log = logging.getLogger("retrain.demo")
@@ -54,6 +54,8 @@ class DemoResult:
     # metadata database (dropped on return unless ``keep_db``), AIRFLOW_HOME (task logs) and the
     # RETRAIN_* settings the tasks ran with (bucket, RETRAIN_HOME with the MLflow registry, …).
     database: str = ""
+    #: Which metadata DB that is, in words (PostgreSQL or the embedded SQLite fallback, and why).
+    database_kind: str = ""
     airflow_home: str = ""
     retrain_env: dict[str, str] = field(default_factory=dict)
 
@@ -145,13 +147,16 @@ def run_demo(
     AIRFLOW_HOME of an earlier run are removed first, because the bucket (moto, in memory) is new
     each time and a registry kept from an earlier run would name a champion whose adapter is not in
     it. The tiny model (``workdir/models``) is rebuilt in place."""
+    database, database_kind = metadata_database(
+        f"retrain_demo_{int(time.time())}", workdir / "airflow" / "airflow.db"
+    )
+    log.info("Airflow metadata DB: %s", database_kind)
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("state", "bucket", "logs", "airflow"):
         if (workdir / stale).exists():
             log.info("starting clean: removing %s from an earlier run", workdir / stale)
             shutil.rmtree(workdir / stale)
     tiny = build_tiny_model(workdir)
-    database = f"retrain_demo_{int(time.time())}"
     retrain_env = {
         **dev_retrain_env(workdir, tiny),
         # A larger golden share than production's 10%: a few hundred synthetic sentences would
@@ -161,6 +166,7 @@ def run_demo(
     result = DemoResult(
         workdir=str(workdir),
         database=database,
+        database_kind=database_kind,
         airflow_home=str(workdir / "airflow"),
         retrain_env=retrain_env,
     )
@@ -298,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.monotonic()
     result = run_demo(Path(args.workdir))
+    print(f"\nAirflow metadata DB: {result.database_kind}")
     print("\n" + format_table(result))
     print("\n" + format_per_label(result))
     champ = result.registry.get("champion") or {}
