@@ -23,11 +23,14 @@ install: $(AF_VENV)/.installed $(TR_VENV)/.installed
 demo: install
 	$(AF_PY) -m tests.support.demo
 
-## The whole suite: unit, DAG integrity, integration, Docker engine, end to end.
+## The whole suite: unit, DAG integrity, integration, Docker engine, end to end. PostgreSQL and Redis:
+## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
+## PID) by scripts/test_services.sh, installed from Debian packages when missing.
 test: install lint
 	scripts/install_test_tools.sh
-	$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests
-	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests
+	scripts/test_services.sh .work/services bash -c '\
+	  $(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests && \
+	  $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install
@@ -35,9 +38,9 @@ test-fast: install
 	$(AF_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
 
 ## ner_retrain under the CeleryExecutor (api-server, scheduler, dag-processor, Celery worker on 127.0.0.1;
-## Postgres + Redis as on these machines). Also part of `make test`.
+## Postgres + Redis: the machine's, else private ones, see `test`). Also part of `make test`.
 scheduler-test: install
-	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py
+	scripts/test_services.sh .work/services $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py
 
 ## Lint and format checks (ruff, configured in pyproject.toml); part of `make test`.
 lint: install
