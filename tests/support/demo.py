@@ -147,6 +147,7 @@ def run_demo(
     AIRFLOW_HOME of an earlier run are removed first, because the bucket (moto, in memory) is new
     each time and a registry kept from an earlier run would name a champion whose adapter is not in
     it. The tiny model (``workdir/models``) is rebuilt in place."""
+    workdir = workdir.resolve()  # RETRAIN_HOME and the SQLite URL must be absolute
     database, database_kind = metadata_database(
         f"retrain_demo_{int(time.time())}", workdir / "airflow" / "airflow.db"
     )
