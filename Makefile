@@ -19,7 +19,8 @@ $(TR_VENV)/.installed: requirements/trainer.lock.txt scripts/install_trainer_env
 
 install: $(AF_VENV)/.installed $(TR_VENV)/.installed
 
-## The three-night demo under Airflow (moto S3, GX, LLaMA-Factory tiny model, MLflow, Postgres).
+## The three-night demo under Airflow (moto S3, GX, LLaMA-Factory tiny model, MLflow; Airflow metadata on
+## PostgreSQL when one answers, else embedded SQLite). Starts clean each run.
 demo: install
 	$(AF_PY) -m tests.support.demo
 
