@@ -70,7 +70,11 @@ with open(sys.argv[1], "w") as f:
 EOF
 while read -r value; do
   for item in $value; do mount_dir "$item"; done
-done < <(sed -n 's/^\(find-links\|extra-index-url\|index-url\|constraint\) = //p' "$PIP_CONF")
+done < <(sed -n 's/^\(find-links\|constraint\) = //p' "$PIP_CONF")
+# A file:// index's pages link its files relatively (../../files/…): mount the index's parent folder.
+while read -r value; do
+  for item in $value; do [[ $item == file://* ]] && mount_dir "$(dirname "${item#file://}")"; done
+done < <(sed -n 's/^\(extra-index-url\|index-url\) = //p' "$PIP_CONF")
 TORCH_WHEELS=$(for m in "${MOUNTS[@]}"; do [[ $m == -v ]] && continue; d=${m%%:*}; \
   compgen -G "$d/torch-2.13.0+cpu-*.whl" >/dev/null && { echo "$d"; break; }; done || true)
 note "pip settings for the container: $(tr '\n' ' ' <"$PIP_CONF")"
