@@ -17,8 +17,9 @@
 # local wheel directories / file:// indexes; the script reads this machine's pip configuration
 # (`pip config list` and PIP_* variables), mounts every local directory it names read-only at the same
 # path, and gives the container the same settings, so torch==2.13.0+cpu comes from the local wheel
-# directory (RETRAIN_TORCH_WHEELS) — the install says so in its output. Nothing else of the host is
-# mounted. Prints each phase's wall time; the container's full output is in STATE_DIR/container.log.
+# directory (RETRAIN_TORCH_WHEELS) — the install says so in its output. pip's CA bundle (`cert`: this
+# machine reaches PyPI through a TLS-inspecting proxy) is mounted as one read-only file. Nothing else of
+# the host is mounted. Prints each phase's wall time; the container's full output is in STATE_DIR/container.log.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd -P)
 RUN_TEST=0
@@ -63,7 +64,8 @@ for env, name in (("PIP_FIND_LINKS", "find-links"), ("PIP_EXTRA_INDEX_URL", "ext
                   ("PIP_INDEX_URL", "index-url"), ("PIP_CONSTRAINT", "constraint")):
     if os.environ.get(env):
         conf[name] = os.environ[env]
-conf.pop("cert", None)  # the image's own CA bundle (ca-certificates) is used
+if os.environ.get("PIP_CERT"):
+    conf["cert"] = os.environ["PIP_CERT"]
 with open(sys.argv[1], "w") as f:
     f.write("[global]\ndisable-pip-version-check = true\ndefault-timeout = 180\n")
     f.writelines(f"{k} = {v}\n" for k, v in conf.items())
@@ -71,6 +73,13 @@ EOF
 while read -r value; do
   for item in $value; do mount_dir "$item"; done
 done < <(sed -n 's/^\(find-links\|constraint\) = //p' "$PIP_CONF")
+# This machine reaches the package index through a TLS-inspecting proxy whose CA is in the host's bundle
+# (pip's `cert`): that one file goes in read-only, as the container's pip cert.
+HOST_CERT=$(sed -n 's/^cert = //p' "$PIP_CONF")
+if [[ -n $HOST_CERT && -f $HOST_CERT ]]; then
+  MOUNTS+=(-v "$HOST_CERT:/etc/ssl/host-pip-ca.pem:ro")
+  sed -i 's|^cert = .*|cert = /etc/ssl/host-pip-ca.pem|' "$PIP_CONF"
+fi
 # A file:// index's pages link its files relatively (../../files/…): mount the index's parent folder.
 while read -r value; do
   for item in $value; do [[ $item == file://* ]] && mount_dir "$(dirname "${item#file://}")"; done
