@@ -19,15 +19,19 @@ $(TR_VENV)/.installed: requirements/trainer.lock.txt scripts/install_trainer_env
 
 install: $(AF_VENV)/.installed $(TR_VENV)/.installed
 
-## The three-night demo under Airflow (moto S3, GX, LLaMA-Factory tiny model, MLflow, Postgres).
+## The three-night demo under Airflow (moto S3, GX, LLaMA-Factory tiny model, MLflow; Airflow metadata on
+## PostgreSQL when one answers, else embedded SQLite). Starts clean each run.
 demo: install
 	$(AF_PY) -m tests.support.demo
 
-## The whole suite: unit, DAG integrity, integration, Docker engine, end to end.
+## The whole suite: unit, DAG integrity, integration, Docker engine, end to end. PostgreSQL and Redis:
+## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
+## PID) by scripts/test_services.sh, installed from Debian packages when missing.
 test: install lint
 	scripts/install_test_tools.sh
-	$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests
-	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests
+	scripts/test_services.sh .work/services bash -c '\
+	  $(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests && \
+	  $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install
@@ -35,10 +39,11 @@ test-fast: install
 	$(AF_PY) -m pytest -p no:cacheprovider -ra -m "not e2e and not docker" $(PYTEST_ARGS) tests
 
 ## ner_retrain under the CeleryExecutor (api-server, scheduler, dag-processor, Celery worker, triggerer on
-## 127.0.0.1; Postgres + Redis as on these machines), REST- and cron- and event-triggered. Also part of `make test`.
+## 127.0.0.1; Postgres + Redis: the machine's, else private ones, see `test`), REST-, cron- and
+## event-triggered, with and without a person's approval. Also part of `make test`.
 scheduler-test: install
-	$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests/e2e/test_celery_scheduler.py \
-		tests/e2e/test_celery_approval.py tests/e2e/test_event_triggered.py
+	scripts/test_services.sh .work/services $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) \
+		tests/e2e/test_celery_scheduler.py tests/e2e/test_celery_approval.py tests/e2e/test_event_triggered.py
 
 ## Lint, format, type and size checks (ruff and mypy, configured in pyproject.toml; functions of src/ and
 ## plugins/ at most 80 lines); part of `make test`. The same hooks run before each commit with pre-commit

@@ -34,6 +34,8 @@ when the decision needs a person; a rejection or a timeout keeps the champion.
 - `base_model`: a local path or a ModelScope id (default from conf `train.base_model`); it must match conf
   `models.allow` (and an id needs a pinned `models.revisions` entry), else `prepare_training` fails.
 - `golden_set`: a fixed golden file (local path or s3:// URI, CLUENER json lines) instead of the hash split.
+- `baseline_approval`: used only when the champion's adapter is gone from the bucket (`prepare_evaluation`
+  then fails, alerting, and says so): who approved comparing the candidate with the base model, and why.
 
 **Event-driven** (conf `events.enabled`): also runs when S3 notifications about the incoming prefix arrive
 on the SQS queue; `wait_for_quiet_incoming` first waits until no object was added or removed for
@@ -73,6 +75,12 @@ with DAG(
         ),
         "golden_set": Param(
             None, type=["null", "string"], description="Fixed golden file (path or s3:// URI)"
+        ),
+        "baseline_approval": Param(
+            None,
+            type=["null", "string"],
+            description="Only when the champion's adapter is gone from the bucket: who approved comparing "
+            "the candidate with the base model instead, and why",
         ),
     },
 ) as dag:

@@ -136,6 +136,60 @@ def test_plan_evaluation_needs_a_committed_training(store, settings, registry):
         promote.plan_evaluation(store, settings, run, registry, run_id="r1", base_model="/models/tiny")
 
 
+def _two_versions_champion_v2(store, settings, registry):
+    for n, f1 in ((1, 0.5), (2, 0.7)):
+        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3)
+        _promote(store, settings, run, registry, f"r{n}")
+    v1, v2 = registry.versions()
+    assert registry.champion()["version"] == "2"
+    return v1, v2
+
+
+def test_a_champion_whose_adapter_is_gone_fails_with_the_way_out(store, settings, registry):
+    """A lifecycle rule or a mistaken delete removed the champion's adapter: planning the evaluation
+    fails (the task fails, so the failure alerts go out) and the error names both ways out."""
+    v1, v2 = _two_versions_champion_v2(store, settings, registry)
+    run, _ = make_run(store, "r3", cand_f1=0.8, champ_f1=0.7)
+    store.delete(f"adapters/{v2['adapter_digest']}/adapter_model.safetensors")
+    with pytest.raises(promote.ChampionAdapterMissing) as err:
+        promote.plan_evaluation(store, settings, run, registry, run_id="r3", base_model="/models/tiny")
+    msg = str(err.value)
+    assert "champion v2's adapter" in msg and "adapter_model.safetensors missing" in msg
+    assert "(v1)" in msg and "retrain registry rollback 1" in msg and "baseline_approval" in msg
+    # way out 1: roll back to v1 (its adapter is there), then the run compares with v1
+    promote.rollback(store, registry, "1", reason="v2 adapter deleted", actor="alice")
+    request = promote.plan_evaluation(store, settings, run, registry, run_id="r3", base_model="/models/tiny")
+    assert (request.champion.name, request.champion.version) == ("champion v1", "1")
+
+
+def test_an_approval_compares_with_the_base_model_when_the_adapter_is_gone(store, settings, registry):
+    v1, v2 = _two_versions_champion_v2(store, settings, registry)
+    for v in (v1, v2):
+        store.delete(f"adapters/{v['adapter_digest']}/adapter_config.json")
+    run, _ = make_run(store, "r3", cand_f1=0.8, champ_f1=0.2)
+    with pytest.raises(promote.ChampionAdapterMissing, match="nothing to roll back to"):
+        promote.plan_evaluation(store, settings, run, registry, run_id="r3", base_model="/models/tiny")
+    request = promote.plan_evaluation(
+        store,
+        settings,
+        run,
+        registry,
+        run_id="r3",
+        base_model="/models/tiny",
+        baseline_approval="alice: v1 and v2 expired",
+    )
+    assert (
+        request.champion.adapter_uri is None and "approved: alice: v1 and v2 expired" in request.champion.name
+    )
+    # an approval changes nothing while the champion's adapter is there
+    registry.rollback("2", reason="test", actor="t")
+    contracts.put_adapter(store, b"r2")
+    kept = promote.plan_evaluation(
+        store, settings, run, registry, run_id="r3", base_model="/models/tiny", baseline_approval="x"
+    )
+    assert kept.champion.name == "champion v2"
+
+
 def test_rollback_checks_the_adapter_against_its_digest(store, settings, registry):
     for n, f1 in ((1, 0.5), (2, 0.7)):
         champion = "champion v1" if n == 2 else "base model"

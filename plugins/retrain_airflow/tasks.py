@@ -176,7 +176,15 @@ def prepare_evaluation(dataset: dict[str, Any], run_uri: str) -> str:
     from retrain.promote import plan_evaluation
 
     run = runs.RunFolder.from_uri(run_uri)
-    plan_evaluation(_store(), settings(), run, _registry(), run_id=_run_id(), base_model=_base_model())
+    plan_evaluation(
+        _store(),
+        settings(),
+        run,
+        _registry(),
+        run_id=_run_id(),
+        base_model=_base_model(),
+        baseline_approval=_params().get("baseline_approval"),
+    )
     return run_uri
 
 

@@ -6,7 +6,10 @@ the store, the registry and who is acting.
 
 - `choose_baseline`: the champion; for a re-run of a run whose candidate already became champion, the
   model it replaced (never the candidate itself); the base model when there is no champion.
-- `plan_evaluation`: writes ``eval_request.json`` for the trained candidate and that baseline.
+- `plan_evaluation`: writes ``eval_request.json`` for the trained candidate and that baseline. A
+  champion whose adapter is gone from the bucket (a lifecycle rule, a mistaken delete) fails it with
+  `ChampionAdapterMissing`, which names the way out: roll back to a version whose adapter exists, or
+  trigger the run with an approval to compare against the base model (``baseline_approval``).
 - `decide_run`: reads the run folder (`retrain.runs`), applies the gate (`retrain.gate.decide`), logs
   the training to MLflow and registers the adapter (immutable versions: its content address and
   digest), and writes ``decision.json`` with ``needs_approval`` (conf ``gate.approval``).
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain import runs
-from retrain.adapters import fetch_adapter, verify_adapter
+from retrain.adapters import ADAPTER_FILES, fetch_adapter, verify_adapter
 from retrain.config import Settings
 from retrain.gate import decide, is_borderline, needs_approval
 from retrain.redact import mask_uri
@@ -48,13 +51,18 @@ from retrain.runs import (
     TrainRequest,
     TrainResult,
 )
-from retrain.storage import ObjectStore
+from retrain.storage import ObjectStore, join_key, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
 
 class TrainingNotCommitted(RuntimeError):
     """Evaluation was asked for a run whose training did not commit (no valid train_result.json)."""
+
+
+class ChampionAdapterMissing(RuntimeError):
+    """The champion's adapter files are gone from the bucket: no candidate can be compared with it,
+    and every run fails at ``prepare_evaluation`` until someone chooses a way out (see the message)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,51 @@ def choose_baseline(registry: Registry, run_id: str) -> ModelRef:
     )
 
 
+def missing_adapter_files(store: ObjectStore, uri: str) -> list[str]:
+    """The adapter files not present at ``uri`` (``s3://…/``; a local directory is checked on disk)."""
+    if not uri.startswith("s3://"):
+        return [name for name in ADAPTER_FILES if not (Path(uri) / name).is_file()]
+    bucket, prefix = parse_s3_uri(uri)
+    there = ObjectStore(store.client, bucket)
+    return [name for name in ADAPTER_FILES if not there.exists(join_key(prefix.rstrip("/"), name))]
+
+
+def check_baseline(
+    store: ObjectStore, registry: Registry, baseline: ModelRef, approval: str | None
+) -> ModelRef:
+    """``baseline`` when it is the base model or its adapter is there. When a champion's adapter is
+    gone: the base model if ``approval`` is given (the approval is in the baseline's name, so it
+    reaches the decision, the summary and the run note), else `ChampionAdapterMissing`."""
+    if not baseline.adapter_uri:
+        return baseline
+    missing = missing_adapter_files(store, baseline.adapter_uri)
+    if not missing:
+        return baseline
+    gone = f"{baseline.name}'s adapter {baseline.adapter_uri} is gone ({', '.join(missing)} missing)"
+    if approval and approval.strip():
+        log.warning("%s; comparing with the base model, approved: %s", gone, approval.strip())
+        return ModelRef(name=f"base model (approved: {approval.strip()}; {baseline.name} adapter gone)")
+    usable = [
+        v["version"]
+        for v in registry.versions()
+        if v["adapter_uri"]
+        and v["version"] != baseline.version
+        and not missing_adapter_files(store, v["adapter_uri"])
+    ]
+    rollback = (
+        f"roll back to a version whose adapter exists ({', '.join('v' + v for v in usable)}): "
+        f'`retrain registry rollback {usable[-1]} --reason "…"` or the ner_rollback DAG'
+        if usable
+        else "no registered version still has its adapter, so there is nothing to roll back to"
+    )
+    raise ChampionAdapterMissing(
+        f"{registry.name}: {gone}; deleted, or expired by a bucket lifecycle rule? Nothing can be "
+        f"compared with it, so every run fails here until one of: (1) {rollback}; (2) trigger "
+        'ner_retrain with the param baseline_approval="<who approved, why>" to compare this run\'s '
+        "candidate with the base model instead (README: 'When the champion's adapter is gone')"
+    )
+
+
 def plan_evaluation(
     store: ObjectStore,
     settings: Settings,
@@ -115,8 +168,12 @@ def plan_evaluation(
     *,
     run_id: str,
     base_model: str,
+    baseline_approval: str | None = None,
 ) -> EvalRequest:
-    """Check the training committed, choose the baseline, write and return ``eval_request.json``."""
+    """Check the training committed, choose the baseline, write and return ``eval_request.json``.
+
+    ``baseline_approval`` (who approved and why): used only when the champion's adapter is gone, to
+    compare the candidate with the base model instead of failing (`ChampionAdapterMissing`)."""
     try:
         train = runs.read(store, run.key(runs.TRAIN_RESULT), TrainResult)
     except runs.ContractError as exc:
@@ -124,7 +181,7 @@ def plan_evaluation(
     dataset = runs.read(store, run.key(runs.DATASET), DatasetRef)
     trained = runs.read(store, run.key(runs.TRAIN_REQUEST), runs.TrainRequest)
     champion_now = registry.champion()
-    baseline = choose_baseline(registry, run_id)
+    baseline = check_baseline(store, registry, choose_baseline(registry, run_id), baseline_approval)
     request = EvalRequest(
         run_id=run_id,
         golden_uri=dataset.golden_uri,

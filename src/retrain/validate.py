@@ -5,8 +5,9 @@ suites of ``conf/gx/ner_records_suite.yaml`` on them with a real (ephemeral) GX 
 every failing row back to its record through ``unexpected_index_list``, applies the anomaly
 policies of the ``validation`` section, then judges the batch as a whole (minimum rows, share
 of bad rows, label drift against history) with a third suite. It builds GX Data Docs into
-``docs_dir``. A failing expectation never raises: it yields rejections, warnings, or a
-quarantined batch, and every input record ends as exactly one accepted Record or one Rejection.
+``docs_dir``, self-contained (`retrain.datadocs`). A failing expectation never raises: it yields
+rejections, warnings, or a quarantined batch, and every input record ends as exactly one accepted
+Record or one Rejection.
 """
 
 from __future__ import annotations
@@ -810,17 +811,46 @@ def _escape_stored_results(ctx: Any) -> None:
 
 
 def _build_docs(ctx: Any, docs_dir: Path, warnings: list[str]) -> Path | None:
-    """Build the GX Data Docs of the batch into ``docs_dir`` (data values escaped); their index page,
-    or None (with a warning) when they could not be built."""
+    """Build the GX Data Docs of the batch into ``docs_dir`` (data values escaped), self-contained
+    (`retrain.datadocs`: no script, no CDN); their index page, or None (with a warning) when they
+    could not be built."""
+    from retrain.datadocs import make_self_contained
+
     try:
         _escape_stored_results(ctx)  # never build the docs from the unescaped results
         ctx.build_data_docs(site_names=["retrain_site"])
+        return make_self_contained(docs_dir, _docs_entries(ctx, docs_dir))
     except Exception as exc:  # docs are a report; a failure to render them must not lose the batch
         log.warning("GX Data Docs failed: %s", exc)
         warnings.append(f"GX Data Docs were not built: {exc}")
         return None
-    index = docs_dir / "index.html"
-    return index if index.exists() else None
+
+
+def _docs_entries(ctx: Any, docs_dir: Path) -> list[Any]:
+    """The index entries of the validation results in the context's store (the site builder writes
+    each result's page at ``validations/<key parts>.html``)."""
+    from retrain.datadocs import ValidationEntry
+
+    store = ctx.validation_results_store
+    entries = []
+    for key in store.list_keys():
+        result = store.get(key)
+        stats = dict(result.statistics or {})
+        page = "validations/" + "/".join(str(part) for part in key.to_tuple()) + ".html"
+        if not (docs_dir / page).is_file():
+            raise FileNotFoundError(f"GX built no page {page} for the result of {result.suite_name}")
+        entries.append(
+            ValidationEntry(
+                suite=result.suite_name,
+                success=bool(result.success),
+                evaluated=int(stats.get("evaluated_expectations", 0)),
+                successful=int(stats.get("successful_expectations", 0)),
+                unsuccessful=int(stats.get("unsuccessful_expectations", 0)),
+                run_time=str((result.meta.get("run_id") or {}).get("run_time", "")),
+                page=page,
+            )
+        )
+    return entries
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,12 @@ Airflow API server (127.0.0.1, stopped by its PID) serves the Airflow UI over th
 Chromium logs in through Airflow's login form, opens the Retraining page and the "Retrain report" tab
 of the first night's DAG run, and finds the figures those runs wrote: champion, F1, intake counts,
 the decision and its rules, the loss curve (the SVG and the trainer's training_loss.png), the GX
-Data Docs. It also triggers a rollback through the page's form. Screenshots go to the test artifacts
-directory (tests/artifacts, or $RETRAIN_TEST_ARTIFACTS); README's picture (docs/retraining_page.png)
-is a copy of the Retraining page's.
+Data Docs. Chromium runs with the network cut (no host name resolves but 127.0.0.1): the Data Docs
+index must list the batch's validations and every Data Docs page must be styled from the proxy's own
+origin, with no script (retrain.datadocs, the proxy's policy). It also triggers a rollback through
+the page's form. Screenshots go to the test artifacts directory (tests/artifacts, or
+$RETRAIN_TEST_ARTIFACTS); README's picture (docs/retraining_page.png) is a copy of the Retraining
+page's.
 """
 
 from __future__ import annotations
@@ -96,6 +99,24 @@ def _in_new_tab(browser, link, check):
         browser.switch_to.window(main)
 
 
+def _docs_page_facts(browser) -> dict:
+    """What a Data Docs page got: bootstrap's styles applied, the icon font loaded, the URLs of the
+    resources it loaded, its script elements, its text."""
+    return browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        document.fonts.ready.then(() => {
+          const fa = [...document.fonts].filter(f => f.family.replace(/"/g, "") === "Font Awesome 6 Free");
+          done({
+            bootstrap: getComputedStyle(document.body).fontFamily.startsWith("-apple-system"),
+            icons: fa.some(f => f.status === "loaded") ? "loaded" : fa.map(f => f.status).join() || "absent",
+            resources: performance.getEntriesByType("resource").map(e => e.name),
+            scripts: document.scripts.length,
+            text: document.body.innerText.slice(0, 2000),
+          });
+        });"""
+    )
+
+
 def test_browser_shows_the_real_runs(demo, ui):
     import httpx
     from selenium.webdriver.common.by import By
@@ -117,7 +138,7 @@ def test_browser_shows_the_real_runs(demo, ui):
         out / "loss_png_tab.png",
     )
 
-    browser = chrome()
+    browser = chrome(offline=True)
     wait = WebDriverWait(browser, 60)
     try:
         login(browser, ui, "admin")
@@ -174,12 +195,28 @@ def test_browser_shows_the_real_runs(demo, ui):
 
         def data_docs():
             wait.until(lambda br: br.execute_script("return document.readyState") == "complete")
-            return browser.current_url, browser.title, browser.page_source
+            index_url, index_title, index = browser.current_url, browser.title, _docs_page_facts(browser)
+            rows = browser.find_elements(By.CSS_SELECTOR, "#validations tbody tr a")
+            pages = {a.text: a.get_attribute("href") for a in rows}
+            results = {}
+            for suite, href in pages.items():
+                browser.get(href)
+                wait.until(lambda br: br.execute_script("return document.readyState") == "complete")
+                results[suite] = _docs_page_facts(browser)
+            return index_url, index_title, index, pages, results
 
-        docs_url, docs_title, docs_html = _in_new_tab(browser, docs, data_docs)
+        docs_url, docs_title, index, pages, results = _in_new_tab(browser, docs, data_docs)
         assert docs_url.endswith(f"/retrain/s3/{docs_key}")
         assert docs_title == "Data Docs created by Great Expectations", docs_title
-        assert all(suite in docs_html for suite in ("ner_batch", "ner_sentences", "ner_spans"))
+        # with the network cut (chrome(offline=True)) and no script allowed (the proxy's policy), the
+        # index lists the batch's three validations and every page is styled from its own origin
+        assert sorted(pages) == ["ner_batch", "ner_sentences", "ner_spans"], pages
+        origin = ui.url + "/retrain/s3/"
+        for name, facts in [("index", index), *results.items()]:
+            assert facts["bootstrap"] and facts["icons"] == "loaded", (name, facts)
+            assert facts["resources"] and all(r.startswith(origin) for r in facts["resources"]), (name, facts)
+            assert facts["scripts"] == 0, (name, facts)
+        assert all("Expectation Validation Result" in f["text"] for f in results.values()), results
 
         # the rollback form, as a person uses it: session cookie, same-origin post, a required checkbox
         browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, RETRAINING_FRAME))

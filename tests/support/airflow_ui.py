@@ -118,8 +118,11 @@ class ApiServer:
         self.stop()
 
 
-def chrome(window_size: str = "1500,1100") -> Any:
-    """Headless Chromium through chromedriver (Debian's packages: scripts/install_test_tools.sh)."""
+def chrome(window_size: str = "1500,1100", offline: bool = False) -> Any:
+    """Headless Chromium through chromedriver (Debian's packages: scripts/install_test_tools.sh).
+
+    ``offline``: the network is cut but for 127.0.0.1 (every other host name resolves to nothing), as
+    on a machine without internet access: whatever a page would load from a CDN fails."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -140,6 +143,8 @@ def chrome(window_size: str = "1500,1100") -> Any:
         f"--window-size={window_size}",
     ):
         opts.add_argument(arg)
+    if offline:
+        opts.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
     return webdriver.Chrome(options=opts, service=Service(executable_path=driver))
 
 

@@ -40,7 +40,8 @@ TERMINAL_STATES = ("success", "failed")
 
 def redis_url(db: int) -> str:
     host = os.environ.get("RETRAIN_REDIS_HOST", "127.0.0.1")
-    return f"redis://{host}:6379/{db}"
+    port = os.environ.get("RETRAIN_REDIS_PORT", "6379")
+    return f"redis://{host}:{port}/{db}"
 
 
 @dataclass

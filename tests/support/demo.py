@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database
+from tests.support.stack import REPO_ROOT, AirflowEnv, MotoServer, drop_database, metadata_database
 from tests.support.synth import make_batch
 
 log = logging.getLogger("retrain.demo")
@@ -53,6 +54,8 @@ class DemoResult:
     # metadata database (dropped on return unless ``keep_db``), AIRFLOW_HOME (task logs) and the
     # RETRAIN_* settings the tasks ran with (bucket, RETRAIN_HOME with the MLflow registry, …).
     database: str = ""
+    #: Which metadata DB that is, in words (PostgreSQL or the embedded SQLite fallback, and why).
+    database_kind: str = ""
     airflow_home: str = ""
     retrain_env: dict[str, str] = field(default_factory=dict)
 
@@ -150,10 +153,23 @@ def run_demo(
     ``keep_db``: leave the Airflow metadata database (``result.database``) for the caller to use and
     drop (``stack.drop_database``). ``moto``: a running S3 server to use, left running with the demo
     bucket in it; by default the demo starts its own and stops it on return (the bucket is mirrored
-    to ``workdir/bucket`` either way)."""
+    to ``workdir/bucket`` either way).
+
+    Every run starts clean: the registry (``workdir/state``), the bucket mirror, the logs and
+    AIRFLOW_HOME of an earlier run are removed first, because the bucket (moto, in memory) is new
+    each time and a registry kept from an earlier run would name a champion whose adapter is not in
+    it. The tiny model (``workdir/models``) is rebuilt in place."""
+    workdir = workdir.resolve()  # RETRAIN_HOME and the SQLite URL must be absolute
+    database, database_kind = metadata_database(
+        f"retrain_demo_{int(time.time())}", workdir / "airflow" / "airflow.db"
+    )
+    log.info("Airflow metadata DB: %s", database_kind)
     workdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("state", "bucket", "logs", "airflow"):
+        if (workdir / stale).exists():
+            log.info("starting clean: removing %s from an earlier run", workdir / stale)
+            shutil.rmtree(workdir / stale)
     tiny = build_tiny_model(workdir)
-    database = f"retrain_demo_{int(time.time())}"
     retrain_env = {
         **dev_retrain_env(workdir, tiny),
         # A larger golden share than production's 10%: a few hundred synthetic sentences would
@@ -163,6 +179,7 @@ def run_demo(
     result = DemoResult(
         workdir=str(workdir),
         database=database,
+        database_kind=database_kind,
         airflow_home=str(workdir / "airflow"),
         retrain_env=retrain_env,
     )
@@ -307,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.monotonic()
     result = run_demo(Path(args.workdir))
+    print(f"\nAirflow metadata DB: {result.database_kind}")
     print(
         "\nNOTE: the demo's gate promotes on any observed gain (gate.min_delta -1, max_parse_failure 1.0:"
         " DEMO_GATE in tests/support/demo.py); production's gate (conf/pipeline.yaml) promotes only when"

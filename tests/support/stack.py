@@ -1,18 +1,24 @@
 """A local stack for the demo and the end-to-end tests: moto S3 + Airflow (CLI subprocesses).
 
 Everything binds to 127.0.0.1 and is stopped by its PID. Airflow's metadata DB is a database of
-its own on the PostgreSQL server at 127.0.0.1:5432 (as in production), created and dropped here.
+its own on the PostgreSQL server at $RETRAIN_PG_HOST:$RETRAIN_PG_PORT (127.0.0.1:5432 by default; as in
+production), created and dropped here; or, where `metadata_database` finds no PostgreSQL, an embedded
+SQLite file (``database`` given as a ``sqlite:////abs/path.db`` URL; the demo's fallback).
 This module runs ``airflow`` and ``moto_server`` as programs; it never imports Airflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -154,46 +160,86 @@ class MotoServer:
         self.stop()
 
 
-def postgres_url(database: str) -> str:
-    host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
-    user = os.environ.get("RETRAIN_PG_USER", "postgres")
-    return f"postgresql+psycopg2://{user}@{host}:5432/{database}"
-
-
-def recreate_database(database: str) -> None:
-    """Drop and create a PostgreSQL database (trust auth on 127.0.0.1, as on these machines)."""
-    host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
-    user = os.environ.get("RETRAIN_PG_USER", "postgres")
-    for sql in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
-        subprocess.run(
-            ["psql", "-h", host, "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
-            check=True,
-            capture_output=True,
-        )
-
-
-def drop_database(database: str) -> None:
-    host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
-    user = os.environ.get("RETRAIN_PG_USER", "postgres")
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            host,
-            "-U",
-            user,
-            "-d",
-            "postgres",
-            "-qc",
-            f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
-        ],
-        capture_output=True,
+def _pg() -> tuple[str, str, str]:
+    """(host, port, user) of the PostgreSQL server the stacks use (trust auth on loopback)."""
+    return (
+        os.environ.get("RETRAIN_PG_HOST", "127.0.0.1"),
+        os.environ.get("RETRAIN_PG_PORT", "5432"),
+        os.environ.get("RETRAIN_PG_USER", "postgres"),
     )
 
 
+def is_sqlite(database: str) -> bool:
+    return database.startswith("sqlite:")
+
+
+def postgres_reachable(timeout: float = 2.0) -> bool:
+    """A PostgreSQL server accepts connections at $RETRAIN_PG_HOST:$RETRAIN_PG_PORT and `psql` is
+    installed (the stacks create and drop databases with it)."""
+    host, port, _ = _pg()
+    if shutil.which("psql") is None:
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def metadata_database(name: str, sqlite_file: Path) -> tuple[str, str]:
+    """The Airflow metadata DB for a run of the demo and a sentence saying which it is.
+
+    PostgreSQL (a database ``name`` on the server) when one is configured ($RETRAIN_PG_HOST) or
+    reachable at the default address; otherwise the embedded SQLite file ``sqlite_file``.
+    $RETRAIN_DEMO_DB=sqlite|postgres forces the choice."""
+    host, port, _ = _pg()
+    forced = os.environ.get("RETRAIN_DEMO_DB", "").lower()
+    if forced not in ("", "sqlite", "postgres"):
+        raise ValueError(f"RETRAIN_DEMO_DB={forced!r}: expected 'sqlite' or 'postgres'")
+    if forced == "postgres" or (
+        forced != "sqlite" and ("RETRAIN_PG_HOST" in os.environ or postgres_reachable())
+    ):
+        return name, f"PostgreSQL at {host}:{port}, database {name}"
+    why = "as asked ($RETRAIN_DEMO_DB=sqlite)" if forced else f"no PostgreSQL reachable at {host}:{port}"
+    return f"sqlite:///{sqlite_file.resolve()}", f"embedded SQLite {sqlite_file} ({why})"
+
+
+def postgres_url(database: str) -> str:
+    """The SQLAlchemy URL of ``database``: a PostgreSQL database name, or a ``sqlite:`` URL as it is."""
+    if is_sqlite(database):
+        return database
+    host, port, user = _pg()
+    return f"postgresql+psycopg2://{user}@{host}:{port}/{database}"
+
+
+def _psql(database: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    host, port, user = _pg()
+    return subprocess.run(
+        ["psql", "-h", host, "-p", port, "-U", user, "-d", database, *args], text=True, **kw
+    )
+
+
+def recreate_database(database: str) -> None:
+    """Drop and create a PostgreSQL database (trust auth on loopback, as on these machines); for a
+    ``sqlite:`` URL, remove the file (`airflow db migrate` creates it)."""
+    if is_sqlite(database):
+        drop_database(database)
+        return
+    for sql in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
+        _psql("postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql, check=True, capture_output=True)
+
+
+def drop_database(database: str) -> None:
+    if is_sqlite(database):
+        Path(database.removeprefix("sqlite:///")).unlink(missing_ok=True)
+        return
+    _psql("postgres", "-qc", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', capture_output=True)
+
+
 class AirflowEnv:
-    """An isolated AIRFLOW_HOME + Postgres database; runs ``airflow …`` commands with the project's
-    dags/ and plugins/ and the retrain settings given as RETRAIN__* variables."""
+    """An isolated AIRFLOW_HOME + metadata database (a PostgreSQL database name, or a ``sqlite:`` URL);
+    runs ``airflow …`` commands with the project's dags/ and plugins/ and the retrain settings given
+    as RETRAIN__* variables."""
 
     def __init__(
         self,
@@ -271,17 +317,17 @@ class AirflowEnv:
         return _json_list(self.run("dags", "list-runs", dag_id, "-o", "json").stdout)
 
     def query(self, sql: str, **params: str) -> list[list[str]]:
-        """Rows of ``sql`` on the metadata DB through psql; ``:'name'`` in ``sql`` is ``params[name]``,
-        quoted by psql. Columns are tab-separated, so a value must hold no tab or newline."""
-        host = os.environ.get("RETRAIN_PG_HOST", "127.0.0.1")
-        user = os.environ.get("RETRAIN_PG_USER", "postgres")
+        """Rows of ``sql`` on the metadata DB (psql, or sqlite3 for SQLite); ``:'name'`` in ``sql`` is
+        ``params[name]``, quoted by the client. Columns are tab-separated (psql), so a value must hold
+        no tab or newline; every value comes back as a string."""
+        if is_sqlite(self.database):
+            path = self.database.removeprefix("sqlite:///")
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                rows = db.execute(re.sub(r":'(\w+)'", r":\1", sql), params).fetchall()
+            return [["" if v is None else str(v) for v in row] for row in rows]
         args = [a for name, value in params.items() for a in ("-v", f"{name}={value}")]
-        proc = subprocess.run(
-            ["psql", "-h", host, "-U", user, "-d", self.database, "-tA", "-F", "\t", *args],
-            input=sql + ";\n",
-            text=True,
-            capture_output=True,
-            check=True,
+        proc = _psql(
+            self.database, "-tA", "-F", "\t", *args, input=sql + ";\n", capture_output=True, check=True
         )
         return [line.split("\t") for line in proc.stdout.splitlines() if line]
 
@@ -295,7 +341,7 @@ class AirflowEnv:
                 dag=dag_id,
                 run=run_id,
             )
-        except subprocess.CalledProcessError:
+        except (subprocess.CalledProcessError, sqlite3.Error):
             return None
         return rows[0][0] if rows else None
 

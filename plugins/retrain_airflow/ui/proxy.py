@@ -16,10 +16,11 @@ from urllib.parse import quote
 from retrain.storage import ObjectStore, UnsafeKeyError
 
 # Proxied S3 content (GX Data Docs, reports) is user-influenced HTML: no script may run on the Airflow
-# origin. Styles, fonts and images still load, so server-rendered tables stay readable.
+# origin. Styles, fonts and images load from the same origin only: the published Data Docs carry their
+# own (retrain.datadocs), so server-rendered tables stay readable with no internet access.
 PROXY_CSP = (
     "default-src 'none'; script-src 'none'; connect-src 'none'; form-action 'none'; base-uri 'none'; "
-    "style-src 'self' 'unsafe-inline' https:; img-src 'self' data: https:; font-src 'self' data: https:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
     "frame-ancestors 'self'"
 )
 TEXT_SUFFIXES = {".md", ".jsonl", ".txt", ".log", ".yaml", ".yml", ".csv"}
