@@ -15,6 +15,7 @@ import pytest
 
 from retrain.registry import Registry
 from tests.support.stack import free_port, stop_by_pid, wait_for_port
+from tests.test_registry import _version  # one way to log and register a test version
 
 ADMIN, ADMIN_PASSWORD = "retrain-admin", "adm-9f3c1e7a"
 MODEL = "clue-ner-auth-test"
@@ -64,34 +65,12 @@ def auth_server(tmp_path_factory):
         log.close()
 
 
-def _register(reg: Registry, tmp_path, n: int) -> str:
-    adapter = tmp_path / f"adapter{n}"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    run = reg.log_training_run(
-        airflow_run_id=f"r{n}",
-        dag_id="ner_retrain",
-        params={"lora_rank": 8},
-        metrics={"eval_micro_f1": 0.1 * n},
-        loss_curve=[(1, 2.0)],
-        tags={},
-        artifacts={"adapter": adapter},
-    )
-    return reg.register(
-        adapter_uri=f"s3://b/adapters/{n:064x}/",
-        adapter_digest=f"{n:064x}",
-        mlflow_run_id=run,
-        airflow_run_id=f"r{n}",
-        tags={},
-    )
-
-
 def test_with_the_pipeline_credentials_register_and_promote_work(auth_server, tmp_path, monkeypatch):
     url, _ = auth_server
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
     reg = Registry(url, MODEL)
-    version = _register(reg, tmp_path, 1)
+    version = _version(reg, tmp_path, 1)
     reg.move_champion(version, reason="test", actor="ner_retrain")
     assert reg.champion()["version"] == str(version)
 
@@ -103,7 +82,7 @@ def test_without_credentials_nobody_reads_the_registry_or_moves_champion(auth_se
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
     reg = Registry(url, MODEL)
-    target = _register(reg, tmp_path, 2)
+    target = _version(reg, tmp_path, 2)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
