@@ -200,7 +200,13 @@ def metadata_database(name: str, sqlite_file: Path) -> tuple[str, str]:
         forced != "sqlite" and ("RETRAIN_PG_HOST" in os.environ or postgres_reachable())
     ):
         return name, f"PostgreSQL at {host}:{port}, database {name}"
-    why = "as asked ($RETRAIN_DEMO_DB=sqlite)" if forced else f"no PostgreSQL reachable at {host}:{port}"
+    why = (
+        "as asked ($RETRAIN_DEMO_DB=sqlite)"
+        if forced
+        else "psql is not installed"
+        if shutil.which("psql") is None
+        else f"no PostgreSQL reachable at {host}:{port}"
+    )
     return f"sqlite:///{sqlite_file.resolve()}", f"embedded SQLite {sqlite_file} ({why})"
 
 
