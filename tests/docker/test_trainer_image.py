@@ -241,7 +241,7 @@ def test_a_failing_stage_is_a_failed_task_under_airflow(
         [airflow, "dags", "test", "docker_launcher_probe", "2026-11-28T02:00:00+00:00"], env=env, timeout=400
     )
     output = proc.stdout + proc.stderr
-    assert "no train request at s3://" in output, output[-3000:]
+    assert "train_request.json is missing" in output, output[-3000:]
 
     with sqlite3.connect(home / "db.sqlite") as db:
         states = db.execute(
