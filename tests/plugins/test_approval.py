@@ -9,19 +9,30 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from retrain.config import GateConfig, load_settings
-from retrain.gate import decide
-from tests.support.contracts import model_scores as metrics
+from retrain.config import load_settings
 
 
-def _decision(**gate):
-    d = decide(
-        metrics(0.62, {"name": (0.5, 50)}),
-        metrics(0.55, {"name": (0.9, 50)}),
-        GateConfig(max_label_drop=0.1, **gate),
-        champion_name="champion v3",
-    )
-    return d.model_copy(update={"registered_version": "4", "needs_approval": True})
+def _decision():
+    """A close call as the gate writes it: a real gain, but one label regressed beyond the noise."""
+    from retrain.runs import LabelDifference, PromotionDecision, RuleOutcome, Significance
+
+    name = LabelDifference(
+        label="name", support=50, candidate_f1=0.5, champion_f1=0.9, difference=-0.4, low=-0.55, high=-0.25,
+        regressed=True,
+    )  # fmt: skip
+    sig = Significance(
+        reading="strict", n_sentences=200, difference=0.07, low=0.02, high=0.12, confidence=0.95,
+        resamples=2000, seed=1, min_delta=0.0, labels=[name],
+    )  # fmt: skip
+    rules = [
+        RuleOutcome(rule="significant_gain", passed=True, detail="+0.0700 (95% CI +0.0200 to +0.1200) > 0.0"),
+        RuleOutcome(rule="no_label_regression", passed=False, detail="name -0.400 [-0.550, -0.250]"),
+    ]
+    return PromotionDecision(
+        promote=False, reason="kept champion v3: no_label_regression failed", rules=rules, candidate_f1=0.62,
+        champion_f1=0.55, champion_name="champion v3", significance=sig, registered_version="4",
+        needs_approval=True,
+    )  # fmt: skip
 
 
 def test_the_body_shows_the_proposal_figures_rules_and_links(monkeypatch):
@@ -32,8 +43,8 @@ def test_the_body_shows_the_proposal_figures_rules_and_links(monkeypatch):
     body = approval_body(_decision(), settings, "manual__2026-12-02T02:00:00+00:00")
     assert "**Proposal:** a close call the gate kept (v4): approving promotes it" in body
     assert "| candidate | 0.6200 |" in body and "| champion v3 | 0.5500 |" in body and "+0.0700" in body
-    assert "| no_label_regression | FAIL | labels dropping more than 0.1: name -0.400 |" in body
-    assert "| beats_champion | pass |" in body
+    assert "| no_label_regression | FAIL | name -0.400 [-0.550, -0.250] |" in body
+    assert "| significant_gain | pass |" in body
     assert "`gate.approval: borderline`" in body and "No answer within 24 h rejects" in body
     run = "manual__2026-12-02T02%3A00%3A00%2B00%3A00"
     assert f"[run report](http://127.0.0.1:8080/retrain/report/ner_retrain/{run})" in body
