@@ -25,6 +25,7 @@ TRAINER_MODULES = frozenset(
         "evaluate/test_generate.py",
         "evaluate/test_run_evaluation.py",
         "support/test_tiny_model.py",
+        "test_base_models_cache.py",
         "test_export.py",
         "train/test_train.py",
     }

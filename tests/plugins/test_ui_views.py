@@ -150,7 +150,7 @@ def test_overview_escapes_registry_and_run_text(links):
     assert '<span class="badge err">&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;</span>' in page  # status
     form = page.split('<form id="rollback"')[1].split("</form>")[0]
     assert f'<input type="hidden" name="model" value="model{ESCAPED}">' in form
-    assert '<option value="previous">previous (v1)</option>' in form and '<option value="1">v1' in form
+    assert '<option value="1">previous (v1)</option>' in form and '<option value="1">v1' in form
 
 
 def test_error_pages_escape_what_they_echo(links):
