@@ -138,7 +138,8 @@ def test_plan_evaluation_needs_a_committed_training(store, settings, registry):
 
 def _two_versions_champion_v2(store, settings, registry):
     for n, f1 in ((1, 0.5), (2, 0.7)):
-        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3)
+        champion = "base model" if n == 1 else f"champion v{n - 1}"
+        run, _ = make_run(store, f"r{n}", cand_f1=f1, champ_f1=f1 - 0.3, champion=champion)
         _promote(store, settings, run, registry, f"r{n}")
     v1, v2 = registry.versions()
     assert registry.champion()["version"] == "2"
@@ -339,8 +340,9 @@ def test_borderline_hands_a_close_call_to_a_person_and_leaves_clear_calls_alone(
     clear = promote.decide_run(store, s, run, registry, run_id="r1", provenance=PROVENANCE)
     assert clear.promote and not clear.needs_approval
     promote.commit_run(store, s, run, registry, run_id="r1", actor="test/r1")
-    # better overall, but one label drops by 0.3: the gate keeps; borderline asks a person
-    run2, _ = make_run(store, "r2", cand_f1=0.7, champ_f1=0.6, champion="champion v1", cand_label=0.3)
+    # better on one sentence of 100: the interval's lower bound is 0, so the gate keeps; the interval
+    # straddles the margin, so borderline asks a person
+    run2, _ = make_run(store, "r2", cand_f1=0.61, champ_f1=0.6, champion="champion v1")
     close = promote.decide_run(store, s, run2, registry, run_id="r2", provenance=PROVENANCE)
     assert not close.promote and close.needs_approval
     summary = promote.commit_run(
