@@ -119,6 +119,7 @@ def _docs_page_facts(browser) -> dict:
 
 def test_browser_shows_the_real_runs(demo, ui):
     import httpx
+    from retrain_airflow.ui.page_data import exam_label
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -163,19 +164,27 @@ def test_browser_shows_the_real_runs(demo, ui):
             ev = night.summary["evaluation"]
             assert cells[1:3] == [str(night.intake["read"]), str(night.intake["accepted"])], cells
             assert cells[3].startswith(f"{night.intake['quarantined']} · report"), cells
-            assert cells[5:8] == [
+            exam = night.summary["decision"]["exam"]  # the golden-set version the scores are on
+            assert cells[5] == exam_label(exam), cells
+            assert cells[6:9] == [
                 _f(ev["candidate"]["micro_f1"]),
                 _f(ev["champion"]["micro_f1"]),
                 f"v{night.summary['registered_version']}",
             ], cells
-            assert night.summary["decision"]["reason"] in cells[8], cells
+            assert night.summary["decision"]["reason"] in cells[9], cells
         assert a.intake["read"] == 165 and a.intake["quarantined"] >= 5
         # the F1 trend: a line per label + micro F1 + the champion's, the real figures as tooltips
         trend = browser.find_element(By.CSS_SELECTOR, "svg.chart[aria-label^='Candidate F1']")
         labels = set(a.summary["evaluation"]["candidate"]["per_label_f1"]) | set(
             b.summary["evaluation"]["candidate"]["per_label_f1"]
         )
-        assert len(trend.find_elements(By.TAG_NAME, "polyline")) == len(labels) + 2
+        # one legend entry per series; lines join only runs on the same exam, and a marker names each
+        # exam where it starts (night b's golden set holds night a's and more: another exam)
+        legend = {t.text for t in trend.find_elements(By.CSS_SELECTOR, "text.legend")}
+        assert len(legend) == len(labels) + 2, legend
+        exams = [exam_label(n.summary["decision"]["exam"]) for n in (a, b)]
+        markers = [t.text for t in trend.find_elements(By.CSS_SELECTOR, "text.marker-label")]
+        assert markers == [f"exam {e}" for i, e in enumerate(exams) if i == 0 or e != exams[i - 1]], markers
         tips = {t.get_attribute("textContent") for t in trend.find_elements(By.TAG_NAME, "title")}
         assert f"micro F1 @ {_tick(a.run_id)}: {_f(a.summary['evaluation']['candidate']['micro_f1'])}" in tips
         assert (
