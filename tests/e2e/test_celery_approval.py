@@ -49,6 +49,7 @@ def stack(tmp_path_factory):
         "RETRAIN__TRAIN__BASE_MODEL": str(base),
         "RETRAIN__TRAIN__PROFILE": "cpu_tiny",
         "RETRAIN__TRAIN__MODEL_CACHE_DIR": str(work / "models"),
+        "RETRAIN__MODELS__ALLOW": json.dumps([str(work / "models" / "*")]),  # conf models.allow
         "RETRAIN__TRAIN__TRAINER_PYTHON": str(_stand_in(work / "stand-in-python")),
         "RETRAIN__SCHEDULE__RETRIES": "0",
         "RETRAIN__SCHEDULE__CRON": "null",
