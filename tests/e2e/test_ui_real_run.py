@@ -281,7 +281,7 @@ def test_browser_shows_the_real_runs(demo, ui):
             assert shown.startswith(rule["rule"]) and ("pass" if rule["passed"] else "FAIL") in shown, shown
         metrics = browser.find_element(By.ID, "metrics").text
         assert (
-            f"micro F1 {_f(a.summary['evaluation']['champion']['micro_f1'])} "
+            f"micro F1 (strict) {_f(a.summary['evaluation']['champion']['micro_f1'])} "
             f"{_f(a.summary['evaluation']['candidate']['micro_f1'])}" in metrics
         ), metrics
         # the loss curve: every point the trainer logged, drawn as SVG, and the final loss
