@@ -114,7 +114,7 @@ def test_1_night_one_waits_for_a_person_with_the_decision_in_the_request(stack):
     assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
     assert detail["subject"].startswith("Promote NER candidate v1 (micro F1 ")
     body = detail["body"]
-    assert "**Proposal:** promote v1" in body and "| beats_champion | pass |" in body
+    assert "**Proposal:** promote v1" in body and "| significant_gain | pass |" in body
     assert f"/retrain/report/ner_retrain/{run_id}" in body and "eval/report.html" in body
     assert client.task_states(DAG, run_id)["promote"] in (None, "none")  # waits for the answer
 
@@ -133,7 +133,7 @@ def test_1_the_pending_approval_shows_in_the_browser(stack):
         login(browser, server, af.username)
         browser.get(f"{af.base_url}/dags/{DAG}/runs/{run_id}/tasks/{TASK}/required_actions")
         WebDriverWait(browser, 120).until(lambda b: "Promote NER candidate v1" in b.page_source)
-        WebDriverWait(browser, 60).until(lambda b: "beats_champion" in b.page_source)
+        WebDriverWait(browser, 60).until(lambda b: "significant_gain" in b.page_source)
         page = browser.page_source
         assert "Approve" in page and "Reject" in page
         browser.save_screenshot(str(artifacts_dir() / "approval_pending.png"))
