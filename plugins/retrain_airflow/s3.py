@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from retrain import scoped_credentials
 from retrain.config import Settings
+from retrain.scoped_credentials import ScopedCredentials
 from retrain.storage import ObjectStore
 
 
@@ -36,9 +40,10 @@ def listener_object_store(settings: Settings) -> ObjectStore:
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def s3_environment(aws_conn_id: str) -> dict[str, str]:
+def s3_environment(aws_conn_id: str, credentials: ScopedCredentials | None = None) -> dict[str, str]:
     """AWS_* variables (credentials, region, endpoint) for a trainer process or container, from the
     Airflow AWS connection ``aws_conn_id``; a clear error when there are no credentials at all.
+    With ``credentials`` (a stage's scoped ones, `stage_credentials`) those replace the connection's.
 
     Secrets: give them to a process privately (its environment, DockerOperator's
     ``private_environment``), never through a template field.
@@ -46,6 +51,12 @@ def s3_environment(aws_conn_id: str) -> dict[str, str]:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     hook = S3Hook(aws_conn_id=aws_conn_id)
+    if credentials is not None:
+        where = {
+            "AWS_DEFAULT_REGION": hook.conn_region_name or "us-east-1",
+            "AWS_ENDPOINT_URL": hook.conn_config.endpoint_url,
+        }
+        return {**{k: str(v) for k, v in where.items() if v}, **credentials.environment()}
     # Without the connection, the hook falls back to boto3's own credential chain (an instance
     # role, for instance); with neither there is nothing to give the trainer.
     if hook.get_session().get_credentials() is None:
@@ -62,3 +73,36 @@ def s3_environment(aws_conn_id: str) -> dict[str, str]:
         "AWS_ENDPOINT_URL": hook.conn_config.endpoint_url,
     }
     return {k: str(v) for k, v in env.items() if v}
+
+
+def _aws_client(aws_conn_id: str, service: str) -> Any:
+    """A boto3 client for ``service`` through the connection (its endpoint_url too: moto in tests)."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type=service).get_conn()
+
+
+@contextmanager
+def stage_credentials(
+    settings: Settings, store: ObjectStore, run_prefix: str, stage: str, aws_conn_id: str | None = None
+) -> Iterator[ScopedCredentials | None]:
+    """conf ``s3.scoped_credentials``: ``off`` yields None (the trainer gets the connection's
+    credentials); ``assume_role`` yields the stage's own short-lived credentials
+    (`retrain.scoped_credentials`), made with the connection's and revoked when the block ends."""
+    sc = settings.s3
+    if sc.scoped_credentials == "off":
+        yield None
+        return
+    conn = aws_conn_id or settings.airflow.aws_conn_id
+    grants = scoped_credentials.stage_grants(store, run_prefix, stage)
+    name = scoped_credentials.role_name(run_prefix.rstrip("/").rsplit("/", 1)[-1], stage)
+    with scoped_credentials.scoped(
+        _aws_client(conn, "iam"),
+        _aws_client(conn, "sts"),
+        grants,
+        name,
+        sc.scoped_duration_seconds,
+        path=sc.scoped_role_path,
+        permissions_boundary=sc.scoped_permissions_boundary,
+    ) as creds:
+        yield creds

@@ -48,6 +48,17 @@ class S3Config(_Strict):
     runs_prefix: str = "runs/"
     adapters_prefix: str = "adapters/"
     state_prefix: str = "state/"
+    # Trainer stages get credentials of a per-stage IAM role (`retrain.scoped_credentials`), not the
+    # connection's; conf/pipeline.yaml says where this works.
+    scoped_credentials: Literal["off", "assume_role"] = "off"
+    scoped_duration_seconds: int = Field(43200, ge=900, le=43200)  # STS allows 900-43200
+    scoped_role_path: str = Field("/retrain/", pattern=r"^/([\w+=,.@-]+/)*$")
+    scoped_permissions_boundary: str | None = None
+
+    @field_validator("scoped_credentials", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted off as false
 
 
 class EventsConfig(_Strict):

@@ -59,15 +59,22 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+#: The IAM calls `MotoServer._bootstrap_admin` makes before moto's checks start.
+ADMIN_BOOTSTRAP = ("CreateUser", "PutUserPolicy", "CreateAccessKey")
+
+
 class MotoServer:
     """``moto_server`` on 127.0.0.1 at a free port, as a child process stopped by its PID."""
 
-    def __init__(self, bin_dir: str | Path | None = None) -> None:
+    def __init__(self, bin_dir: str | Path | None = None, iam_checks: bool = False) -> None:
         self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.access_key = "AKIA" + secrets.token_hex(8).upper()
         self.secret_key = secrets.token_urlsafe(30)
+        # With IAM checks on, every request must be signed by a known identity and its policies must
+        # allow it: `start` makes an admin user and takes its keys (access_key/secret_key).
+        self.iam_checks = iam_checks
 
     @property
     def endpoint(self) -> str:
@@ -75,14 +82,40 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         self.port = free_port()
+        env = dict(os.environ)
+        if self.iam_checks:  # moto checks requests after the first N: the 3 of `_bootstrap_admin`
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(len(ADMIN_BOOTSTRAP))
         self.proc = subprocess.Popen(
             [str(self.bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
         wait_for_port(self.port)
+        if self.iam_checks:
+            self._bootstrap_admin()
         log.info("moto S3 on %s (pid %d)", self.endpoint, self.proc.pid)
         return self
+
+    def _bootstrap_admin(self) -> None:
+        """An IAM user allowed everything, made by the requests moto lets through unchecked."""
+        import boto3
+
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+        everything = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+        }
+        iam.create_user(UserName="retrain-admin")
+        iam.put_user_policy(UserName="retrain-admin", PolicyName="all", PolicyDocument=json.dumps(everything))
+        key = iam.create_access_key(UserName="retrain-admin")["AccessKey"]
+        self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
 
     def stop(self) -> None:
         stop_by_pid(self.proc, "moto S3", 10)

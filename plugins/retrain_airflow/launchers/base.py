@@ -16,16 +16,19 @@ and `from_settings`; its ``execute`` runs the three steps and returns the run UR
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from retrain.config import Settings
 from retrain.errors import INPUT_ERROR_EXIT
+from retrain.scoped_credentials import ScopedCredentials
 from retrain.stages import check_committed, uncommit
 from retrain.storage import ObjectStore, parse_s3_uri
 from retrain_airflow import settings as glue
-from retrain_airflow.s3 import object_store
+from retrain_airflow.s3 import object_store, stage_credentials
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ class StageLauncher:
     stage: str
     run_uri: str
     aws_conn_id: str | None
+    #: The stage's own S3 credentials while it runs (`scoped`); None: the connection's.
+    scoped_credentials: ScopedCredentials | None = None
+    #: Whether `launch` hands ``scoped_credentials`` to the trainer (else conf must leave them off).
+    takes_scoped_credentials = True
 
     @classmethod
     def from_settings(cls, stage: str, run_uri: str, settings: Settings, **kwargs: Any) -> Any:
@@ -76,8 +83,27 @@ class StageLauncher:
         store, prefix = self._run_store()
         check_committed(store, prefix, self.stage)
 
+    @contextmanager
+    def scoped(self) -> Iterator[None]:
+        """While the stage runs, ``scoped_credentials`` holds its own short-lived S3 credentials
+        (conf ``s3.scoped_credentials: assume_role``; None when off), revoked afterwards."""
+        settings = glue.settings()
+        if settings.s3.scoped_credentials != "off" and not self.takes_scoped_credentials:
+            raise AirflowFailException(
+                f"s3.scoped_credentials: {settings.s3.scoped_credentials} is not supported by "
+                f"{type(self).__name__}: its trainer would not receive the scoped credentials"
+            )
+        store, prefix = self._run_store()
+        with stage_credentials(settings, store, prefix, self.stage, self.aws_conn_id) as creds:
+            self.scoped_credentials = creds
+            try:
+                yield
+            finally:
+                self.scoped_credentials = None
+
     def execute(self, context: Any) -> str:
         self.before_stage()
-        self.launch(context)
+        with self.scoped():
+            self.launch(context)
         self.after_stage()
         return self.run_uri

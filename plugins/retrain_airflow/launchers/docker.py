@@ -153,7 +153,10 @@ class DockerStageOperator(StageLauncher, DockerOperator):
 
     def load_private_environment(self) -> None:
         """Put the connection's AWS_* variables into the container's private environment."""
-        self._private_environment = {**self._private_environment, **s3_environment(self.aws_conn_id)}
+        self._private_environment = {
+            **self._private_environment,
+            **s3_environment(self.aws_conn_id, self.scoped_credentials),
+        }
 
     def image_reference(self) -> str:
         """``tag@sha256:…``: the immutable id of the image about to run (recorded with the adapter it

@@ -91,6 +91,10 @@ def pod_security() -> dict[str, Any]:
 class KubernetesStageOperator(StageLauncher, KubernetesPodOperator):
     """KubernetesPodOperator for a trainer stage, with the commit check around the pod."""
 
+    # The pod reads S3 credentials from the Secret kubernetes.s3_secret_name; per-stage credentials
+    # would need a per-run Secret (or IRSA on EKS), which this launcher does not make.
+    takes_scoped_credentials = False
+
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "run_uri")
 
     def __init__(self, *, stage: str, run_uri: str, aws_conn_id: str, **kwargs: Any) -> None:

@@ -19,6 +19,7 @@ from airflow.sdk import BaseOperator
 
 from retrain.config import Settings
 from retrain.errors import INPUT_ERROR_EXIT
+from retrain.scoped_credentials import ScopedCredentials
 from retrain_airflow import settings as glue
 from retrain_airflow.launchers.base import StageLauncher, input_error, stage_command
 from retrain_airflow.s3 import SECRET_VARIABLES, s3_environment
@@ -39,17 +40,22 @@ def trainer_python(settings: Settings) -> str:
     )
 
 
-def _trainer_environment(settings: Settings) -> tuple[dict[str, str], list[str]]:
-    """The child's environment (no AIRFLOW*/AWS_* of the worker; the connection's AWS_*) and its secrets."""
+def _trainer_environment(
+    settings: Settings, credentials: ScopedCredentials | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The child's environment (no AIRFLOW*/AWS_* of the worker; the connection's AWS_*, or the
+    stage's scoped credentials) and its secrets."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
-    s3_env = s3_environment(settings.airflow.aws_conn_id)
+    s3_env = s3_environment(settings.airflow.aws_conn_id, credentials)
     env.update(s3_env)
     env["PYTHONUNBUFFERED"] = "1"
     env["RETRAIN_CONF_DIR"] = settings.conf_dir
     return env, [v for k, v in s3_env.items() if k in SECRET_VARIABLES]
 
 
-def run_trainer_process(stage: str, run_uri: str, settings: Settings) -> None:
+def run_trainer_process(
+    stage: str, run_uri: str, settings: Settings, credentials: ScopedCredentials | None = None
+) -> None:
     """Run ``retrain <stage> --run-uri <run_uri>`` in the trainer env, streaming its output into the
     task log; `input_error` on exit 65, RuntimeError (retried) on any other non-zero exit."""
     python = trainer_python(settings)
@@ -58,7 +64,7 @@ def run_trainer_process(stage: str, run_uri: str, settings: Settings) -> None:
             f"trainer python {python} not found (set train.trainer_python or "
             "RETRAIN_TRAINER_PYTHON, or run `make install`)"
         )
-    env, secrets = _trainer_environment(settings)
+    env, secrets = _trainer_environment(settings, credentials)
     cmd = [python, "-m", "retrain.cli", *stage_command(stage, run_uri)[1:]]
     log.info("local launcher: %s", " ".join(cmd))
     proc = subprocess.Popen(
@@ -106,4 +112,4 @@ class LocalStageOperator(StageLauncher, BaseOperator):
         return cls(**args)
 
     def launch(self, context: Any) -> None:
-        run_trainer_process(self.stage, self.run_uri, glue.settings())
+        run_trainer_process(self.stage, self.run_uri, glue.settings(), self.scoped_credentials)
