@@ -59,6 +59,7 @@ def test_retrain_train_succeeds_on_its_scoped_credentials_alone(tiny_model_dir: 
             dataset_version="v-scoped",
             base_model=str(tiny_model_dir),
             model_cache_dir=str(tmp_path / "cache"),
+            llamafactory_overrides={"num_train_epochs": 1.0},  # 5 steps, one loss log: S3 access is the point
             run_id=RUN_ID,
         )
         store = ObjectStore(admin, BUCKET)
