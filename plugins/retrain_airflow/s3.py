@@ -105,4 +105,6 @@ def stage_credentials(
         path=sc.scoped_role_path,
         permissions_boundary=sc.scoped_permissions_boundary,
     ) as creds:
+        request = scoped_credentials.STAGE_REQUESTS[stage]
+        scoped_credentials.wait_until_usable(store, creds, f"{run_prefix.rstrip('/')}/{request}")
         yield creds

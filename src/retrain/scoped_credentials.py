@@ -211,6 +211,39 @@ def revoke_earlier(iam: Any, path: str) -> list[str]:
     return names
 
 
+#: The request each stage reads first (in its run's prefix): what `wait_until_usable` probes.
+STAGE_REQUESTS = {"train": runs.TRAIN_REQUEST, "evaluate": runs.EVAL_REQUEST, "export": runs.EXPORT_REQUEST}
+
+
+def wait_until_usable(
+    store: ObjectStore, creds: ScopedCredentials, key: str, timeout_s: float = ASSUME_WAIT_S
+) -> None:
+    """Return once ``creds`` may read ``key`` of ``store``'s bucket (the stage's request). On AWS a new
+    role's policy takes a few seconds to apply everywhere; a trainer started before that would fail its
+    first read with 403. AccessDenied after ``timeout_s`` is raised."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    meta = store.client.meta
+    client = boto3.client(
+        "s3",
+        endpoint_url=meta.endpoint_url,
+        region_name=meta.region_name,
+        aws_access_key_id=creds.access_key_id,
+        aws_secret_access_key=creds.secret_access_key,
+        aws_session_token=creds.session_token,
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.head_object(Bucket=store.bucket, Key=key)
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("403", "AccessDenied") or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def _assume(sts: Any, role_arn: str, session: str, duration_s: int) -> dict[str, Any]:
     deadline = time.monotonic() + ASSUME_WAIT_S
     while True:

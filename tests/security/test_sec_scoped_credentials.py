@@ -28,6 +28,7 @@ from retrain.scoped_credentials import (
     scoped,
     stage_grants,
     stage_policy,
+    wait_until_usable,
 )
 from retrain.storage import ObjectStore
 from tests.support import contracts
@@ -220,6 +221,18 @@ def test_a_relaunch_revokes_the_earlier_attempts_role(iam_moto, admin_store) -> 
     finally:
         assert revoke(iam, retry.role_name)
     assert iam.list_roles(PathPrefix=f"/retrain/{name}/")["Roles"] == []
+
+
+def test_the_launcher_waits_until_the_credentials_read_the_request(iam_moto, admin_store) -> None:
+    """`wait_until_usable` returns once the stage's request is readable; a key outside the grants stays
+    AccessDenied and is raised when the wait is over (here at once)."""
+    admin_store.put_bytes(f"runs/{RUN_ID}/{runs.TRAIN_REQUEST}", b"{}")
+    admin_store.put_bytes("incoming/batch-1.jsonl", b"{}")
+    grants = Grants(write=(f"s3://{admin_store.bucket}/runs/{RUN_ID}/",))
+    with scoped(_aws(iam_moto, "iam"), _aws(iam_moto, "sts"), grants, role_name(RUN_ID, "train"), 900) as c:
+        wait_until_usable(admin_store, c, f"runs/{RUN_ID}/{runs.TRAIN_REQUEST}")
+        with pytest.raises(ClientError, match="Forbidden|AccessDenied"):  # HEAD: 403, no body
+            wait_until_usable(admin_store, c, "incoming/batch-1.jsonl", timeout_s=0)
 
 
 def test_policy_has_no_bucket_wide_object_access() -> None:
