@@ -5,10 +5,11 @@
 conf/pipeline.yaml): GPU device requests, shared memory, the model cache and scratch mounts, retries
 with exponential backoff, an execution timeout, logs streamed into the task log, the container
 removed afterwards. S3 credentials and endpoint come from the Airflow connection
-``airflow.aws_conn_id``, read in ``execute()`` (never while the DAG is parsed) and handed to the
-container as AWS_* variables through DockerOperator's ``private_environment``: not a template field,
-so never rendered into the UI, the rendered-fields table or the log. An exit status of 65 (input
-error) reaches the operator as DockerOperator's ``skip_on_exit_code`` and fails the task without
+``airflow.aws_conn_id``, read in ``execute()`` (never while the DAG is parsed; with
+``s3.scoped_credentials: assume_role`` the stage's own short-lived ones instead, `launchers.base`) and
+handed to the container as AWS_* variables through DockerOperator's ``private_environment``: not a
+template field, so never rendered into the UI, the rendered-fields table or the log. An exit status
+of 65 (input error) reaches the operator as DockerOperator's ``skip_on_exit_code`` and fails the task without
 retries (`retrain_airflow.launchers.base`).
 
 Multi-GPU: a GPU count above 1 sets FORCE_TORCHRUN=1 and NPROC_PER_NODE=<count>, which make

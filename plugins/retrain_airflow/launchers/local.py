@@ -1,8 +1,9 @@
 """``train.launcher: local``: the stage as a subprocess of the trainer environment on the worker.
 
 Invoked exactly as the container is (``retrain <stage> --run-uri s3://…/runs/<id>``, as
-``<trainer python> -m retrain.cli …``), with the S3 credentials of the Airflow connection in its
-environment; its output streams into the task log with those secrets masked.
+``<trainer python> -m retrain.cli …``), with the S3 credentials of the Airflow connection (or the
+stage's scoped ones, ``s3.scoped_credentials``) in its environment; its output streams into the
+task log with those secrets masked.
 """
 
 from __future__ import annotations
