@@ -321,6 +321,38 @@ def _check_misc(host: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# Every field name the checks read. The engine decodes JSON with Go's encoding/json: field names match
+# case-insensitively (with Unicode folding: "ſ" is "s") and a repeated object is merged into the
+# first. So a body is refused when a key is another spelling of one of these, or when an object repeats
+# a key (``{"HostConfig": {"Privileged": true}, "HostConfig": {}}`` is privileged for the engine).
+CANONICAL_NAMES = {
+    *CHECKED_HOST_KEYS,
+    *FREE_HOST_KEYS,
+    *("Image", "Labels", "User", "HostConfig", "NetworkingConfig", "EndpointsConfig"),
+    *("Type", "Source", "Target", "ReadOnly", "BindOptions", "VolumeOptions", "TmpfsOptions"),
+    *("Driver", "Count", "DeviceIDs", "Capabilities", "Options", "Name", "MaximumRetryCount", "Config"),
+}
+_FOLDED = {name.casefold(): name for name in CANONICAL_NAMES}
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        folded = key.casefold()
+        if folded in seen:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        seen.add(folded)
+        canonical = _FOLDED.get(folded)
+        if canonical is not None and key != canonical:
+            raise ValueError(f"the key {key!r} must be spelt {canonical!r}")
+    return dict(pairs)
+
+
+def parse_body(data: bytes) -> Any:
+    """The JSON body as the checks may read it; ValueError when the engine could read it differently."""
+    return json.loads(data or b"null", object_pairs_hook=_strict_object)
+
+
 def check_create(body: Any, policy: Policy) -> list[str]:
     """Why a ``POST /containers/create`` body is refused; an empty list means it is allowed."""
     if not isinstance(body, dict):
@@ -385,9 +417,9 @@ def route(method: str, target: str, body: bytes, policy: Policy) -> Route:
         return Route(False, f"pulling {ref!r} is not allowed (only {', '.join(policy.allowed_images)})")
     if method == "POST" and path == "/containers/create":
         try:
-            problems = check_create(json.loads(body or b"null"), policy)
-        except ValueError:
-            problems = ["the request body is not valid JSON"]
+            problems = check_create(parse_body(body), policy)
+        except ValueError as exc:
+            problems = [f"the request body is not accepted: {exc}"]
         return Route(not problems, "; ".join(problems), problems=problems)
     m = _CONTAINER.match(path)
     if m and m.group("id") not in ("create", "json") and (method, m.group("op") or "") in CONTAINER_OPS:
