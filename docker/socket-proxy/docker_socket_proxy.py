@@ -33,7 +33,8 @@ Request bodies are never logged (the create body holds the trainer's S3 credenti
 logged as method, path and the decision.
 
 Python standard library only, one file: it runs in a small image (docker/socket-proxy/Dockerfile) or
-as ``python3 docker_socket_proxy.py``. Settings (environment):
+as ``python3 docker_socket_proxy.py``; ``--healthcheck`` exits 0 when the proxy and the engine behind it
+answer ``/_ping``. Settings (environment):
 
   DOCKER_PROXY_LISTEN              tcp://HOST:PORT or unix:///path (default tcp://127.0.0.1:2375: only this
                                    machine; compose sets tcp://0.0.0.0:2375 on its internal network)
@@ -648,14 +649,29 @@ def make_server(listen: str, policy: Policy, upstream: str) -> socketserver.Base
     return ProxyServer((host or "127.0.0.1", int(port)), policy, upstream)
 
 
-def main(environ: Mapping[str, str] = os.environ) -> int:
+def healthcheck(listen: str) -> int:
+    """``--healthcheck``: 0 when the proxy answers ``/_ping`` with the engine's 200 (both are up)."""
+    address = listen.replace("0.0.0.0", "127.0.0.1")
+    try:
+        with connect(address) as sock:
+            sock.settimeout(10)
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            status = sock.recv(64).split(b" ")[1:2]
+    except (OSError, IndexError):
+        return 1
+    return 0 if status == [b"200"] else 1
+
+
+def main(environ: Mapping[str, str] = os.environ, argv: list[str] = sys.argv[1:]) -> int:
+    listen = environ.get("DOCKER_PROXY_LISTEN", "tcp://127.0.0.1:2375")
+    if argv == ["--healthcheck"]:
+        return healthcheck(listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         policy = Policy.from_env(environ)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    listen = environ.get("DOCKER_PROXY_LISTEN", "tcp://127.0.0.1:2375")
     upstream = environ.get("DOCKER_PROXY_UPSTREAM", "unix:///var/run/docker.sock")
     server = make_server(listen, policy, upstream)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
