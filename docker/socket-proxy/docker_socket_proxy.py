@@ -66,7 +66,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 log = logging.getLogger("docker-socket-proxy")
 
@@ -373,7 +373,10 @@ def check_create(body: Any, policy: Policy) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ routes
 
-_VERSION = re.compile(r"^/v\d+(?:\.\d+)?(?=/)")
+_VERSION = re.compile(r"^/v(?P<major>\d+)(?:\.(?P<minor>\d+))?(?=/)")
+# API 1.24 (Docker 1.12) and later: before it, a start request could carry a HostConfig of its own
+# (Docker 20.10 still applies it), which would bypass the create check.
+MIN_API = (1, 24)
 _CONTAINER = re.compile(r"^/containers/(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<op>[a-z]+))?$")
 _IMAGE_INSPECT = re.compile(r"^/images/(?P<name>.+)/json$")
 # (method, operation) on an existing, labelled container; operation "" is DELETE /containers/{id}
@@ -401,8 +404,16 @@ class Route:
 
 def route(method: str, target: str, body: bytes, policy: Policy) -> Route:
     """The decision for one request, before anything reaches the engine."""
-    parts = urlsplit(target)
-    path = _VERSION.sub("", unquote(parts.path))
+    target_path, _, query = target.partition("?")  # not urlsplit: "//x/y" would lose "x" as a host
+    raw_path = unquote(target_path.partition("#")[0])
+    version = _VERSION.match(raw_path)
+    if version and (int(version["major"]), int(version["minor"] or 0)) < MIN_API:
+        return Route(False, f"API versions before {MIN_API[0]}.{MIN_API[1]} are not allowed")
+    path = _VERSION.sub("", raw_path)
+    if not path.startswith("/") or path != posixpath.normpath(path) or "//" in path:
+        return Route(False, f"the path {path!r} is not in normal form")
+    if body and not (method == "POST" and path == "/containers/create"):
+        return Route(False, f"{method} {path} may not carry a body (only container create does)")
     if path == "/_ping" and method in ("GET", "HEAD"):
         return Route(True)
     if method == "GET" and path in ("/version", "/images/json", "/containers/json"):
@@ -410,8 +421,8 @@ def route(method: str, target: str, body: bytes, policy: Policy) -> Route:
     if method == "GET" and _IMAGE_INSPECT.match(path):
         return Route(True)
     if method == "POST" and path == "/images/create":
-        query = parse_qs(parts.query)
-        image, tag = query.get("fromImage", [""])[0], query.get("tag", [""])[0]
+        params = parse_qs(query)
+        image, tag = params.get("fromImage", [""])[0], params.get("tag", [""])[0]
         ref = f"{image}:{tag}" if tag else image
         if ref in policy.allowed_images or (image in policy.allowed_images and not tag):
             return Route(True)
@@ -595,7 +606,7 @@ class Handler(socketserver.BaseRequestHandler):
         decision = route(method, target, body, self.server.policy)
         if decision.allowed and decision.container:
             decision = self._check_container(decision)
-        path = urlsplit(target).path
+        path = target.partition("?")[0]
         if not decision.allowed:
             log.warning("refused %s %s: %s", method, path, decision.reason)
             client.sendall(error_response(403, decision.reason))

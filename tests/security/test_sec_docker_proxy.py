@@ -218,6 +218,16 @@ def test_only_the_launchers_endpoints_are_routed(method, target, allowed, contai
         assert decision.reason
 
 
+def test_old_api_versions_odd_paths_and_bodies_outside_create_are_refused() -> None:
+    # API < 1.24: a start request could carry its own HostConfig (the 20.10 engine still applies it)
+    start = b'{"Privileged": true, "Binds": ["/:/host"]}'
+    assert "before 1.24" in proxy.route("POST", "/v1.23/containers/abc/start", b"", POLICY).reason
+    assert "may not carry a body" in proxy.route("POST", "/v1.41/containers/abc/start", start, POLICY).reason
+    assert "normal form" in proxy.route("GET", "/v1.41/images/../containers/abc/json", b"", POLICY).reason
+    assert "normal form" in proxy.route("POST", "//containers/create", b"{}", POLICY).reason
+    assert proxy.route("GET", "/v1.24/version", b"", POLICY).allowed
+
+
 def test_settings_from_the_environment() -> None:
     with pytest.raises(ValueError, match="DOCKER_PROXY_ALLOWED_IMAGES"):
         proxy.Policy.from_env({})
