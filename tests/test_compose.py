@@ -379,7 +379,7 @@ def test_worker_reaches_docker_only_through_the_socket_proxy(cfg, filled):
     )
     assert env["DOCKER_PROXY_ALLOWED_NETWORKS"] == filled["TRAINER_NETWORK"]
     assert env["DOCKER_PROXY_ALLOWED_BIND_SOURCES"] == filled["MODELS_HOST_PATH"]
-    assert env["DOCKER_PROXY_LISTEN"] == "tcp://0.0.0.0:2375"
+    assert env["DOCKER_PROXY_LISTEN"] == "tcp://socket-proxy:2375"  # the internal network only
     assert proxy["build"]["context"] == "docker/socket-proxy"
     assert (REPO / "docker" / "socket-proxy" / "Dockerfile").is_file()
 

@@ -37,7 +37,8 @@ as ``python3 docker_socket_proxy.py``; ``--healthcheck`` exits 0 when the proxy 
 answer ``/_ping``. Settings (environment):
 
   DOCKER_PROXY_LISTEN              tcp://HOST:PORT or unix:///path (default tcp://127.0.0.1:2375: only this
-                                   machine; compose sets tcp://0.0.0.0:2375 on its internal network)
+                                   machine; compose sets tcp://socket-proxy:2375, the container's own
+                                   address on its internal network, and no other interface)
   DOCKER_PROXY_UPSTREAM            the real engine (default unix:///var/run/docker.sock)
   DOCKER_PROXY_ALLOWED_IMAGES      comma-separated image references a container may run (required: no
                                    default, the proxy does not start without one)
@@ -662,9 +663,8 @@ def make_server(listen: str, policy: Policy, upstream: str) -> socketserver.Base
 
 def healthcheck(listen: str) -> int:
     """``--healthcheck``: 0 when the proxy answers ``/_ping`` with the engine's 200 (both are up)."""
-    address = listen.replace("0.0.0.0", "127.0.0.1")
     try:
-        with connect(address) as sock:
+        with connect(listen) as sock:
             sock.settimeout(10)
             sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             status = sock.recv(64).split(b" ")[1:2]
