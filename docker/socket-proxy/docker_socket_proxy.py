@@ -16,10 +16,12 @@ creates a privileged container), so the body of every container-create request i
 - no host network, PID, IPC, UTS, user or cgroup namespace, nor another container's; the network is
   one of ``DOCKER_PROXY_ALLOWED_NETWORKS``;
 - no ``Devices`` or device cgroup rules; ``DeviceRequests`` only for GPUs (driver nvidia or empty);
-- bind mounts (``Mounts`` and ``Binds``) only from host paths under ``DOCKER_PROXY_ALLOWED_BIND_SOURCES``
-  (the model cache, the scratch dir); no named volumes (a ``local`` volume can bind any host path),
-  no ``VolumesFrom`` (another container's mounts), no published ports, no restart policy, no other
-  runtime or log driver, not user root unless ``DOCKER_PROXY_ALLOW_ROOT_USER=1``;
+- bind mounts (``Mounts`` and ``Binds``) only of exactly the directories in
+  ``DOCKER_PROXY_ALLOWED_BIND_SOURCES`` (the model cache, the scratch dir), not of paths under them: a
+  trainer writes into the model cache, and a symlink it leaves there (``/models/x -> /``) would be
+  followed by the engine when a later bind names ``<cache>/x``; no named volumes (a ``local`` volume
+  can bind any host path), no ``VolumesFrom`` (another container's mounts), no published ports, no
+  restart policy, no other runtime or log driver, not user root unless ``DOCKER_PROXY_ALLOW_ROOT_USER=1``;
 - any other ``HostConfig`` key that the proxy does not know is refused when it is set (a newer API
   field cannot slip through unchecked).
 
@@ -44,8 +46,8 @@ answer ``/_ping``. Settings (environment):
                                    default, the proxy does not start without one)
   DOCKER_PROXY_ALLOWED_NETWORKS    comma-separated network modes/names (default "none"; "host" only if
                                    listed, "default" means the engine's default bridge)
-  DOCKER_PROXY_ALLOWED_BIND_SOURCES comma-separated host directories a bind mount may come from (default
-                                   empty: no bind mounts)
+  DOCKER_PROXY_ALLOWED_BIND_SOURCES comma-separated host directories that may be bind-mounted, each
+                                   exactly (default empty: no bind mounts)
   DOCKER_PROXY_REQUIRED_LABEL      the label every managed container carries (default org.retrain.stage)
   DOCKER_PROXY_ALLOW_GPUS          1/0: GPU device requests allowed (default 1; the trainer needs them)
   DOCKER_PROXY_ALLOW_ROOT_USER     1/0: a container may run as uid 0 (default 0; the trainer is uid 1000)
@@ -120,13 +122,13 @@ class Policy:
         )
 
     def bind_source_allowed(self, source: str) -> bool:
-        """``source`` is an allowed directory or lies under one (``..`` resolved first)."""
+        """``source`` is one of the allowed directories (``..`` and a trailing / resolved first).
+
+        Exactly, not a path under one: what lies under the model cache is written by trainers, and a
+        symlink there would be followed by the engine."""
         if not source.startswith("/"):
             return False
-        path = posixpath.normpath(source)
-        return any(
-            path == root or path.startswith(root.rstrip("/") + "/") for root in self.allowed_bind_sources
-        )
+        return posixpath.normpath(source) in self.allowed_bind_sources
 
 
 # HostConfig keys the checks below look at, and keys that may hold any value (resource limits, DNS,

@@ -96,6 +96,8 @@ def test_the_launchers_own_request_is_allowed() -> None:
         ({"mounts": [Mount(target="/s", source="/var/run/docker.sock", type="bind")]}, "docker.sock"),
         ({"mounts": [Mount(target="/m", source="/var/lib/retrain/models/../../..", type="bind")]}, "../"),
         ({"mounts": [Mount(target="/m", source="/var/lib/retrain/models-evil", type="bind")]}, "-evil"),
+        # under the cache is not the cache: a trainer may have left /models/x -> / there
+        ({"mounts": [Mount(target="/m", source="/var/lib/retrain/models/x", type="bind")]}, "models/x"),
         ({"mounts": [Mount(target="/v", source="anyvolume", type="volume")]}, "volume mount"),
         ({"binds": ["/etc:/host-etc:ro"]}, "bind '/etc'"),
         ({"volumes_from": ["airflow-worker"]}, "VolumesFrom"),
