@@ -407,8 +407,10 @@ class Route:
 
 def route(method: str, target: str, body: bytes, policy: Policy) -> Route:
     """The decision for one request, before anything reaches the engine."""
+    if "#" in target:  # no client sends one; the engine would keep it in the path
+        return Route(False, "a request target with '#' is not allowed")
     target_path, _, query = target.partition("?")  # not urlsplit: "//x/y" would lose "x" as a host
-    raw_path = unquote(target_path.partition("#")[0])
+    raw_path = unquote(target_path)
     version = _VERSION.match(raw_path)
     if version and (int(version["major"]), int(version["minor"] or 0)) < MIN_API:
         return Route(False, f"API versions before {MIN_API[0]}.{MIN_API[1]} are not allowed")
@@ -523,6 +525,8 @@ def _read_body(reader: Any, headers: list[tuple[str, str]]) -> bytes:
             if len(body) > MAX_BODY:
                 raise BadRequest("request body too large")
     length = int(lower.get("content-length") or 0)
+    if length < 0:
+        raise BadRequest("negative Content-Length")
     if length > MAX_BODY:
         raise BadRequest("request body too large")
     return reader.read(length) if length else b""

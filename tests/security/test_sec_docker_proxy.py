@@ -227,6 +227,7 @@ def test_old_api_versions_odd_paths_and_bodies_outside_create_are_refused() -> N
     assert "may not carry a body" in proxy.route("POST", "/v1.41/containers/abc/start", start, POLICY).reason
     assert "normal form" in proxy.route("GET", "/v1.41/images/../containers/abc/json", b"", POLICY).reason
     assert "normal form" in proxy.route("POST", "//containers/create", b"{}", POLICY).reason
+    assert "'#'" in proxy.route("POST", "/containers/abc/start#/../../exec", b"", POLICY).reason
     assert proxy.route("GET", "/v1.24/version", b"", POLICY).allowed
 
 
