@@ -1,7 +1,14 @@
-"""Batched vs one-at-a-time greedy generation on the tiny model, on CPU (trainer env).
+"""One-at-a-time vs batched vs prefix-cached greedy generation on the tiny model, on CPU (trainer env).
 
-Same prompts (CLUENER dev sentences wrapped in the project's instruction), same model: the
-outputs must be identical (asserted); prints both throughputs and the speed-up.
+Same prompts (CLUENER dev sentences wrapped in the project's instruction), same model, one run:
+- one at a time: batch size 1;
+- batched: left-padded batches of --batch-size (`retrain.evaluate.generate.generate`);
+- prefix-cached: the same batches, the prompts' shared prefix (system turn + instruction) run once
+  and its KV cache reused in every batch (``prefix_cache=True``, conf evaluate.prefix_cache).
+The three outputs must be identical in float32 (exit 1 otherwise); prints each throughput, the
+prompt tokens the model ran over (prefill), and the ratios. Then, unless --no-bf16, the model is
+loaded again in bfloat16 and batched vs prefix-cached outputs are compared (divergence reported,
+not failed: bf16 rounding depends on the order of sums).
 
     .venv-tr/bin/python bench/eval_batched.py [--n 32] [--batch-size 8] [--max-new-tokens 32]
 
@@ -32,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--model-dir", default=None, help="a base model dir (default: build the tiny model)")
     p.add_argument("--no-adapter", action="store_true")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 divergence check")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -68,35 +76,81 @@ def main(argv: list[str] | None = None) -> int:
             peft_model.save_pretrained(str(adapter_dir))
         model, tokenizer = load_model(model_dir, adapter_dir)
         generate(model, tokenizer, prompts[:2], 4, 2)  # warm-up: template set-up, first-call costs
+        runs = measure(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+        bf16 = None
+        if not args.no_bf16:
+            model, tokenizer = load_model(model_dir, adapter_dir, dtype=torch.bfloat16)
+            bf16 = [
+                generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, prefix_cache=pc)
+                for pc in (False, True)
+            ]
 
-        t0 = time.perf_counter()
-        batched = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-        t_batched = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        single = [generate(model, tokenizer, [q], args.max_new_tokens, 1)[0] for q in prompts]
-        t_single = time.perf_counter() - t0
-
-    if batched != single:
-        diff = [i for i, (a, b) in enumerate(zip(batched, single, strict=True)) if a != b]
-        print(f"FAIL: batched and one-at-a-time outputs differ at {diff}", file=sys.stderr)
+    single, batched, cached = (runs[k][0] for k in ("single", "batched", "cached"))
+    if not (batched == single == cached):
+        for name, other in (("batched", batched), ("prefix-cached", cached)):
+            diff = [i for i, (a, b) in enumerate(zip(other, single, strict=True)) if a != b]
+            if diff:
+                print(f"FAIL: {name} and one-at-a-time outputs differ at {diff}", file=sys.stderr)
         return 1
     tokens = sum(o.new_tokens for o in batched)
     print(
         f"model {model_dir.name}{' + random LoRA' if adapter_dir else ''}, {len(prompts)} prompts, "
         f"max_new_tokens {args.max_new_tokens}, {tokens} tokens generated, "
-        f"torch threads {torch.get_num_threads()}"
-    )
-    print(f"distinct outputs: {len({o.text for o in batched})}/{len(batched)}; outputs identical: yes")
-    print(
-        f"one at a time     : {t_single:7.2f} s  {tokens / t_single:8.1f} tokens/s  "
-        f"{len(prompts) / t_single:6.2f} prompts/s"
+        f"torch threads {torch.get_num_threads()}, float32"
     )
     print(
-        f"batched (bs {args.batch_size:>3}) : {t_batched:7.2f} s  {tokens / t_batched:8.1f} tokens/s  "
-        f"{len(prompts) / t_batched:6.2f} prompts/s"
+        f"distinct outputs: {len({o.text for o in batched})}/{len(batched)}; "
+        "outputs identical (one at a time, batched, prefix-cached): yes"
     )
+    prefix = runs["cached"][2].prefix_tokens
+    labels = {
+        "single": "one at a time     ",
+        "batched": f"batched (bs {args.batch_size:>3}) ",
+        "cached": f"prefix-cached (bs {args.batch_size:>3})",
+    }
+    for key, label in labels.items():
+        secs, stats = runs[key][1], runs[key][2]
+        print(
+            f"{label.strip():<22}: {secs:7.2f} s  {tokens / secs:8.1f} tokens/s  "
+            f"{len(prompts) / secs:6.2f} prompts/s"
+            f"  prefill {stats.prefill_tokens} tokens"
+        )
+    t_single, t_batched, t_cached = (runs[k][1] for k in ("single", "batched", "cached"))
     print(f"speed-up          : {t_single / t_batched:.2f}x")
+    print(
+        f"prefix cache      : {t_batched / t_cached:.2f}x over batched, "
+        f"{t_single / t_cached:.2f}x over one at "
+        f"a time; shared prefix {prefix} tokens, prefill "
+        f"{runs['batched'][2].prefill_tokens / max(runs['cached'][2].prefill_tokens, 1):.2f}x fewer tokens"
+    )
+    if bf16 is not None:
+        differ = [i for i, (a, b) in enumerate(zip(*bf16, strict=True)) if a != b]
+        print(
+            f"bfloat16          : prefix-cached vs batched outputs differ for {len(differ)}/{len(prompts)} "
+            f"prompts{' ' + str(differ) if differ else ''}"
+        )
     return 0
+
+
+def measure(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> dict:
+    """{"single" | "batched" | "cached": (outputs, seconds, GenerationStats)}, measured in turn."""
+    from retrain.evaluate.generate import GenerationStats, generate
+
+    runs = {}
+    for key, bs, pc in (("batched", batch_size, False), ("cached", batch_size, True)):
+        stats = GenerationStats()
+        t0 = time.perf_counter()
+        outs = generate(model, tokenizer, prompts, max_new_tokens, bs, prefix_cache=pc, stats=stats)
+        runs[key] = (outs, time.perf_counter() - t0, stats)
+    stats, outs = GenerationStats(), []
+    t0 = time.perf_counter()
+    for q in prompts:
+        one = GenerationStats()
+        outs.append(generate(model, tokenizer, [q], max_new_tokens, 1, stats=one)[0])
+        stats.prefill_tokens += one.prefill_tokens
+        stats.batches += 1
+    runs["single"] = (outs, time.perf_counter() - t0, stats)
+    return runs
 
 
 if __name__ == "__main__":

@@ -92,18 +92,26 @@ def parse_intake(stdout: str) -> list[dict[str, Any]]:
 
 
 def parse_eval(stdout: str) -> list[dict[str, Any]]:
-    """eval_batched.py's report: `one at a time` and `batched (bs N)` lines (seconds, tokens/s)."""
+    """eval_batched.py's report: `one at a time`, `batched (bs N)` and `prefix-cached (bs N)` lines
+    (seconds, tokens/s)."""
     single = re.search(r"^one at a time\s*:\s*([\d.]+) s\s+([\d.]+) tokens/s", stdout, re.M)
     batched = re.search(r"^batched \(bs\s*(\d+)\)\s*:\s*([\d.]+) s\s+([\d.]+) tokens/s", stdout, re.M)
-    if not (single and batched):
-        raise ValueError("eval_batched.py printed no `one at a time` / `batched` line")
+    cached = re.search(r"^prefix-cached \(bs\s*(\d+)\)\s*:\s*([\d.]+) s\s+([\d.]+) tokens/s", stdout, re.M)
+    if not (single and batched and cached):
+        raise ValueError("eval_batched.py printed no `one at a time` / `batched` / `prefix-cached` line")
     return [
         row(
             f"tiny-model greedy generation, batch {batched.group(1)} (baseline: one at a time)",
             float(batched.group(3)),
             "tok/s",
             float(single.group(2)),
-        )
+        ),
+        row(
+            f"  + prefix KV cache, batch {cached.group(1)} (baseline: batched)",
+            float(cached.group(3)),
+            "tok/s",
+            float(batched.group(3)),
+        ),
     ]
 
 

@@ -22,6 +22,7 @@ CLUENER = REPO.parent / "shared" / "data" / "cluener"
 TESTS = Path(__file__).resolve().parent
 TRAINER_MODULES = frozenset(
     {
+        "bench/test_gpu_run.py",
         "evaluate/test_generate.py",
         "evaluate/test_run_evaluation.py",
         "support/test_tiny_model.py",

@@ -37,6 +37,7 @@ EXPECTED_SERVICES = {
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    "socket-proxy",
     "trainer-image",
     "gpu-check",
 }
@@ -335,21 +336,71 @@ def test_aws_default_connection_and_retrain_settings(cfg, filled):
     assert settings.registry.tracking_uri == "http://mlflow:5000"
     assert settings.schedule.cron == filled["RETRAIN_SCHEDULE_CRON"]
     assert settings.alerts.channels == []
-    # the docker launcher's trainer containers: image, the compose network, the model cache
+    # the docker launcher's trainer containers: image, the trainers network, the model cache
     assert settings.docker.image == filled["TRAINER_IMAGE"]
-    assert settings.docker.network_mode == filled["COMPOSE_NETWORK"] == cfg["networks"]["default"]["name"]
+    assert settings.docker.network_mode == filled["TRAINER_NETWORK"] == cfg["networks"]["trainers"]["name"]
     assert settings.docker.model_cache_host_path == filled["MODELS_HOST_PATH"]
 
 
-def test_worker_reaches_the_host_docker_engine(cfg):
-    worker = cfg["services"]["airflow-worker"]
-    assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
-    assert worker["group_add"], "the worker needs the socket's group"
-    assert _env(worker)["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+def _networks(service: dict[str, Any]) -> set[str]:
+    nets = service.get("networks")
+    if nets is None:
+        return {"default"} if "network_mode" not in service else set()
+    return set(nets)
+
+
+def _mounts_socket(service: dict[str, Any]) -> bool:
+    return any("docker.sock" in str(v) for v in service.get("volumes", []))
+
+
+def test_worker_reaches_docker_only_through_the_socket_proxy(cfg, filled):
+    """The host's Docker socket is root on the host: only socket-proxy mounts it (read-only, as
+    nobody with the socket's group); the worker, where task code runs, talks to the proxy over an
+    internal network and has neither the socket nor its group."""
+    services = cfg["services"]
+    worker = services["airflow-worker"]
+    assert not _mounts_socket(worker), "the worker must not mount the Docker socket (use socket-proxy)"
+    assert "group_add" not in worker, "the worker needs no Docker group without the socket"
+    assert _env(worker)["DOCKER_HOST"] == "tcp://socket-proxy:2375"
     assert "celery worker" in worker["command"]
-    for name in AIRFLOW_SERVICES:
-        if name != "airflow-worker":
-            assert not any("docker.sock" in v for v in cfg["services"][name].get("volumes", [])), name
+    assert worker["depends_on"]["socket-proxy"]["condition"] == "service_healthy"
+    assert [name for name, svc in services.items() if _mounts_socket(svc)] == ["socket-proxy"]
+
+    proxy = services["socket-proxy"]
+    assert proxy["volumes"] == [f"{filled['DOCKER_SOCKET']}:/var/run/docker.sock:ro"]
+    assert proxy["user"] == "65534:65534" and proxy["group_add"] == [filled["DOCKER_GID"]]
+    assert proxy["read_only"] is True and proxy["cap_drop"] == ["ALL"]
+    assert "ports" not in proxy, "the proxy is reached on the internal network only"
+    env = _env(proxy)
+    assert (
+        env["DOCKER_PROXY_ALLOWED_IMAGES"]
+        == filled["TRAINER_IMAGE"]
+        == _env(worker)["RETRAIN__DOCKER__IMAGE"]
+    )
+    assert env["DOCKER_PROXY_ALLOWED_NETWORKS"] == filled["TRAINER_NETWORK"]
+    assert env["DOCKER_PROXY_ALLOWED_BIND_SOURCES"] == filled["MODELS_HOST_PATH"]
+    assert env["DOCKER_PROXY_LISTEN"] == "tcp://socket-proxy:2375"  # the internal network only
+    assert proxy["build"]["context"] == "docker/socket-proxy"
+    assert (REPO / "docker" / "socket-proxy" / "Dockerfile").is_file()
+
+    assert cfg["networks"]["docker-api"]["internal"] is True
+    on_api = {name for name, svc in services.items() if "docker-api" in _networks(svc)}
+    assert on_api == {"socket-proxy", "airflow-worker"}
+    assert _networks(proxy) == {"docker-api"}
+
+
+def test_trainers_are_on_a_network_that_reaches_only_object_storage(cfg, filled):
+    """The launcher's trainer containers join the `trainers` network: internal (no internet, no route
+    out), with MinIO as its only member, so a trainer (which runs model code next to S3 credentials)
+    reaches no database, broker, MLflow or Airflow service."""
+    trainers = cfg["networks"]["trainers"]
+    assert trainers["internal"] is True and trainers["name"] == filled["TRAINER_NETWORK"]
+    members = {name for name, svc in cfg["services"].items() if "trainers" in _networks(svc)}
+    assert members == {"minio"}
+    assert _networks(cfg["services"]["minio"]) == {"default", "trainers"}
+    worker_env = _env(cfg["services"]["airflow-worker"])
+    assert worker_env["RETRAIN__DOCKER__NETWORK_MODE"] == filled["TRAINER_NETWORK"]
+    assert json.loads(worker_env["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]["endpoint_url"] == "http://minio:9000"
 
 
 def test_the_admin_password_file_is_mounted_only_where_it_is_used(cfg):

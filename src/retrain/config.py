@@ -251,6 +251,8 @@ class EvaluateConfig(_Strict):
     max_new_tokens: int = 256
     batch_size: int = 8
     backend: Literal["hf", "vllm"] = "hf"
+    #: hf backend: reuse the KV cache of the prompts' shared prefix (`retrain.evaluate.generate.PrefixCache`)
+    prefix_cache: bool = True
 
 
 class RegistryConfig(_Strict):

@@ -195,6 +195,7 @@ def plan_evaluation(
         max_new_tokens=settings.evaluate.max_new_tokens,
         batch_size=settings.evaluate.batch_size,
         backend=settings.evaluate.backend,
+        prefix_cache=settings.evaluate.prefix_cache,
         model_cache_dir=settings.train.model_cache_dir,
         # the base model as trained (`retrain.base_models`): same pinned revision, same code policy
         base_model_revision=trained.base_model_revision,

@@ -306,6 +306,7 @@ class EvalRequest(Contract):
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(8, ge=1)
     backend: Literal["hf", "vllm"] = "hf"
+    prefix_cache: bool = True  # conf evaluate.prefix_cache (hf backend)
     template: str = "qwen"
     model_cache_dir: str | None = None
     base_model_revision: str | None = None  # as in the train request (`retrain.base_models`)
@@ -328,6 +329,7 @@ class EvalRequest(Contract):
             "backend": self.backend,
             "max_new_tokens": self.max_new_tokens,
             "batch_size": self.batch_size,
+            "prefix_cache": self.prefix_cache,
             "template": self.template,
             "strategy": "greedy",
         }

@@ -163,6 +163,50 @@ def test_batched_equals_one_at_a_time_base_model(base, prompts):
     assert batched == single
 
 
+def test_prefix_cache_equals_plain_batching_and_prefills_the_prefix_once(adapted, prompts):
+    """The shared prefix (system turn + instruction) is run once and its KV cache reused per batch:
+    outputs identical to plain left-padded batching (float32), and the model really runs over
+    fewer tokens: (N - 1) x prefix fewer, counted at the embedding layer."""
+    from retrain.evaluate.generate import GenerationStats, generate, prompt_encoder, shared_prefix_length
+
+    model, tokenizer = adapted
+    fed = [0]
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: fed.__setitem__(0, fed[0] + args[0].numel())
+    )
+    try:
+        plain_stats, cached_stats = GenerationStats(), GenerationStats()
+        plain = generate(model, tokenizer, prompts, MAX_NEW, 3, prefix_cache=False, stats=plain_stats)
+        fed_plain, fed[0] = fed[0], 0
+        cached = generate(model, tokenizer, prompts, MAX_NEW, 3, prefix_cache=True, stats=cached_stats)
+        fed_cached = fed[0]
+    finally:
+        hook.remove()
+    assert cached == plain
+    assert len({o.text for o in cached}) > N_PROMPTS // 2
+    enc = prompt_encoder(tokenizer)
+    encoded = [enc.encode(p) for p in prompts]
+    n_prefix = shared_prefix_length(encoded)
+    assert cached_stats.prefix_tokens == n_prefix > 50  # the instruction is long
+    assert plain_stats.prefix_tokens == 0 and plain_stats.batches == cached_stats.batches == 3
+    assert fed_plain - fed_cached == n_prefix * (N_PROMPTS - 1)
+    assert plain_stats.prefill_tokens - cached_stats.prefill_tokens == n_prefix * (N_PROMPTS - 1)
+    # The prefix ends inside the user turn, after the instruction's opening.
+    assert "<|im_start|>user" in tokenizer.decode(encoded[0][:n_prefix])
+
+
+def test_prefix_cache_is_skipped_when_prompts_share_little(adapted, prompts):
+    from retrain.evaluate.generate import GenerationStats, generate
+
+    model, tokenizer = adapted
+    some = prompts[:4]
+    systems = [None, "你是命名实体识别专家。"] * 2  # the prompts differ from the system turn on
+    stats = GenerationStats()
+    cached = generate(*adapted, some, MAX_NEW, 2, systems=systems, prefix_cache=True, stats=stats)
+    assert stats.prefix_tokens == 0
+    assert cached == generate(model, tokenizer, some, MAX_NEW, 2, systems=systems)
+
+
 def test_adapter_changes_the_output(base, adapted, prompts):
     from retrain.evaluate.generate import generate
 
@@ -178,6 +222,7 @@ def test_hf_backend_switches_adapters_like_separate_models(
     from retrain.evaluate.generate import HFBackend, generate, load_model
 
     some = prompts[:4]
+    # prefix_cache on (the default): the prefix's KV cache must follow the adapter switches too.
     backend = HFBackend(tiny_model_dir)
     systems = [None] * len(some)
     b1 = backend.generate(some, systems, None, MAX_NEW, 2)

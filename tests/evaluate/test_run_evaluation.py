@@ -112,6 +112,7 @@ def test_evaluate_candidate_against_base_then_cached_champion(
         "backend": "hf",
         "max_new_tokens": 12,
         "batch_size": 4,
+        "prefix_cache": True,
         "template": "qwen",
         "strategy": "greedy",
     }

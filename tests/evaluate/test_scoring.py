@@ -128,6 +128,7 @@ def test_request_contract():
         "backend": "hf",
         "max_new_tokens": 64,
         "batch_size": 4,
+        "prefix_cache": True,
         "template": "qwen",
         "strategy": "greedy",
     }

@@ -77,6 +77,7 @@ class ScriptedModel:
         template: str = "qwen",
         adapter_dirs: Any = (),
         trust_remote_code: bool = False,
+        prefix_cache: bool = True,
     ) -> ScriptedModel:
         return self
 

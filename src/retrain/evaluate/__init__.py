@@ -379,7 +379,8 @@ def run_evaluation(
     ``adapter_uri``, ``adapter_digest``, ``cached``, ``cache_key``), predictions_candidate.jsonl,
     predictions_champion.jsonl (one row per golden example: index, input, gold, raw, pred, parse_ok,
     parse_error, new_tokens, stopped), per_label_f1.png, report.html. ``backend_factory(backend,
-    base_model, template=, adapter_dirs=)`` defaults to `generate.make_backend`.
+    base_model, template=, adapter_dirs=, trust_remote_code=, prefix_cache=)`` defaults to
+    `generate.make_backend`.
     """
     stores: dict[str, ObjectStore] = {}
 
@@ -412,6 +413,7 @@ def run_evaluation(
             template=request.template,
             adapter_dirs=adapter_dirs,
             trust_remote_code=request.trust_remote_code,
+            prefix_cache=request.prefix_cache,
         )
         results = {
             side.role: _score_side(store, side, backend, golden, request, fingerprint, cached)

@@ -8,7 +8,10 @@ same code path its SFT preprocessing uses, so training and evaluation see identi
 Two backends:
 - ``hf``: transformers + peft, batched with LEFT padding and an attention mask, pure greedy
   decoding (no sampling, no repetition penalty, whatever the model's generation_config says).
-  Batched output equals one-at-a-time output (tested on the tiny model).
+  Batched output equals one-at-a-time output (tested on the tiny model). With ``prefix_cache``
+  (conf evaluate.prefix_cache) the token prefix shared by every prompt of a call (the system turn
+  and the long NER instruction) is run through the model once; its KV cache is expanded to each
+  batch and only the rest of each prompt is prefilled (`PrefixCache`).
 - ``vllm``: used when ``backend: vllm`` and vllm is importable (the GPU trainer image); LoRA
   adapters are served by one engine with ``enable_lora``. Without vllm: `BackendUnavailableError`.
 
@@ -95,6 +98,81 @@ def _generation_eos_ids(model: Any) -> list[int]:
 # --- transformers backend ---------------------------------------------------------------------
 
 
+@dataclass
+class GenerationStats:
+    """What one `generate` call did, filled in when passed: ``prefix_tokens`` is the length of the
+    shared prefix whose KV cache was computed once and reused (0: none), ``prefill_tokens`` the
+    prompt tokens the model ran over (the shared prefix counted once, padding included)."""
+
+    prefix_tokens: int = 0
+    prefill_tokens: int = 0
+    batches: int = 0
+
+
+#: A shared prefix shorter than this is not worth a separate forward pass.
+MIN_PREFIX_TOKENS = 8
+
+
+def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix common to every prompt, leaving at least one token of each prompt
+    outside it (generation needs the last prompt token's logits)."""
+    if not encoded:
+        return 0
+    first = encoded[0]
+    n = min(len(e) for e in encoded) - 1
+    for ids in encoded[1:]:
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+class PrefixCache:
+    """The KV cache of a token prefix, computed once by ``model`` (with its active adapter: a LoRA
+    adapter changes the keys and values, so the cache belongs to one model + adapter) and handed
+    out as a fresh `DynamicCache` per batch (`for_batch`): generation appends to the cache it gets,
+    so each batch needs its own; the prefix tensors are expanded (a view), and the first append
+    copies them.
+
+    The batch then holds ``[prefix | left padding | rest of the prompt]`` per row, with the attention
+    mask 0 on the padding. transformers derives position ids from the mask (cumsum - 1) and
+    prefills only the tokens past the cache, so every real token keeps the position and the
+    attended tokens it has in plain left-padded batching. Only for models whose every layer is a
+    full-attention `DynamicLayer` (a sliding window would count the padding): `build` returns None
+    otherwise.
+    """
+
+    def __init__(self, prefix_ids: list[int], layers: list[tuple[Any, Any]], config: Any) -> None:
+        self.prefix_ids = prefix_ids
+        self._layers = layers
+        self._config = config
+
+    @classmethod
+    def build(cls, model: Any, prefix_ids: Sequence[int]) -> PrefixCache | None:
+        import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=model.config)
+        if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            log.info("prefix cache off: the model has non-full-attention cache layers")
+            return None
+        device = next(model.parameters()).device
+        ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return cls(list(prefix_ids), layers, model.config)
+
+    def for_batch(self, rows: int) -> Any:
+        """A new cache holding the prefix for ``rows`` sequences."""
+        from transformers import DynamicCache
+
+        data = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self._layers]
+        return DynamicCache(ddp_cache_data=data, config=self._config)
+
+
 def load_model(
     base_model_dir: str | Path,
     adapter_dir: str | Path | None = None,
@@ -141,6 +219,8 @@ def generate(
     systems: Sequence[str | None] | str | None = None,
     template: str = DEFAULT_TEMPLATE,
     sort_by_length: bool = True,
+    prefix_cache: bool = False,
+    stats: GenerationStats | None = None,
 ) -> list[GenerationOutput]:
     """Greedy completions for user turns ``prompts``, in input order.
 
@@ -148,9 +228,11 @@ def generate(
     ``sort_by_length`` prompts of similar length are batched together (results are returned in
     input order either way). ``systems``: one system prompt for all, or one per prompt (None: the
     template's default, as in training). ``progress(done, total)`` is called after each batch.
+    ``prefix_cache``: run the prefix shared by all prompts once and reuse its KV cache in every
+    batch (`PrefixCache`; skipped when it is shorter than `MIN_PREFIX_TOKENS`). ``stats`` is filled
+    in with what was done.
     """
     import torch
-    from transformers import GenerationConfig
 
     enc = prompt_encoder(tokenizer, template, extra_stop_ids=_generation_eos_ids(model))
     system_list = _systems(systems, len(prompts))
@@ -158,7 +240,41 @@ def generate(
     order = list(range(len(encoded)))
     if sort_by_length:
         order.sort(key=lambda i: -len(encoded[i]))
-    config = GenerationConfig(
+    stats = stats if stats is not None else GenerationStats()
+    cache = None
+    if prefix_cache:
+        n_prefix = shared_prefix_length(encoded)
+        if n_prefix >= MIN_PREFIX_TOKENS:
+            cache = PrefixCache.build(model, encoded[0][:n_prefix])
+    stats.prefix_tokens = len(cache.prefix_ids) if cache else 0
+    stats.prefill_tokens = stats.prefix_tokens
+    config = _greedy_config(max_new_tokens, enc)
+    device = next(model.parameters()).device
+    results: list[GenerationOutput | None] = [None] * len(encoded)
+    total = len(encoded)
+    bs = max(1, int(batch_size))
+    with torch.inference_mode():
+        for start in range(0, total, bs):
+            idx = order[start : start + bs]
+            batch = _batch_inputs([encoded[i] for i in idx], enc.pad_token_id, cache)
+            width = batch["input_ids"].shape[1]
+            stats.prefill_tokens += (width - stats.prefix_tokens) * len(idx)
+            stats.batches += 1
+            inputs = {k: v.to(device) if k != "past_key_values" else v for k, v in batch.items()}
+            out = model.generate(**inputs, generation_config=config)
+            new = out[:, width:].tolist()
+            for row, i in enumerate(idx):
+                results[i] = _finish(new[row], enc, tokenizer)
+            log.info("generated %d/%d", start + len(idx), total)
+            if progress is not None:
+                progress(start + len(idx), total)
+    return [r for r in results if r is not None]
+
+
+def _greedy_config(max_new_tokens: int, enc: PromptEncoder) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
@@ -169,32 +285,28 @@ def generate(
         top_p=None,
         top_k=None,
     )
-    device = next(model.parameters()).device
-    results: list[GenerationOutput | None] = [None] * len(encoded)
-    total = len(encoded)
-    done = 0
-    bs = max(1, int(batch_size))
-    with torch.inference_mode():
-        for start in range(0, total, bs):
-            idx = order[start : start + bs]
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), enc.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention[row, width - len(ids) :] = 1
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
-            )
-            new = out[:, width:].tolist()
-            for row, i in enumerate(idx):
-                results[i] = _finish(new[row], enc, tokenizer)
-            done += len(idx)
-            log.info("generated %d/%d", done, total)
-            if progress is not None:
-                progress(done, total)
-    return [r for r in results if r is not None]
+
+
+def _batch_inputs(rows: list[list[int]], pad_id: int, cache: PrefixCache | None) -> dict[str, Any]:
+    """``input_ids`` and ``attention_mask`` of one batch, LEFT-padded; with a prefix cache, rows
+    are ``[prefix | padding | rest]`` and ``past_key_values`` holds the prefix for every row."""
+    import torch
+
+    p = len(cache.prefix_ids) if cache is not None else 0
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        rest = ids[p:]
+        input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+        attention[row, width - len(rest) :] = 1
+        if p:
+            input_ids[row, :p] = torch.tensor(ids[:p], dtype=torch.long)
+            attention[row, :p] = 1
+    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention}
+    if cache is not None:
+        batch["past_key_values"] = cache.for_batch(len(rows))
+    return batch
 
 
 def _systems(systems: Sequence[str | None] | str | None, n: int) -> list[str | None]:
@@ -222,9 +334,14 @@ class HFBackend:
     name = "hf"
 
     def __init__(
-        self, base_model_dir: str | Path, template: str = DEFAULT_TEMPLATE, **load_kwargs: Any
+        self,
+        base_model_dir: str | Path,
+        template: str = DEFAULT_TEMPLATE,
+        prefix_cache: bool = True,
+        **load_kwargs: Any,
     ) -> None:
         self.template = template
+        self.prefix_cache = prefix_cache
         self.model, self.tokenizer = load_model(base_model_dir, None, **load_kwargs)
         self._adapters: dict[str, str] = {}
         # Warm-up (template set-up, first kernels) so it is not billed to the first model's latency.
@@ -289,6 +406,7 @@ class HFBackend:
                 progress,
                 systems=systems,
                 template=self.template,
+                prefix_cache=self.prefix_cache,
             )
 
 
@@ -393,11 +511,13 @@ def make_backend(
     template: str = DEFAULT_TEMPLATE,
     adapter_dirs: Sequence[str | Path | None] = (),
     trust_remote_code: bool = False,
+    prefix_cache: bool = True,
 ) -> HFBackend | VllmBackend:
     """The backend named in the eval request; for vllm, sized for the given adapters' ranks.
-    ``trust_remote_code``: conf models.trust_remote_code (`retrain.base_models`), off by default."""
+    ``trust_remote_code``: conf models.trust_remote_code (`retrain.base_models`), off by default.
+    ``prefix_cache``: conf evaluate.prefix_cache (hf only; vLLM manages its own KV cache)."""
     if backend == "hf":
-        return HFBackend(base_model_dir, template, trust_remote_code=trust_remote_code)
+        return HFBackend(base_model_dir, template, prefix_cache, trust_remote_code=trust_remote_code)
     if backend == "vllm":
         ranks = [adapter_rank(d) for d in adapter_dirs if d is not None]
         return VllmBackend(
