@@ -1,12 +1,14 @@
 """Per-stage S3 credentials: a role made for one run's stage, allowed only what that stage touches.
 
 ``s3.scoped_credentials: assume_role`` (conf/pipeline.yaml): before a trainer stage starts, the
-launcher (with the long-lived credentials of the Airflow connection) creates an IAM role named for
-the run and the stage, puts ONE inline policy on it (`stage_policy`, from `stage_grants`), assumes
-it for ``s3.scoped_duration_seconds`` and hands the trainer only those temporary credentials. After
-the stage the role is deleted, so its credentials stop working even before they expire; a relaunch
-deletes the role an earlier attempt left first (an orphaned container of a dead worker loses its
-access then).
+launcher (with the long-lived credentials of the Airflow connection) creates an IAM role for this
+attempt under a path named for the run and the stage (``<scoped_role_path><retrain-stage-run>/``),
+puts ONE inline policy on it (`stage_policy`, from `stage_grants`), assumes it for
+``s3.scoped_duration_seconds``, waits until it can read the stage's request (`wait_until_usable`)
+and hands the trainer only those temporary credentials. After the stage the role is deleted, so its
+credentials stop working before they expire; a relaunch first deletes every role under that path
+(an orphaned container of a dead worker loses its access then). A new role name per attempt, as a
+session must not carry over to a new role of an old name.
 
 What each stage may touch, from the request the launcher wrote into the run's prefix:
 
