@@ -523,8 +523,8 @@ def test_s3_proxy_serves_reports_with_a_no_script_policy(client):
     md = client.get(f"/retrain/s3/quarantine/{rid}/report.md")
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/plain")
     assert md.text.startswith(f"# Intake report — run {RUN_B}")
-    assert client.get(f"/retrain/s3/runs/{rid}/summary.json").json()["registered_version"] == "2"
-    assert client.get(f"/retrain/s3/runs/{rid}/nothing.json").status_code == 404
+    assert r.headers["content-security-policy"].startswith("sandbox allow-same-origin;")
+    assert client.get(f"/retrain/s3/runs/{rid}/summary.json").status_code == 403  # not linked by the UI
 
 
 @pytest.mark.parametrize(
@@ -544,7 +544,16 @@ def test_s3_proxy_refuses_dot_dot_keys(client, path):
 
 
 @pytest.mark.parametrize(
-    "key", ["state/ledger.json", "incoming/batch-a.jsonl", "accepted/x.jsonl", "runsX/y"]
+    "key",
+    [
+        "state/ledger.json",
+        "incoming/batch-a.jsonl",
+        "accepted/x.jsonl",
+        "runsX/y",
+        "runs/r/adapter/adapter_model.safetensors",
+        "runs/r/checkpoints/checkpoint-2/adapter_model.safetensors",
+        "runs/r/merged/model.safetensors",
+    ],
 )
 def test_s3_proxy_refuses_keys_outside_the_report_prefixes(client, key):
     r = client.get(f"/retrain/s3/{key}")
@@ -677,7 +686,7 @@ def test_e2e_auth_is_airflows(airflow_ui):
     import httpx
 
     url = airflow_ui["url"]
-    key = quote(f"runs/{_safe(RUN_B)}/summary.json")
+    key = quote(f"runs/{_safe(RUN_B)}/decision.json")
     routes = [
         ("GET", "/retrain/"),
         ("GET", "/retrain/api/overview"),
