@@ -31,6 +31,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "Qwen/Qwen2.5-7B-Instruct"  # conf train.base_model
 MODEL = "clue-ner-Qwen2.5-7B-Instruct-lora"
+OLD_TRACKING_URI = "postgresql://mlflow:pw-summary-5e1c@db:5432/mlflow"
 LABELS = [
     "address",
     "book",
@@ -148,7 +149,8 @@ def _summary(
         "champion_name": champion_name,
         "decision": decision,
         "registered_version": version,
-        "registry": {"model": MODEL, "tracking_uri": "sqlite:///x", "champion_version": champion_after},
+        # as a summary written before retrain.redact held it: the password in clear
+        "registry": {"model": MODEL, "tracking_uri": OLD_TRACKING_URI, "champion_version": champion_after},
     }
 
 
@@ -473,6 +475,9 @@ def test_overview_json(client):
     ), data["runs"][1]["note"]
     assert data["registry"]["describe"]["champion"]["version"] == "1"
     assert [e["kind"] for e in data["registry"]["history"]] == ["promote", "promote", "rollback"]
+    shown = data["runs"][1]["summary"]["registry"]["tracking_uri"]
+    assert shown == "postgresql://mlflow:***@db:5432/mlflow", shown
+    assert "pw-summary-5e1c" not in json.dumps(data)
 
 
 def test_run_report_tab(client):
