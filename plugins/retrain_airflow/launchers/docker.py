@@ -40,9 +40,9 @@ from typing import Any
 
 from airflow.providers.docker.exceptions import DockerContainerFailedSkipException
 from airflow.providers.docker.operators.docker import DockerOperator
+from docker.api.client import APIClient
 from docker.types import DeviceRequest, Mount
 
-from docker import APIClient
 from retrain.config import RetryPolicy, Settings, parse_byte_size
 from retrain.errors import INPUT_ERROR_EXIT
 from retrain_airflow.launchers.base import StageLauncher, input_error, stage_command

@@ -170,9 +170,8 @@ def test_the_container_drops_every_capability_and_gains_no_privileges() -> None:
     """cap_drop ALL and no-new-privileges reach the host config the engine gets (DockerOperator itself
     passes neither: `HardenedClient` adds them); conf's cap_add/security_opt are honoured. The real
     engine's view (CapEff 0, NoNewPrivs 1) is in tests/docker/test_container_hardening.py."""
+    from docker.api.client import APIClient
     from retrain_airflow.launchers.docker import HardenedClient
-
-    from docker import APIClient
 
     op = DockerStageOperator.from_settings("train", RUN_URI_TEMPLATE, load_settings(environ={}))
     assert (op.cap_add, op.security_opt, op.privileged) == ([], ["no-new-privileges"], False)
