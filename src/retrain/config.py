@@ -201,6 +201,8 @@ class DockerConfig(_Strict):
     environment: dict[str, str] = {}  # extra, non-secret variables (secrets come from the connection)
     mem_limit: str | None = None
     user: str | None = None  # null = the image's user (trainer, uid 1000)
+    cap_add: list[str] = []  # capabilities added back after dropping ALL (the trainer needs none)
+    security_opt: list[str] = ["no-new-privileges"]  # Docker --security-opt values
     execution_timeout_minutes: int = Field(24 * 60, gt=0)
     retry: RetryPolicy = RetryPolicy()
 

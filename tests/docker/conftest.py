@@ -110,3 +110,52 @@ def tiny_model_host_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for path in [out, *out.rglob("*")]:  # readable by the image's user (uid 1000)
         path.chmod(0o755 if path.is_dir() else 0o644)
     return out / "tiny"
+
+
+PROBE_IMAGE = "retrain/probe:host-binaries"
+PROBE_BINARIES = ("sh", "cat", "sleep", "grep")
+
+
+def _probe_rootfs(root: Path) -> None:
+    """A minimal root filesystem: the host's sh/cat/sleep/grep and the shared libraries they load
+    (`ldd`), at the same paths. Enough to read /proc inside a container; no registry needed."""
+    import shutil
+
+    files: set[str] = set()
+    for name in PROBE_BINARIES:
+        binary = shutil.which(name)
+        assert binary, f"{name} not found on the host"
+        files.add(os.path.realpath(binary))
+        files.add(binary)
+        ldd = run_cmd(["ldd", binary])
+        files.update(part for part in ldd.stdout.split() if part.startswith("/"))
+    for src in files:
+        dest = root / src.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(src), dest)
+    for name in PROBE_BINARIES:  # /bin/<name> whatever the host's layout
+        link = root / "bin" / name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.realpath(shutil.which(name) or ""), link)
+    for folder in ("proc", "sys", "dev", "etc", "tmp", "work"):
+        (root / folder).mkdir(exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    (root / "work").chmod(0o1777)
+
+
+@pytest.fixture(scope="session")
+def probe_image(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tiny image made from the host's own binaries (`_probe_rootfs`, ``docker import``, < 1 s) for
+    tests about how the launcher runs a container rather than what runs in it; removed at the end."""
+    root = tmp_path_factory.mktemp("probe-rootfs")
+    _probe_rootfs(root)
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    made = run_cmd(
+        ["docker", "import", "--change", "USER 1000:1000", "--change", "WORKDIR /work", "-", PROBE_IMAGE],
+        stdin=tar.stdout,
+    )
+    tar.wait()
+    assert made.returncode == 0, made.stderr
+    yield PROBE_IMAGE
+    run_cmd(["docker", "rmi", "-f", PROBE_IMAGE])

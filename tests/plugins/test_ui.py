@@ -31,6 +31,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "Qwen/Qwen2.5-7B-Instruct"  # conf train.base_model
 MODEL = "clue-ner-Qwen2.5-7B-Instruct-lora"
+OLD_TRACKING_URI = "postgresql://mlflow:pw-summary-5e1c@db:5432/mlflow"
 LABELS = [
     "address",
     "book",
@@ -148,7 +149,8 @@ def _summary(
         "champion_name": champion_name,
         "decision": decision,
         "registered_version": version,
-        "registry": {"model": MODEL, "tracking_uri": "sqlite:///x", "champion_version": champion_after},
+        # as a summary written before retrain.redact held it: the password in clear
+        "registry": {"model": MODEL, "tracking_uri": OLD_TRACKING_URI, "champion_version": champion_after},
     }
 
 
@@ -473,6 +475,9 @@ def test_overview_json(client):
     ), data["runs"][1]["note"]
     assert data["registry"]["describe"]["champion"]["version"] == "1"
     assert [e["kind"] for e in data["registry"]["history"]] == ["promote", "promote", "rollback"]
+    shown = data["runs"][1]["summary"]["registry"]["tracking_uri"]
+    assert shown == "postgresql://mlflow:***@db:5432/mlflow", shown
+    assert "pw-summary-5e1c" not in json.dumps(data)
 
 
 def test_run_report_tab(client):
@@ -523,8 +528,8 @@ def test_s3_proxy_serves_reports_with_a_no_script_policy(client):
     md = client.get(f"/retrain/s3/quarantine/{rid}/report.md")
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/plain")
     assert md.text.startswith(f"# Intake report — run {RUN_B}")
-    assert client.get(f"/retrain/s3/runs/{rid}/summary.json").json()["registered_version"] == "2"
-    assert client.get(f"/retrain/s3/runs/{rid}/nothing.json").status_code == 404
+    assert r.headers["content-security-policy"].startswith("sandbox allow-same-origin;")
+    assert client.get(f"/retrain/s3/runs/{rid}/summary.json").status_code == 403  # not linked by the UI
 
 
 @pytest.mark.parametrize(
@@ -544,7 +549,16 @@ def test_s3_proxy_refuses_dot_dot_keys(client, path):
 
 
 @pytest.mark.parametrize(
-    "key", ["state/ledger.json", "incoming/batch-a.jsonl", "accepted/x.jsonl", "runsX/y"]
+    "key",
+    [
+        "state/ledger.json",
+        "incoming/batch-a.jsonl",
+        "accepted/x.jsonl",
+        "runsX/y",
+        "runs/r/adapter/adapter_model.safetensors",
+        "runs/r/checkpoints/checkpoint-2/adapter_model.safetensors",
+        "runs/r/merged/model.safetensors",
+    ],
 )
 def test_s3_proxy_refuses_keys_outside_the_report_prefixes(client, key):
     r = client.get(f"/retrain/s3/{key}")
@@ -677,7 +691,7 @@ def test_e2e_auth_is_airflows(airflow_ui):
     import httpx
 
     url = airflow_ui["url"]
-    key = quote(f"runs/{_safe(RUN_B)}/summary.json")
+    key = quote(f"runs/{_safe(RUN_B)}/decision.json")
     routes = [
         ("GET", "/retrain/"),
         ("GET", "/retrain/api/overview"),

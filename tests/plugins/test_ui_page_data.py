@@ -94,8 +94,18 @@ def test_registry_for_refuses_names_that_are_not_model_names():
 @pytest.mark.parametrize(
     "key, error",
     [
-        ("runs/a/summary.json", None),
+        # what the UI links (plugins/retrain_airflow/ui/links.py, views.py, approval.py)
+        ("runs/a/eval/report.html", None),
+        ("runs/a/train/training_loss.png", None),
+        ("runs/a/decision.json", None),
         ("reports/r/b/index.html", None),
+        ("reports/r/b/validations/suite/run/20261129T020000.000000Z/abc.html", None),
+        ("reports/r/b/static/vendor/bootstrap/css/bootstrap.min.css", None),
+        ("reports/r/b/static/vendor/fontawesome/webfonts/fa-solid-900.woff2", None),
+        ("reports/r/b/static/images/logo-long.png", None),
+        ("quarantine/r/report.md", None),
+        ("quarantine/r/batch-a-0123456789ab.jsonl", None),
+        # malformed keys
         ("runs/../state/ledger.json", "UnsafeKeyError"),
         ("runs/./a", "UnsafeKeyError"),
         ("runs//a", "UnsafeKeyError"),
@@ -103,21 +113,49 @@ def test_registry_for_refuses_names_that_are_not_model_names():
         ("runs\\a", "UnsafeKeyError"),
         ("runs/a\x00", "UnsafeKeyError"),
         ("", "UnsafeKeyError"),
+        # well-formed, but not a report the UI links: models, checkpoints, data, state
+        ("runs/a/adapter/adapter_model.safetensors", "PermissionError"),
+        ("runs/a/adapter/adapter_config.json", "PermissionError"),
+        ("runs/a/checkpoints/checkpoint-4/adapter_model.safetensors", "PermissionError"),
+        ("runs/a/checkpoints/hashes.json", "PermissionError"),
+        ("runs/a/merged/model.safetensors", "PermissionError"),
+        ("runs/a/merged/tokenizer.json", "PermissionError"),
+        ("runs/a/train_request.json", "PermissionError"),
+        ("runs/a/eval/predictions_candidate.jsonl", "PermissionError"),
+        ("runs/a/summary.json", "PermissionError"),
+        ("runs/a/b/eval/report.html", "PermissionError"),
+        ("runs/eval/report.html", "PermissionError"),
+        ("reports/r/b/data.parquet", "PermissionError"),
+        ("reports/r/index.json", "PermissionError"),
+        ("quarantine/r/sub/x.jsonl", "PermissionError"),
+        ("quarantine/r/model.safetensors", "PermissionError"),
+        ("datasets/v1/train.json", "PermissionError"),
         ("state/ledger.json", "PermissionError"),
-        ("runsX/a", "PermissionError"),
+        ("runsX/a/decision.json", "PermissionError"),
     ],
 )
 def test_check_report_key(key, error):
-    from retrain_airflow.ui.proxy import check_report_key
+    from retrain_airflow.ui.proxy import ReportAllowlist, check_report_key
 
+    from retrain.config import load_settings
     from retrain.storage import UnsafeKeyError
 
-    prefixes = ("reports/", "quarantine", "runs/", "")
+    allowlist = ReportAllowlist.from_settings(load_settings(environ={}))
     if error is None:
-        assert check_report_key(key, prefixes) == key
+        assert check_report_key(key, allowlist) == key
     else:
         with pytest.raises({"UnsafeKeyError": UnsafeKeyError, "PermissionError": PermissionError}[error]):
-            check_report_key(key, prefixes)
+            check_report_key(key, allowlist)
+
+
+def test_the_proxy_policy_sandboxes_without_scripts_and_loads_nothing_from_elsewhere():
+    from retrain_airflow.ui.proxy import PROXY_CSP
+
+    directives = {d.split()[0]: d.split()[1:] for d in (x.strip() for x in PROXY_CSP.split(";")) if d}
+    assert directives["sandbox"] == ["allow-same-origin"]  # no allow-scripts, forms, popups, top nav
+    assert directives["script-src"] == ["'none'"] and directives["default-src"] == ["'none'"]
+    sources = [src for values in directives.values() for src in values]
+    assert not [s for s in sources if s in ("*", "https:", "http:") or "://" in s or s.startswith("*.")]
 
 
 def test_content_types_never_serve_text_reports_as_html():

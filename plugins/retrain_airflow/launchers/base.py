@@ -1,5 +1,8 @@
 """The one shape of a stage launcher: before the stage, launch it, after it.
 
+- clear: end whatever an earlier try of the stage left running on the backend (`clear_earlier_try`;
+  the Docker launcher kills its orphan container, see `retrain_airflow.launchers.docker`), so that
+  nothing but this try can write the run's output from here on;
 - before: remove the stage's commit marker an earlier attempt left (`retrain.stages.uncommit`), so
   that only this attempt's output can pass the check after;
 - launch: run ``retrain <stage> --run-uri <run_uri>`` (`stage_command`) on the backend, and end the
@@ -10,7 +13,7 @@
   (`retrain.stages.check_committed`, file names from `retrain.runs`).
 
 `StageLauncher` is mixed into an operator class (first among its bases), which supplies `launch`
-and `from_settings`; its ``execute`` runs the three steps and returns the run URI (the task's XCom).
+and `from_settings`; its ``execute`` runs the four steps and returns the run URI (the task's XCom).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class StageLauncher:
         bucket, prefix = parse_s3_uri(self.run_uri)
         return object_store(glue.settings(), bucket, self.aws_conn_id), prefix
 
+    def clear_earlier_try(self) -> None:
+        """End what an earlier try of this stage left running (its worker died); nothing by default."""
+
     def before_stage(self) -> None:
         store, prefix = self._run_store()
         uncommit(store, prefix, self.stage)
@@ -102,6 +108,7 @@ class StageLauncher:
                 self.scoped_credentials = None
 
     def execute(self, context: Any) -> str:
+        self.clear_earlier_try()
         self.before_stage()
         with self.scoped():
             self.launch(context)

@@ -17,17 +17,31 @@ Multi-GPU: a GPU count above 1 sets FORCE_TORCHRUN=1 and NPROC_PER_NODE=<count>,
 ``gpus: all`` LLaMA-Factory counts the visible GPUs itself and uses torchrun when there are several.
 A DeepSpeed config is a LLaMA-Factory argument: set ``deepspeed: <path inside the image>`` in the
 LLaMA-Factory profile (conf/llamafactory/*.yaml); the train request carries it to the trainer.
+
+Hardening: the container drops every Linux capability (``cap_drop: [ALL]``; conf's
+``docker.cap_add`` adds some back, none by default: the trainer runs as uid 1000 and needs none) and
+runs with conf's ``docker.security_opt`` (``no-new-privileges`` by default: no setuid binary can raise
+its privileges). DockerOperator 4.6 passes neither to the engine, so `HardenedClient` adds them to the
+host config it creates. The container has a fixed name per run and stage (`container_name`, the same
+for every try); before a try starts, a container of that name left by an earlier try (its worker was
+killed, so DockerOperator's on_kill and clean-up never ran) is killed and removed (`remove_orphan`,
+logged), before the stage's commit marker is removed, so an orphan can no longer write into the run's
+prefix or commit for this try.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.providers.docker.exceptions import DockerContainerFailedSkipException
 from airflow.providers.docker.operators.docker import DockerOperator
+from docker.api.client import APIClient
 from docker.types import DeviceRequest, Mount
 
 from retrain.config import RetryPolicy, Settings, parse_byte_size
@@ -38,6 +52,61 @@ from retrain_airflow.s3 import s3_environment
 #: The container's scratch directory (the image's WORKDIR, writable by its user); TMPDIR points
 #: there so a stage's temporary files land on the scratch mount when one is configured.
 CONTAINER_SCRATCH = "/work"
+#: Every capability is dropped; conf's ``docker.cap_add`` adds back only what it names.
+CAP_DROP = ["ALL"]
+
+log = logging.getLogger(__name__)
+
+
+def container_name(stage: str, run_uri: str) -> str:
+    """``retrain-<stage>-<run folder>-<8 hex of the run URI>``: one name per run and stage, the same
+    for every try (Docker's name alphabet ``[a-zA-Z0-9][a-zA-Z0-9_.-]+``; the digest keeps two
+    buckets' runs of the same folder name apart)."""
+    folder = run_uri.rstrip("/").rsplit("/", 1)[-1]
+    safe = re.sub(r"[^a-zA-Z0-9_.-]+", "-", f"{stage}-{folder}").strip("-.")[:100]
+    digest = hashlib.sha256(run_uri.encode()).hexdigest()[:8]
+    return f"retrain-{safe}-{digest}"
+
+
+def remove_orphan(cli: Any, name: str) -> bool:
+    """Kill and remove the container called ``name`` if there is one (an earlier try's); True if so.
+
+    No graceful stop: the orphan's work is discarded anyway (the new try starts the stage over), and a
+    SIGTERM grace period would only let it write into the run's prefix for longer."""
+    from docker.errors import NotFound
+
+    try:
+        found = cli.inspect_container(name)
+    except NotFound:
+        return False
+    state = found.get("State", {})
+    log.warning(
+        "removing container %s (%s, status %s, started %s) left by an earlier try of this stage",
+        name,
+        found.get("Id", "")[:12],
+        state.get("Status"),
+        state.get("StartedAt"),
+    )
+    try:
+        cli.remove_container(name, force=True)  # force: SIGKILL first when it still runs
+    except NotFound:  # it had auto-remove set, or went on its own meanwhile
+        pass
+    return True
+
+
+class HardenedClient:
+    """The engine's API client with ``cap_drop``/``cap_add``/``security_opt`` added to every host
+    config it creates (DockerOperator does not pass them); everything else goes to the client."""
+
+    def __init__(self, client: APIClient, cap_add: list[str], security_opt: list[str]) -> None:
+        self._client = client
+        self._hardening = {"cap_drop": CAP_DROP, "cap_add": cap_add or None, "security_opt": security_opt}
+
+    def create_host_config(self, **kwargs: Any) -> Any:
+        return self._client.create_host_config(**{**kwargs, **self._hardening})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 
 
 def gpu_environment(gpus: int | str) -> dict[str, str]:
@@ -97,11 +166,20 @@ class DockerStageOperator(StageLauncher, DockerOperator):
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "run_uri")
 
-    def __init__(self, *, stage: str, run_uri: str, aws_conn_id: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        stage: str,
+        run_uri: str,
+        aws_conn_id: str,
+        security_opt: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # The provider's own exit-status hook: exit 65 raises DockerContainerFailedSkipException,
         # which `launch` turns into a failure without retries.
         kwargs.setdefault("skip_on_exit_code", INPUT_ERROR_EXIT)
         super().__init__(**kwargs)
+        self.security_opt = list(security_opt if security_opt is not None else ["no-new-privileges"])
         self.stage = stage
         self.run_uri = run_uri
         self.aws_conn_id = aws_conn_id
@@ -143,6 +221,8 @@ class DockerStageOperator(StageLauncher, DockerOperator):
             "network_mode": dc.network_mode,
             "mem_limit": dc.mem_limit,
             "user": dc.user,
+            "cap_add": list(dc.cap_add),
+            "security_opt": list(dc.security_opt),
             "auto_remove": "success",
             "tty": False,
             "force_pull": False,
@@ -151,6 +231,19 @@ class DockerStageOperator(StageLauncher, DockerOperator):
         }
         args.update(kwargs)
         return cls(**args)
+
+    @property
+    def cli(self) -> Any:
+        """The engine's client, adding the capability and security options to the container."""
+        return HardenedClient(self.hook.api_client, list(self.cap_add or []), self.security_opt)
+
+    def clear_earlier_try(self) -> None:
+        """Kill and remove an earlier try's container of this run and stage (`remove_orphan`)."""
+        if self._docker_url_from_env:
+            self.docker_url = os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
+        if not self.container_name:
+            self.container_name = container_name(self.stage, self.run_uri)
+        remove_orphan(self.cli, self.container_name)
 
     def load_private_environment(self) -> None:
         """Put the connection's AWS_* variables into the container's private environment."""
@@ -170,8 +263,6 @@ class DockerStageOperator(StageLauncher, DockerOperator):
             return self.image
 
     def launch(self, context: Any) -> None:
-        if self._docker_url_from_env:
-            self.docker_url = os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
         self.load_private_environment()
         self.environment = {**self.environment, "RETRAIN_TRAINER_IMAGE": self.image_reference()}
         try:

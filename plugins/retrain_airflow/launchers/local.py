@@ -4,12 +4,20 @@ Invoked exactly as the container is (``retrain <stage> --run-uri s3://…/runs/<
 ``<trainer python> -m retrain.cli …``), with the S3 credentials of the Airflow connection (or the
 stage's scoped ones, ``s3.scoped_credentials``) in its environment; its output streams into the
 task log with those secrets masked.
+
+The child dies with the task process (`die_with_parent`: Linux's parent-death signal, SIGTERM, on
+which `retrain` stops its own ``llamafactory-cli`` child): a worker killed with SIGKILL, whose task
+process goes with it, leaves no trainer writing into the run's prefix beside the retry. Unlike the
+Docker launcher's container, the process cannot outlive the task, so there is nothing to clear
+before a retry.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -54,6 +62,20 @@ def _trainer_environment(
     return env, [v for k, v in s3_env.items() if k in SECRET_VARIABLES]
 
 
+#: prctl(2) option: the signal this process gets when the thread that started it ends.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """``preexec_fn`` of the trainer: SIGTERM when its parent (the task process) dies, however it dies.
+    If the parent is already gone when this runs (the race prctl leaves open), end now."""
+    if sys.platform != "linux":  # pragma: no cover - workers run Linux
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_trainer_process(
     stage: str, run_uri: str, settings: Settings, credentials: ScopedCredentials | None = None
 ) -> None:
@@ -68,8 +90,16 @@ def run_trainer_process(
     env, secrets = _trainer_environment(settings, credentials)
     cmd = [python, "-m", "retrain.cli", *stage_command(stage, run_uri)[1:]]
     log.info("local launcher: %s", " ".join(cmd))
+    parent = os.getpid()
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, cwd=REPO_ROOT
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        cwd=REPO_ROOT,
+        preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509 (no threads start the trainer)
     )
     tail: list[str] = []
     assert proc.stdout is not None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from retrain.redact import mask_text
+from retrain.redact import mask_summary, mask_text
 from retrain.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def load_run(store: Any, runs_prefix: str, folder: str) -> RunRecord:
     base = runs_prefix.rstrip("/") + "/" + folder
     summary, s_at = _get_json(store, f"{base}/{runs.SUMMARY}")
     intake, i_at = _get_json(store, f"{base}/{runs.INTAKE}")
-    return RunRecord(folder=folder, summary=summary, intake=intake, written=s_at or i_at)
+    return RunRecord(folder=folder, summary=mask_summary(summary), intake=intake, written=s_at or i_at)
 
 
 def load_runs(store: Any, runs_prefix: str, limit: int = MAX_RUNS) -> list[RunRecord]:

@@ -162,9 +162,8 @@ def _add_report_routes(app: FastAPI, auth: AuthDeps, load: SettingsLoader) -> No
     @app.get("/s3/{key:path}", name="s3_object", dependencies=[Depends(auth.read)])
     def s3_object(key: str) -> Response:
         settings = load()
-        prefixes = (settings.s3.reports_prefix, settings.s3.quarantine_prefix, settings.s3.runs_prefix)
         try:
-            proxy.check_report_key(key, prefixes)
+            proxy.check_report_key(key, proxy.ReportAllowlist.from_settings(settings))
         except UnsafeKeyError as exc:
             raise HTTPException(400, str(exc)) from None
         except PermissionError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import timedelta
 
 import pytest
@@ -163,3 +164,47 @@ def test_the_container_log_tail_decodes_bytes_and_keeps_the_last_lines() -> None
     logs: list[str | bytes] = [f"line {i}\n" for i in range(20)] + [b"retrain train: error: X\n"]
     assert container_log_tail(logs, lines=2) == "line 19\nretrain train: error: X"
     assert container_log_tail(None) == ""
+
+
+def test_the_container_drops_every_capability_and_gains_no_privileges() -> None:
+    """cap_drop ALL and no-new-privileges reach the host config the engine gets (DockerOperator itself
+    passes neither: `HardenedClient` adds them); conf's cap_add/security_opt are honoured. The real
+    engine's view (CapEff 0, NoNewPrivs 1) is in tests/docker/test_container_hardening.py."""
+    from docker.api.client import APIClient
+    from retrain_airflow.launchers.docker import HardenedClient
+
+    op = DockerStageOperator.from_settings("train", RUN_URI_TEMPLATE, load_settings(environ={}))
+    assert (op.cap_add, op.security_opt, op.privileged) == ([], ["no-new-privileges"], False)
+    offline = APIClient(base_url="unix:///nonexistent.sock", version="1.41")  # builds configs, no I/O
+    hc = HardenedClient(offline, op.cap_add, op.security_opt).create_host_config(
+        cap_add=op.cap_add, privileged=op.privileged, shm_size=op.shm_size
+    )
+    assert hc["CapDrop"] == ["ALL"] and "CapAdd" not in hc
+    assert hc["SecurityOpt"] == ["no-new-privileges"]
+    assert hc["ShmSize"] == 16 * 1024**3  # the operator's own options still pass through
+    assert "CapDrop" not in offline.create_host_config(cap_add=op.cap_add)  # what DockerOperator alone sends
+
+    site = DockerStageOperator.from_settings(
+        "train",
+        RUN_URI_TEMPLATE,
+        settings(
+            RETRAIN__DOCKER__CAP_ADD="[IPC_LOCK]",
+            RETRAIN__DOCKER__SECURITY_OPT="[no-new-privileges, apparmor=x]",
+        ),
+    )
+    hc = HardenedClient(offline, site.cap_add, site.security_opt).create_host_config(cap_add=site.cap_add)
+    assert (hc["CapDrop"], hc["CapAdd"]) == (["ALL"], ["IPC_LOCK"])
+    assert hc["SecurityOpt"] == ["no-new-privileges", "apparmor=x"]
+
+
+def test_the_container_name_is_one_per_run_and_stage_for_every_try() -> None:
+    from retrain_airflow.launchers.docker import container_name
+
+    name = container_name("train", RENDERED_RUN_URI)
+    assert name == container_name("train", RENDERED_RUN_URI)  # no try number in it
+    assert name.startswith("retrain-train-manual__2026-11-29-")
+    assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", name)  # Docker's name alphabet
+    assert name != container_name("evaluate", RENDERED_RUN_URI)
+    assert name != container_name("train", "s3://other-bucket/runs/manual__2026-11-29")
+    odd = container_name("train", "s3://b/runs/scheduled__2026-11-29T02:00:00+00:00")
+    assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", odd) and ":" not in odd and "+" not in odd

@@ -114,3 +114,22 @@ def test_exit_65_fails_the_task_without_retries_and_a_crash_is_retried(monkeypat
     with pytest.raises(AirflowException, match="returned a failure") as failed:
         op.launch({})
     assert failed.value is crash and not isinstance(failed.value, AirflowFailException)
+
+
+def test_the_pod_drops_every_capability_and_a_retry_reattaches_to_a_running_pod() -> None:
+    """The pod equivalent of the Docker launcher's hardening: no capabilities, no privilege
+    escalation, non-root. For a worker that died, KubernetesPodOperator's ``durable`` (default on
+    Airflow 3.3; the label search of ``reattach_on_restart`` before) makes the next try find the
+    earlier try's pod by its task labels (try-agnostic) and reattach to it while it runs, or delete it
+    once it has ended and start a fresh one: never a second pod for the stage, so no fixed pod name is
+    needed (the name keeps its random suffix)."""
+    op = KubernetesStageOperator.from_settings("train", RUN_URI_TEMPLATE, load_settings(environ={}))
+    op.render_template_fields({"ti": XComTI()})
+    pod = _pod(op)
+    (container,) = pod.spec.containers
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert not container.security_context.capabilities.add
+    assert container.security_context.allow_privilege_escalation is False
+    assert not container.security_context.privileged
+    assert op.durable is True and op.reattach_on_restart is True
+    assert op.on_finish_action.value == "delete_pod"

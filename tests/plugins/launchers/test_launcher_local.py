@@ -96,3 +96,57 @@ def test_the_trainer_gets_the_connection_credentials_and_prints_them_masked(
         worker(leaky).execute({})
     assert f"key *** {moto_server.endpoint}" in str(info.value)
     assert moto_server.secret_key not in capsys.readouterr().out
+
+
+TASK_PROCESS = """
+import os, sys
+sys.path[:0] = [os.environ["REPO"], os.environ["REPO"] + "/src", os.environ["REPO"] + "/plugins"]
+from retrain_airflow import settings as glue
+from retrain_airflow.launchers.local import run_trainer_process
+run_trainer_process("train", sys.argv[1], glue.settings())
+"""
+
+
+def test_the_trainer_dies_with_a_killed_task_process(worker, store, tmp_path) -> None:
+    """SIGKILL the process that runs the local launcher (as a killed Celery worker takes its task
+    process with it): the trainer it started gets SIGTERM and is gone, instead of running on
+    beside the retry (without the parent-death signal it is re-parented and keeps running)."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    pid_file, term_file = tmp_path / "trainer.pid", tmp_path / "trainer.sigterm"
+    sleeper = _script(
+        tmp_path,
+        "long-python",
+        "import os, signal, time\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        f"def term(*_):\n    open({str(term_file)!r}, 'w').write('SIGTERM')\n    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "time.sleep(600)",
+    )
+    worker(sleeper)  # the environment the task process inherits
+    repo = str(Path(__file__).resolve().parents[3])
+    task = subprocess.Popen(
+        [sys.executable, "-c", TASK_PROCESS, f"s3://{store.bucket}/runs/{RUN_ID}"],
+        env={**os.environ, "REPO": repo},
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and task.poll() is None, "the trainer did not start"
+        time.sleep(0.1)
+    trainer = psutil.Process(int(pid_file.read_text()))
+    assert trainer.ppid() == task.pid
+
+    os.kill(task.pid, signal.SIGKILL)
+    task.wait()
+    try:
+        trainer.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        trainer.kill()
+        pytest.fail("the trainer outlived its killed task process")
+    assert term_file.read_text() == "SIGTERM"  # a graceful stop: retrain stops llamafactory-cli on it
