@@ -49,6 +49,19 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_metadata_templates():
+    """Airflow metadata DBs of the session cloned from one migrated template (tests/support/stack.py
+    `migrated_templates`): one `airflow db migrate` per session instead of one per stack."""
+    if not HAS_AIRFLOW:
+        yield
+        return
+    from tests.support.stack import migrated_templates
+
+    with migrated_templates():
+        yield
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     from tests.support.stack import MotoServer
