@@ -27,11 +27,17 @@ demo: install
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end. PostgreSQL and Redis:
 ## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
 ## PID) by scripts/test_services.sh, installed from Debian packages when missing.
+## Two lanes side by side (scripts/test_lanes.py; logs in .work/test-lanes; tests/conftest.py LANES):
+## `units` = the trainer env, then the Airflow env's unit, integration and Docker tests and two Celery
+## e2e modules; `e2e` = the Airflow env's other e2e tests. Together: every test once.
 test: install lint
 	scripts/install_test_tools.sh
-	scripts/test_services.sh .work/services bash -c '\
-	  $(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests && \
-	  $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) tests'
+	scripts/test_services.sh .work/services python3 scripts/test_lanes.py .work/test-lanes \
+	  'units=rc=0; \
+	    $(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests || rc=1; \
+	    $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane units $(PYTEST_ARGS) tests || rc=1; \
+	    exit $$rc' \
+	  'e2e=$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane e2e $(PYTEST_ARGS) tests'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install

@@ -51,6 +51,57 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# `make test` runs two pytest processes ("lanes") side by side on the 2 cores (Makefile,
+# scripts/test_lanes.py):
+# `--lane e2e` runs the e2e tests that need no Docker engine, except the modules in UNITS_LANE_E2E;
+# `--lane units` runs every other test of the environment (unit, integration, Docker, and those modules:
+# the Celery stacks that balance the two lanes' wall times, README "Time on 2 cores"). The two lanes
+# together are the whole suite, each test once (tests/test_environments.py checks it on collection).
+LANES = ("units", "e2e")
+UNITS_LANE_E2E = frozenset({"e2e/test_celery_scheduler.py", "e2e/test_celery_approval.py"})
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--lane",
+        choices=LANES,
+        default=None,
+        help="run one of make test's two lanes (tests/conftest.py LANES); default: every test",
+    )
+
+
+def lane_of(item) -> str:
+    module = Path(str(item.fspath)).resolve().relative_to(TESTS).as_posix()
+    needs_docker = item.get_closest_marker("docker") is not None
+    if item.get_closest_marker("e2e") and not needs_docker and module not in UNITS_LANE_E2E:
+        return "e2e"
+    return "units"
+
+
+def pytest_collection_modifyitems(config, items):
+    lane = config.getoption("lane")
+    if lane is None:
+        return
+    keep = [item for item in items if lane_of(item) == lane]
+    dropped = [item for item in items if lane_of(item) != lane]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_metadata_templates():
+    """Airflow metadata DBs of the session cloned from one migrated template (tests/support/stack.py
+    `migrated_templates`): one `airflow db migrate` per session instead of one per stack."""
+    if not HAS_AIRFLOW:
+        yield
+        return
+    from tests.support.stack import migrated_templates
+
+    with migrated_templates():
+        yield
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     from tests.support.stack import MotoServer

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import TESTS, TRAINER_MODULES
+import pytest
+
+from tests.conftest import LANES, TESTS, TRAINER_MODULES, UNITS_LANE_E2E, lane_of
 
 
 def _marks_itself_trainer(path: Path) -> bool:
@@ -22,3 +24,35 @@ def test_trainer_modules_are_declared_and_marked() -> None:
     marked = {p.relative_to(TESTS).as_posix() for p in TESTS.rglob("test_*.py") if _marks_itself_trainer(p)}
     assert marked == set(TRAINER_MODULES)
     assert all((TESTS / m).is_file() for m in TRAINER_MODULES)
+
+
+class _Item:
+    """What `lane_of` reads of a collected test: its file and its markers."""
+
+    def __init__(self, module: str, *marks: str) -> None:
+        self.fspath = TESTS / module
+        self.marks = set(marks)
+
+    def get_closest_marker(self, name: str) -> object | None:
+        return name if name in self.marks else None
+
+
+@pytest.mark.parametrize(
+    ("module", "marks", "lane"),
+    [
+        ("test_cli.py", (), "units"),
+        ("docker/test_trainer_image.py", ("docker",), "units"),
+        ("docker/test_trainer_image.py", ("docker", "e2e"), "units"),
+        ("e2e/test_nightly_demo.py", ("e2e",), "e2e"),
+        ("e2e/test_celery_scheduler.py", ("e2e",), "units"),
+    ],
+)
+def test_each_test_is_in_exactly_one_lane(module: str, marks: tuple[str, ...], lane: str) -> None:
+    assert lane_of(_Item(module, *marks)) == lane
+    assert lane in LANES
+
+
+def test_modules_moved_to_the_units_lane_exist_and_are_e2e() -> None:
+    for module in UNITS_LANE_E2E:
+        text = (TESTS / module).read_text(encoding="utf-8")
+        assert "pytestmark = pytest.mark.e2e" in text, module

@@ -211,9 +211,13 @@ class CeleryStack(AirflowEnv):
             )
         log.info("started %s (pid %d), log %s", comp.name, comp.proc.pid, comp.log_file)
 
-    def start(self, timeout: float = 180.0) -> CeleryStack:
+    def start(self, timeout: float = 600.0) -> CeleryStack:
         """Write the auth config, start the components, wait until the API reports them healthy and the
-        worker reports ready. The metadata DB must exist (``migrate()``)."""
+        worker reports ready. The metadata DB must exist (``migrate()``).
+
+        ``timeout`` is a deadline, not a wait (the health is polled every second): 600 s, because on the
+        shared 2-core machine five components can take minutes to start, more so while `make test`'s
+        other lane runs (the api-server was not even listening after 180 s at load average 19-35)."""
         self.preflight()
         self.api_port = free_port()
         self.log_server_port = free_port()

@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,37 @@ def drop_database(database: str) -> None:
     _psql("postgres", "-qc", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', capture_output=True)
 
 
+# Migrated metadata databases to clone, alias pool name -> template database; None: every migrate()
+# runs `airflow db migrate` (the demo, a single run). See `migrated_templates`.
+_templates: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def migrated_templates() -> Iterator[None]:
+    """While active (the test session: tests/conftest.py), `AirflowEnv.migrate` on PostgreSQL runs
+    `airflow db migrate` and `pools set` once, copies the result to a template database, and gives every
+    later environment a clone of it (``CREATE DATABASE … TEMPLATE``: a file copy, 0.3 s, where the two
+    CLI calls take ~60 s of CPU on the loaded 2-core machine; measured in README "Time on 2 cores").
+    The clone is the same schema, default pool and alias pool the CLI would have written. The templates
+    are dropped on exit."""
+    global _templates
+    outer, _templates = _templates, {}
+    try:
+        yield
+    finally:
+        made, _templates = _templates, outer
+        for template in made.values():
+            drop_database(template)
+
+
+def _clone_database(template: str, database: str) -> None:
+    for sql in (
+        f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+        f'CREATE DATABASE "{database}" TEMPLATE "{template}"',
+    ):
+        _psql("postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql, check=True, capture_output=True)
+
+
 class AirflowEnv:
     """An isolated AIRFLOW_HOME + metadata database (a PostgreSQL database name, or a ``sqlite:`` URL);
     runs ``airflow …`` commands with the project's dags/ and plugins/ and the retrain settings given
@@ -330,17 +362,34 @@ class AirflowEnv:
         return proc
 
     def migrate(self) -> None:
+        """A fresh metadata DB with Airflow's schema and the alias pool: `airflow db migrate` and
+        `pools set`, or, inside `migrated_templates` on PostgreSQL, a clone of the first such DB."""
         self.home.mkdir(parents=True, exist_ok=True)
+        if _templates is None or is_sqlite(self.database):
+            recreate_database(self.database)
+            self.run("db", "migrate")
+            self.create_alias_pool()
+            return
+        pool = self.alias_pool_name()
+        if pool in _templates:
+            _clone_database(_templates[pool], self.database)
+            return
         recreate_database(self.database)
         self.run("db", "migrate")
         self.create_alias_pool()
+        template = f"retrain_tmpl_{secrets.token_hex(4)}"
+        _clone_database(self.database, template)  # no one is connected to it yet: the CLI has exited
+        _templates[pool] = template
+
+    def alias_pool_name(self) -> str:
+        from retrain.config import load_settings
+
+        return load_settings(environ=self.env()).registry.alias_pool
 
     def create_alias_pool(self) -> str:
         """The one-slot pool that serialises champion alias moves (conf ``registry.alias_pool``), as the
         compose init service creates it."""
-        from retrain.config import load_settings
-
-        name = load_settings(environ=self.env()).registry.alias_pool
+        name = self.alias_pool_name()
         self.run("pools", "set", name, "1", "one slot: serialises champion alias moves")
         return name
 
