@@ -64,7 +64,9 @@ mkdir -p "$ROOT/build"
 "$ROOT/scripts/build_base_image.sh" "$BASE"
 
 # --- the Airflow lock as a wheelhouse and a PEP 503 index ------------------------------------------------
-TOOLS="setuptools==$("$PY" -c 'import setuptools; print(setuptools.__version__)') wheel"
+# The project's build backend (pyproject.toml [build-system]): pip's isolated build of the project
+# fetches it from the same index.
+TOOLS="setuptools>=68 wheel"
 stamp=$( { cat "$LOCK"; echo "$TOOLS"; } | sha256sum | cut -d' ' -f1)
 if [[ -f $WHEELHOUSE/.complete && $(cat "$WHEELHOUSE/.complete") == "$stamp" ]]; then
   note "airflow wheelhouse up to date"
