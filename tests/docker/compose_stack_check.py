@@ -11,6 +11,10 @@ trains the tiny model in a trainer container started by the Celery worker throug
 (docker launcher), and MLflow (behind its basic-auth app) shows version 1 as `champion`; `down -v`
 leaves no container, network or volume behind (images stay cached in the engine's data root).
 Times (build, up to healthy, up to promotion) are printed (`-s`).
+
+Not collected by `make test` yet (the file name does not match test_*.py): it has not passed end to end
+on the shared machine (see docker/compose/README.md, "Without a registry", Status). Run it by name:
+``.venv-af/bin/python -m pytest -p no:cacheprovider -s tests/docker/compose_stack_check.py``.
 """
 
 from __future__ import annotations
