@@ -411,7 +411,8 @@ def test_the_admin_password_file_is_mounted_only_where_it_is_used(cfg):
         for name, svc in cfg["services"].items()
     }
     assert mounts.pop("airflow-init") == ["airflow-auth:/opt/airflow/auth"]
-    assert mounts.pop("airflow-apiserver") == ["airflow-auth:/opt/airflow/auth:ro"]
+    # read-write: SimpleAuthManager opens the file "a+" at start (a read-only mount stops the api-server)
+    assert mounts.pop("airflow-apiserver") == ["airflow-auth:/opt/airflow/auth"]
     assert {name: m for name, m in mounts.items() if m} == {}
 
 

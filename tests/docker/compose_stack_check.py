@@ -1,0 +1,290 @@
+"""docker-compose.yml brought up for real (-m docker), on the session's private Docker engine.
+
+The production compose file plus docker/compose/local.override.yml, which replaces only what cannot be
+had without a registry (local images, the moto server in MinIO's place, the tiny model, no GPU, short
+health-check intervals). Every image is built locally: scripts/build_compose_images.sh (Airflow from the
+lock with the production Dockerfile, Postgres and Redis from Debian packages) and the trainer image the
+other docker tests already build in the session (scripts/build_trainer_image.sh --variant cpu).
+
+In order: `up` and every long-running service healthy; `ner_retrain` triggered through the REST API
+trains the tiny model in a trainer container started by the Celery worker through the Docker socket
+(docker launcher), and MLflow (behind its basic-auth app) shows version 1 as `champion`; `down -v`
+leaves no container, network or volume behind (images stay cached in the engine's data root).
+Times (build, up to healthy, up to promotion) are printed (`-s`).
+
+Not collected by `make test` yet (the file name does not match test_*.py): it has not passed end to end
+on the shared machine (see docker/compose/README.md, "Without a registry", Status). Run it by name:
+``.venv-af/bin/python -m pytest -p no:cacheprovider -s tests/docker/compose_stack_check.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.docker.conftest import REPO, containers, run_cmd, writable_dir
+
+pytestmark = pytest.mark.docker
+
+COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "docker" / "compose" / "local.override.yml"]
+DAG = "ner_retrain"
+BUCKET = "ner-retrain"
+EPOCHS = 40  # what the docker launcher test trains for: enough for the tiny model to beat its base
+LONG_RUNNING = {
+    "postgres",
+    "redis",
+    "minio",
+    "mlflow",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+
+
+@pytest.fixture(scope="session")
+def compose_images(docker_host: str) -> dict[str, str]:
+    """retrain/airflow, retrain/postgres, retrain/redis built (or found cached) by the project's script."""
+    started = time.monotonic()
+    build = run_cmd([str(REPO / "scripts" / "build_compose_images.sh")], timeout=3600)
+    if build.returncode != 0:
+        pytest.fail(f"scripts/build_compose_images.sh failed:\n{build.stderr[-6000:]}", pytrace=False)
+    print(f"\ncompose images: build step {time.monotonic() - started:.0f} s\n{build.stderr.strip()}")
+    airflow, postgres, redis = build.stdout.split()
+    return {"airflow": airflow, "postgres": postgres, "redis": redis}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env_file(path: Path, images: dict[str, str], trainer: str, models: Path, sock: Path) -> dict[str, str]:
+    """The stack's settings (what a user's .env holds), with fresh random secrets and free ports."""
+    import base64
+
+    project = f"retrain-compose-{uuid.uuid4().hex[:8]}"
+    env = {
+        "COMPOSE_PROJECT_NAME": project,
+        "COMPOSE_NETWORK": project,
+        "AIRFLOW_IMAGE": images["airflow"],
+        "POSTGRES_IMAGE": images["postgres"],
+        "REDIS_IMAGE": images["redis"],
+        "TRAINER_IMAGE": trainer,
+        "AIRFLOW_UID": "50000",
+        "DOCKER_SOCKET": str(sock),
+        "DOCKER_GID": str(sock.stat().st_gid),
+        "MODELS_HOST_PATH": str(models),
+        "TRAINER_GPUS": "0",
+        "RETRAIN_BASE_MODEL": "/models/tiny",
+        "RETRAIN_PROFILE": "cpu_tiny",
+        "RETRAIN_SCHEDULE_CRON": "null",  # REST-triggered only: unpausing must not start a cron run
+        "AIRFLOW_API_WORKERS": "1",
+        "AIRFLOW_API_PORT": str(_free_port()),
+        "MLFLOW_PORT": str(_free_port()),
+        "MINIO_API_PORT": str(_free_port()),
+        "MINIO_CONSOLE_PORT": str(_free_port()),
+        "AIRFLOW_ADMIN_USER": "admin",
+        "AIRFLOW_FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "RETRAIN_BUCKET": BUCKET,
+    }
+    for name in (
+        "POSTGRES_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "REDIS_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET_KEY",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_API_SECRET_KEY",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "RETRAIN_S3_ACCESS_KEY",
+        "RETRAIN_S3_SECRET_KEY",
+    ):
+        env[name] = secrets.token_hex(16)
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    path.chmod(0o600)
+    return env
+
+
+class Compose:
+    """docker-compose (Debian's 1.29) on the production file plus the local override."""
+
+    def __init__(self, env_file: Path, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.base = ["docker-compose", "--project-directory", str(REPO), "--env-file", str(env_file)]
+        self.base += ["-p", env["COMPOSE_PROJECT_NAME"]]
+        for f in COMPOSE_FILES:
+            self.base += ["-f", str(f)]
+
+    def __call__(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return run_cmd([*self.base, *args], timeout=timeout)
+
+    def container_ids(self) -> dict[str, str]:
+        project = f"label=com.docker.compose.project={self.env['COMPOSE_PROJECT_NAME']}"
+        fmt = '{{.ID}} {{.Label "com.docker.compose.service"}}'
+        out = run_cmd(["docker", "ps", "-a", "--filter", project, "--format", fmt])
+        return {svc: cid for cid, svc in (line.split() for line in out.stdout.splitlines() if line.strip())}
+
+    def health(self) -> dict[str, str]:
+        """Service -> health status (or the state for a container without a health check)."""
+        states = {}
+        for svc, cid in self.container_ids().items():
+            fmt = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+            states[svc] = run_cmd(["docker", "inspect", "-f", fmt, cid]).stdout.strip()
+        return states
+
+    def logs(self, name: str = "compose") -> str:
+        """Every service's log, to a file; returns the last lines (for an assertion message)."""
+        out = self("logs", "--no-color", "--tail", "300", timeout=120)
+        path = self.log_dir / f"{name}.log"
+        path.write_text(out.stdout + out.stderr)
+        return f"(logs: {path})\n" + "\n".join(out.stdout.splitlines()[-60:])
+
+
+def _wait_healthy(compose: Compose, timeout: float = 900) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = compose.health()
+        if all(states.get(svc) == "healthy" for svc in LONG_RUNNING):
+            return states
+        bad = {s: v for s, v in states.items() if s in LONG_RUNNING and v in ("unhealthy", "exited", "dead")}
+        if bad or time.monotonic() > deadline:
+            pytest.fail(f"services not healthy: {states}\n{compose.logs('not-healthy')}", pytrace=False)
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker_host: str,
+    trainer_image: str,
+    compose_images: dict[str, str],
+    tiny_model_host_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("compose-stack")
+    models = writable_dir(work / "models")  # the model cache the trainer containers mount at /models
+    shutil.copytree(tiny_model_host_dir, models / "tiny")
+    for path in [models / "tiny", *(models / "tiny").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    sock = Path(docker_host.removeprefix("unix://"))
+    env = _env_file(work / "stack.env", compose_images, trainer_image, models, sock)
+    compose = Compose(work / "stack.env", env, work)
+    t0 = time.monotonic()
+    try:
+        up = compose("up", "-d", "--no-build")
+        assert up.returncode == 0, f"compose up failed:\n{up.stderr[-4000:]}\n{compose.logs('up')}"
+        states = _wait_healthy(compose)
+        healthy_s = time.monotonic() - t0
+        print(f"\ncompose up -> every service healthy: {healthy_s:.0f} s")
+        yield {"compose": compose, "env": env, "t0": t0, "healthy_s": healthy_s, "states": states}
+    finally:
+        compose.logs("final")
+        compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
+
+
+def _airflow(env: dict[str, str]) -> Any:
+    from tests.support.celery_stack import AirflowClient
+
+    url = f"http://127.0.0.1:{env['AIRFLOW_API_PORT']}"
+    return AirflowClient(url, env["AIRFLOW_ADMIN_USER"], env["AIRFLOW_ADMIN_PASSWORD"])
+
+
+def test_stack_up_and_healthy(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    assert set(stack["states"]) >= LONG_RUNNING | {"airflow-init", "minio-init"}
+    one_shot = {s: v for s, v in stack["compose"].health().items() if s in ("airflow-init", "minio-init")}
+    assert one_shot == {"airflow-init": "exited", "minio-init": "exited"}
+    client = _airflow(env)
+    health = client.health()
+    assert health["metadatabase"]["status"] == "healthy" and health["scheduler"]["status"] == "healthy"
+    client.wait_for_dag(DAG, timeout=300)
+    assert client.import_errors() == []
+
+
+def _mlflow(env: dict[str, str], path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
+    import httpx
+
+    creds = (env.get("MLFLOW_ADMIN_USER", "retrain"), env["MLFLOW_ADMIN_PASSWORD"]) if auth else None
+    return httpx.get(f"http://127.0.0.1:{env['MLFLOW_PORT']}{path}", params=params, auth=creds, timeout=30)
+
+
+def test_rest_trigger_trains_in_a_trainer_container_and_promotes(stack: dict[str, Any]) -> None:
+    import boto3
+
+    from tests.support.synth import make_batch
+
+    env = stack["env"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{env['MINIO_API_PORT']}",
+        aws_access_key_id=env["RETRAIN_S3_ACCESS_KEY"],
+        aws_secret_access_key=env["RETRAIN_S3_SECRET_KEY"],
+        region_name="us-east-1",
+    )
+    batch = "\n".join(make_batch(160, seed=1, bad=5)) + "\n"
+    s3.put_object(Bucket=BUCKET, Key="incoming/2026-11-27/batch-001.json", Body=batch.encode("utf-8"))
+    client = _airflow(env)
+    client.wait_for_dag(DAG, timeout=300)
+    client.set_paused(DAG, False)
+    run = client.trigger(DAG, {"epochs": EPOCHS}, run_id=f"compose-{uuid.uuid4().hex[:6]}")
+    seen_trainer: set[str] = set()
+    deadline = time.monotonic() + 1800
+    while (state := client.run(DAG, run["dag_run_id"])["state"]) not in ("success", "failed"):
+        # the trainer containers the worker starts (not compose services) while the run goes on
+        seen_trainer |= {c.split()[1] for c in containers() if env["TRAINER_IMAGE"] in c}
+        assert time.monotonic() < deadline, client.task_states(DAG, run["dag_run_id"])
+        time.sleep(3)
+    promoted_s = time.monotonic() - stack["t0"]
+    states = client.task_states(DAG, run["dag_run_id"])
+    assert state == "success", f"{states}\n{stack['compose'].logs('run-failed')}"
+    assert {t: states[t] for t in ("train", "evaluate", "promote")} == dict.fromkeys(
+        ("train", "evaluate", "promote"), "success"
+    )
+    assert seen_trainer == {env["TRAINER_IMAGE"]}, "no trainer container was seen running"
+    print(f"\ncompose up -> promotion in MLflow: {promoted_s:.0f} s")
+
+    # MLflow: the registry answers nobody without credentials; the admin sees v1 as champion
+    assert _mlflow(env, "/api/2.0/mlflow/registered-models/search", auth=False).status_code == 401
+    found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
+    assert len(found) == 1, found
+    champion = _mlflow(
+        env, "/api/2.0/mlflow/registered-models/alias", {"name": found[0]["name"], "alias": "champion"}
+    ).json()["model_version"]
+    assert champion["version"] == "1"
+    summary = json.loads(
+        s3.get_object(Bucket=BUCKET, Key=f"runs/{_safe(run['dag_run_id'])}/summary.json")["Body"].read()
+    )
+    assert summary["decision"]["promote"], summary["decision"]
+
+
+def _safe(run_id: str) -> str:
+    from retrain.ingest import safe_run_id
+
+    return safe_run_id(run_id)
+
+
+def test_down_leaves_nothing_behind(stack: dict[str, Any]) -> None:
+    compose, project = stack["compose"], stack["env"]["COMPOSE_PROJECT_NAME"]
+    down = compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert containers() == []
+    networks = run_cmd(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert set(networks) <= {"bridge", "host", "none"}, networks
+    volumes = run_cmd(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert volumes == [], f"{project}: volumes left {volumes}"
