@@ -120,9 +120,15 @@ else
   # sha256 hashes (pip's hash-checking mode); sdists (jieba, rouge-chinese) are checked, then built
   # into wheels here, so the image needs no compiler. The build tools (TOOLS) are not in the lock.
   mkdir -p "$ROOT/build"
+  # torch+cpu: pip's find-links when they hold the wheel (as here), else PyTorch's CPU index when it
+  # answers (an unreachable extra index would cost pip's retries on every package).
+  TORCH_INDEX=()
+  if curl -fsS --max-time 15 -o /dev/null "${RETRAIN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}/torch/" 2>/dev/null; then
+    TORCH_INDEX=(--extra-index-url "${RETRAIN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}")
+  fi
   # shellcheck disable=SC2086
   { "$PY" -m pip wheel --quiet --no-deps --require-hashes --wheel-dir "$WHEELHOUSE.new" \
-      --extra-index-url https://download.pytorch.org/whl/cpu -r "$LOCK" \
+      "${TORCH_INDEX[@]}" -r "$LOCK" \
     && "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE.new" $TOOLS; } \
     2> >(grep -v -e "is ignored: it is neither a file nor a directory" >&2) \
     || die "pip wheel failed"
