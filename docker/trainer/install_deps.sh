@@ -45,12 +45,9 @@ case "$TORCH_SOURCE" in
   *) echo "TORCH_SOURCE must be wheelhouse or index, not '$TORCH_SOURCE'" >&2; exit 2 ;;
 esac
 
-# The runtime closure of the lock, minus what the torch step already installed.
-pip list --format=freeze 2>/dev/null | sed 's/==.*//' | tr 'A-Z_.' 'a-z--' | sort -u >/tmp/installed.txt
-grep -v '^#' "$REQUIREMENTS" | grep -v '^$' | while read -r req; do
-  name=$(echo "$req" | sed 's/[[=<>!~;].*//' | tr 'A-Z_.' 'a-z--')
-  if ! grep -qx "$name" /tmp/installed.txt; then echo "$req"; fi
-done >/tmp/to-install.txt
+# The runtime closure of the lock but torch (installed above), at the lock's versions: a package the
+# venv already has at another version (the venv's own setuptools, say) is replaced by the lock's.
+grep -v '^#' "$REQUIREMENTS" | grep -v '^$' | grep -v -i '^torch==' >/tmp/to-install.txt
 echo ">> $(wc -l </tmp/to-install.txt) packages from the wheelhouse (--no-deps, pinned)"
 pip install --no-index --find-links "$WHEELHOUSE" --no-deps -r /tmp/to-install.txt
 
@@ -116,4 +113,4 @@ if [ -n "$UNEXPECTED" ]; then
   printf 'pip check found problems:\n%s\n' "$UNEXPECTED" >&2
   exit 1
 fi
-rm -rf /tmp/build-ca.pem /tmp/installed.txt /tmp/to-install.txt /tmp/torch-runtime.txt /tmp/optional.txt /tmp/torchinductor_* /root/.cache
+rm -rf /tmp/build-ca.pem /tmp/to-install.txt /tmp/torch-runtime.txt /tmp/optional.txt /tmp/torchinductor_* /root/.cache
