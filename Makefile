@@ -13,7 +13,7 @@ $(AF_VENV)/.installed: requirements/airflow.lock.txt scripts/install_airflow_env
 	scripts/install_airflow_env.sh $(AF_VENV)
 	touch $@
 
-$(TR_VENV)/.installed: requirements/trainer.lock.txt scripts/install_trainer_env.sh docker/trainer/fix_cpu_torch.py pyproject.toml
+$(TR_VENV)/.installed: requirements/trainer-cpu.lock.txt scripts/install_trainer_env.sh docker/trainer/fix_cpu_torch.py docker/trainer/check_parity.py pyproject.toml
 	scripts/install_trainer_env.sh $(TR_VENV)
 	touch $@
 

@@ -5,17 +5,20 @@
 #       [--base IMAGE] [--extra-ca FILE] [--no-cache] [--build-arg NAME=VALUE]...
 #
 #   cpu   (default; dev/CI)  FROM retrain/base:bookworm (scripts/build_base_image.sh makes it when
-#         missing), CPU torch 2.13.0, every wheel from the wheelhouse: pip never touches the network
+#         missing), torch 2.13.0+cpu, every wheel from the wheelhouse: pip never touches the network
 #         inside the build (apt fetches python3.11 over host networking)      -> retrain/trainer:cpu
-#   cu122 (production)       FROM nvidia/cuda:12.2.2-cudnn8-runtime-ubuntu22.04, CUDA torch from the
-#         Dockerfile's TORCH_INDEX_URL/TORCH_SPEC (override with --build-arg), the rest from the
+#   cu122 (production)       FROM the Dockerfile's BASE_IMAGE (nvidia/cuda:12.2.2-...-ubuntu22.04),
+#         torch 2.13.0+cu126 from PyTorch's cu126 index (the lock's torch line), the rest from the
 #         wheelhouse                                                        -> retrain/trainer:cu122
+# Each variant installs requirements/trainer-<variant>.lock.txt (scripts/lock_trainer_variants.py
+# writes both from requirements/trainer.lock.txt); the build's last step fails when the image's
+# installed packages differ from it (docker/trainer/check_parity.py).
 #
-# Steps: (1) the wheelhouse build/wheelhouse/ from requirements/trainer.lock.txt with the trainer
-# env's pip (torch 2.13.0 from the local wheel; pip's cache makes a rebuild fast; skipped when the
-# lock did not change); (2) the image's requirement list: the runtime closure of
-# requirements/trainer.in (test tools left out) read from the wheels' metadata, pinned to the lock;
-# (3) a lean build context in build/trainer-context/; (4) `docker build` with BuildKit.
+# Steps: (1) the wheelhouse build/wheelhouse/ from requirements/trainer-cpu.lock.txt with the trainer
+# env's pip in hash-checking mode (torch 2.13.0+cpu from the local wheel; pip's cache makes a rebuild
+# fast; skipped when the lock did not change); (2) the image's requirement list: the runtime closure of
+# requirements/trainer.in (test tools left out) read from the wheels' metadata, pinned to the variant's
+# lock; (3) a lean build context in build/trainer-context/; (4) `docker build` with BuildKit.
 # --extra-ca FILE: a PEM bundle trusted in addition to the system CAs during the build only (a
 # TLS-intercepting proxy), passed as a build secret, never stored in the image.
 # Prints the build time and the image size. Needs a Docker engine (scripts/dockerd.sh start DIR).
@@ -36,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --extra-ca) EXTRA_CA=$2; shift 2 ;;
     --no-cache) NO_CACHE=(--no-cache); shift ;;
     --build-arg) BUILD_ARGS+=(--build-arg "$2"); shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,18 +51,25 @@ case $VARIANT in
   cpu)
     TAG=${TAG:-retrain/trainer:cpu}
     BASE=${BASE:-retrain/base:bookworm}
-    BUILD_ARGS=(--build-arg TORCH_SOURCE=wheelhouse --build-arg "TORCH_SPEC=torch==2.13.0" "${BUILD_ARGS[@]}") ;;
+    BUILD_ARGS=(--build-arg TORCH_SOURCE=wheelhouse "${BUILD_ARGS[@]}") ;;
   cu122)
     TAG=${TAG:-retrain/trainer:cu122}
-    BASE=${BASE:-nvidia/cuda:12.2.2-cudnn8-runtime-ubuntu22.04}
+    # the Dockerfile's default (pinned by digest there) unless --base says otherwise
+    BASE=${BASE:-$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/docker/trainer/Dockerfile")}
     BUILD_ARGS=(--build-arg TORCH_SOURCE=index "${BUILD_ARGS[@]}") ;;
   *) die "--variant must be cpu or cu122" ;;
 esac
+# The variant's lock: its torch line is the torch the image gets (TORCH_SPEC), the rest the closure's pins.
+VARIANT_LOCK=$ROOT/requirements/trainer-$VARIANT.lock.txt
+TORCH_PIN=$(grep -o -m1 '^torch==[^ \\]*' "$VARIANT_LOCK") || die "no torch pin in $VARIANT_LOCK"
+BUILD_ARGS=(--build-arg "TORCH_SPEC=$TORCH_PIN" "${BUILD_ARGS[@]}")
 [[ -z $EXTRA_CA || -s $EXTRA_CA ]] || die "--extra-ca $EXTRA_CA: no such (non-empty) file"
 
 PY=${RETRAIN_TRAINER_PYTHON:-$ROOT/.venv-tr/bin/python}
 [[ -x $PY ]] || die "the trainer environment's python ($PY) is needed to build the wheelhouse; set RETRAIN_TRAINER_PYTHON"
-LOCK=$ROOT/requirements/trainer.lock.txt
+# The wheelhouse always comes from the CPU variant's lock: the variants differ in the torch line only
+# (scripts/lock_trainer_variants.py), and the cu122 torch comes from PyTorch's index in the build.
+LOCK=$ROOT/requirements/trainer-cpu.lock.txt
 ROOTS=$ROOT/requirements/trainer.in
 WHEELHOUSE=$ROOT/build/wheelhouse
 CONTEXT=$ROOT/build/trainer-context
@@ -105,16 +115,23 @@ if [[ -f $WHEELHOUSE/.complete && $(cat "$WHEELHOUSE/.complete") == "$stamp" ]];
 else
   note "building the wheelhouse from $(basename "$LOCK") (pip cache: $("$PY" -m pip cache dir))"
   rm -rf "$WHEELHOUSE.new"
-  # --no-deps: the lock is the complete closure. torch==2.13.0 resolves to the local CPU wheel via
-  # the machine's pip find-links; sdists (jieba, rouge-chinese) are built into wheels here, so the
-  # image needs no compiler.
+  # --no-deps: the lock is the complete closure. torch==2.13.0+cpu resolves to the local CPU wheel via
+  # the machine's pip find-links (or PyTorch's CPU index); every file is checked against the lock's
+  # sha256 hashes (pip's hash-checking mode); sdists (jieba, rouge-chinese) are checked, then built
+  # into wheels here, so the image needs no compiler. The build tools (TOOLS) are not in the lock.
   mkdir -p "$ROOT/build"
-  grep -v -E '^\s*(#|$)' "$LOCK" >"$ROOT/build/.lock-reqs.txt"
+  # torch+cpu: pip's find-links when they hold the wheel (as here), else PyTorch's CPU index when it
+  # answers (an unreachable extra index would cost pip's retries on every package).
+  TORCH_INDEX=()
+  if curl -fsS --max-time 15 -o /dev/null "${RETRAIN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}/torch/" 2>/dev/null; then
+    TORCH_INDEX=(--extra-index-url "${RETRAIN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}")
+  fi
   # shellcheck disable=SC2086
-  "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE.new" -r "$ROOT/build/.lock-reqs.txt" $TOOLS \
+  { "$PY" -m pip wheel --quiet --no-deps --require-hashes --wheel-dir "$WHEELHOUSE.new" \
+      "${TORCH_INDEX[@]}" -r "$LOCK" \
+    && "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE.new" $TOOLS; } \
     2> >(grep -v -e "is ignored: it is neither a file nor a directory" >&2) \
     || die "pip wheel failed"
-  rm -f "$ROOT/build/.lock-reqs.txt"
   echo "$stamp" >"$WHEELHOUSE.new/.complete"
   rm -rf "$WHEELHOUSE"
   mv "$WHEELHOUSE.new" "$WHEELHOUSE"
@@ -125,8 +142,10 @@ t_wheels=$(date +%s)
 # --- (2) the image's requirement list ----------------------------------------------------------------
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT/requirements" "$CONTEXT/docker"
-"$PY" - "$WHEELHOUSE" "$ROOTS" "$TEST_ONLY" "$TOOLS" >"$CONTEXT/requirements/image-requirements.txt" <<'PYEOF'
-"""Runtime closure of requirements/trainer.in over the wheelhouse, from each wheel's METADATA."""
+cp "$ROOT/requirements/trainer-optional.lock.txt" "$CONTEXT/requirements/"
+"$PY" - "$WHEELHOUSE" "$ROOTS" "$TEST_ONLY" "$TOOLS" "$VARIANT_LOCK" >"$CONTEXT/requirements/image-requirements.txt" <<'PYEOF'
+"""Runtime closure of requirements/trainer.in over the wheelhouse, from each wheel's METADATA, pinned to
+the variant's lock (for cu122 the torch line differs from the wheelhouse's CPU torch)."""
 import re
 import sys
 import zipfile
@@ -140,6 +159,12 @@ except ImportError:  # pip's vendored copy
     from pip._vendor.packaging.utils import canonicalize_name, parse_wheel_filename
 
 wheelhouse, roots_file, test_only, tools = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
+locked = {}
+for line in Path(sys.argv[5]).read_text().splitlines():
+    m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+    if m:
+        locked[canonicalize_name(m.group(1))] = m.group(2)
+locked.update({canonicalize_name(t.split("==")[0]): t.split("==")[1] for t in tools})
 # Left out on purpose (see scripts/install_trainer_env.sh): the CUDA-linked torchvision.
 ABSENT_OK = {"torchvision"}
 wheels = {}
@@ -183,9 +208,12 @@ while queue:
         if dep.marker is None or any(dep.marker.evaluate(env) for env in envs):
             queue.append(dep)
 print("# Generated by scripts/build_trainer_image.sh: the runtime closure of requirements/trainer.in,")
-print(f"# pinned to the lock. Left out: test tools {sorted(excluded)}, and {sorted(absent)} (CPU fix).")
+print(f"# pinned to {Path(sys.argv[5]).name}. Left out: test tools {sorted(excluded)}, and {sorted(absent)} (CPU fix).")
+unlocked = sorted(set(seen) - set(locked))
+if unlocked:
+    sys.exit(f"needed by the image but not in {sys.argv[5]}: {unlocked}")
 for name in sorted(seen):
-    print(f"{name}=={wheels[name][0]}")
+    print(f"{name}=={locked[name]}")
 PYEOF
 n_req=$(grep -vc '^#' "$CONTEXT/requirements/image-requirements.txt")
 note "image requirements: $n_req packages (runtime closure; test tools and torchvision left out)"

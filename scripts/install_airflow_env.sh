@@ -5,7 +5,8 @@
 #
 # Installs the project's own lock (requirements/airflow.lock.txt: the full closure resolved here;
 # Airflow's official constraints file is not reachable, so the project pins its own), then the
-# project itself editable without deps. Idempotent: a no-op when nothing changed.
+# project itself editable without deps. Idempotent: a no-op when nothing changed. Every file is checked
+# against the lock's sha256 hashes (--require-hashes; scripts/lock_trainer_variants.py adds them).
 # Quiet: one line per step with its time; pip's and the import check's output (Great Expectations logs
 # hundreds of "Skipping registering function" info lines on import) go to VENV_DIR/install.log, which a
 # failure points at (scripts/install_lib.sh).
@@ -26,8 +27,8 @@ if [ ! -x "$VENV_DIR/bin/python" ]; then
   step "creating the venv with $PYTHON" "$PYTHON" -m venv "$VENV_DIR"
   step "upgrading pip" "$VENV_DIR/bin/python" -m pip install --upgrade pip
 fi
-step "installing the lock ($(grep -c '==' "$ROOT/requirements/airflow.lock.txt") packages)" \
-  "$VENV_DIR/bin/python" -m pip install --no-deps -r "$ROOT/requirements/airflow.lock.txt"
+step "installing the lock ($(grep -c '^[A-Za-z].*==' "$ROOT/requirements/airflow.lock.txt") packages, hash-checked)" \
+  "$VENV_DIR/bin/python" -m pip install --no-deps --require-hashes -r "$ROOT/requirements/airflow.lock.txt"
 step "installing the project (editable)" "$VENV_DIR/bin/python" -m pip install --no-deps -e "$ROOT"
 step "pip check" "$VENV_DIR/bin/python" -m pip check
 step "importing airflow, great_expectations, mlflow, moto, boto3" \

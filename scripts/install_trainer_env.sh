@@ -11,8 +11,13 @@
 # docker/trainer/fix_cpu_torch.py, which the trainer image runs too; its docstring says why.
 set -euo pipefail
 #
+# The lock: requirements/trainer-cpu.lock.txt, the CPU variant that scripts/lock_trainer_variants.py
+# writes from requirements/trainer.lock.txt (the same pins as the trainer images; sha256 hashes, so pip
+# runs in hash-checking mode). After the install the environment's packages are compared with it
+# (docker/trainer/check_parity.py, the check the image build runs): anything else installed fails.
+#
 # Where the CPU build of torch comes from: `torch==2.13.0` from PyPI is the CUDA build (several GB of
-# NVIDIA libraries), so this script pins torch==2.13.0+cpu and takes it from, in order:
+# NVIDIA libraries), so the lock pins torch==2.13.0+cpu, taken from, in order:
 #   1. a local wheel directory: $RETRAIN_TORCH_WHEELS, or pip's find-links (PIP_FIND_LINKS / pip
 #      config), when it holds torch-2.13.0+cpu-*.whl (machines without access to PyTorch's index);
 #   2. PyTorch's CPU index, $RETRAIN_TORCH_INDEX (default https://download.pytorch.org/whl/cpu), when it
@@ -22,10 +27,11 @@ set -euo pipefail
 
 VENV_DIR=${1:?usage: scripts/install_trainer_env.sh VENV_DIR}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LOCK="$ROOT/requirements/trainer.lock.txt"
+LOCK="$ROOT/requirements/trainer-cpu.lock.txt"
 PYTHON=${PYTHON:-python3.11}
-TORCH_VERSION=2.13.0
-TORCH_PIN="torch==$TORCH_VERSION+cpu"   # on EVERY pip command of this env, or the resolver pulls a CUDA torch
+TORCH_PIN=$(grep -o -m1 '^torch==[^ \\]*' "$LOCK")   # torch==2.13.0+cpu: the lock's
+TORCH_VERSION=${TORCH_PIN#torch==}
+TORCH_VERSION=${TORCH_VERSION%+cpu}
 TORCH_INDEX=${RETRAIN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 mkdir -p "$VENV_DIR"
 INSTALL_LOG=$(cd "$VENV_DIR" && pwd)/install.log
@@ -48,7 +54,7 @@ torch_wheel_dir() {  # the first local directory holding the CPU torch wheel, if
   return 1
 }
 
-echo ">> trainer environment $VENV_DIR: LLaMA-Factory 0.9.5, transformers, peft, torch $TORCH_VERSION CPU (requirements/trainer.lock.txt)"
+echo ">> trainer environment $VENV_DIR: LLaMA-Factory 0.9.5, transformers, peft, torch $TORCH_VERSION CPU (requirements/trainer-cpu.lock.txt)"
 TORCH_ARGS=()
 if WHEELS=$(torch_wheel_dir); then
   echo "   torch: the CPU wheel from the local directory $WHEELS"
@@ -70,9 +76,9 @@ fi
 PY="$VENV_DIR/bin/python"
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"need Python 3.11, got {sys.version}"'
 
-# no resolver: the lock is the complete closure
-step "installing the lock ($(grep -c '==' "$LOCK") packages) and $TORCH_PIN" \
-  "$PY" -m pip install --no-deps "${TORCH_ARGS[@]}" -r "$LOCK" "$TORCH_PIN"
+# no resolver: the lock is the complete closure; every file is checked against its hash
+step "installing the lock ($(grep -c '^[A-Za-z].*==' "$LOCK") packages, $TORCH_PIN; hash-checked)" \
+  "$PY" -m pip install --no-deps --require-hashes "${TORCH_ARGS[@]}" -r "$LOCK"
 step "installing the project (editable)" "$PY" -m pip install --no-deps -e "$ROOT"
 
 # The torchvision and torchaudio fixes: one copy, shared with the trainer image (docker/trainer/install_deps.sh).
@@ -89,4 +95,6 @@ pip_check() {  # one known line allowed: llamafactory declares torchvision
   [[ -z $unexpected ]] || { printf 'pip check found problems:\n%s\n' "$unexpected"; return 1; }
 }
 step "pip check" pip_check
+step "parity with the lock (docker/trainer/check_parity.py)" \
+  "$PY" "$ROOT/docker/trainer/check_parity.py" "$LOCK" --project retrain --project pip
 install_done "trainer environment ready: $("$PY" -c 'import importlib.metadata as m; print("torch", m.version("torch"), "| transformers", m.version("transformers"), "| peft", m.version("peft"), "| llamafactory", m.version("llamafactory"))')"

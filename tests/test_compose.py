@@ -528,7 +528,7 @@ def test_airflow_dockerfile(cfg, filled):
     ):
         assert re.search(rf"^COPY --chown=airflow:0 {src} {dest}$", text, re.M), src
     lock = (REPO / "requirements" / "airflow.lock.txt").read_text()
-    assert re.search(r"^apache-airflow==3\.3\.2$", lock, re.M)
+    assert re.search(r"^apache-airflow==3\.3\.2 ", lock, re.M)
     build = cfg["services"]["airflow-apiserver"]["build"]
     assert build["dockerfile"] == "docker/airflow/Dockerfile" and build["context"] == "."
     assert build["args"]["AIRFLOW_BASE_IMAGE"] == filled["AIRFLOW_BASE_IMAGE"]

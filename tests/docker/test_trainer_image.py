@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -124,6 +125,109 @@ def test_help_runs_as_uid_1000_without_capabilities(trainer_image: str) -> None:
     )
     assert imports.returncode == 0, imports.stderr[-3000:]
     assert "(3, 11) 2.13.0" in imports.stdout
+
+
+def test_the_image_has_exactly_its_variant_lock(trainer_image: str) -> None:
+    """The parity check the build ran, run again on the built image: every installed distribution at the
+    version of requirements/trainer-cpu.lock.txt (the image keeps its requirement list and the checker)."""
+    parity = docker_run(
+        [
+            "--entrypoint",
+            "python",
+            trainer_image,
+            "/opt/retrain/check_parity.py",
+            "/opt/retrain/image-requirements.txt",
+            "--project",
+            "retrain",
+        ]
+    )
+    assert parity.returncode == 0, parity.stderr
+    assert "installed packages match image-requirements.txt" in parity.stdout
+    locked = docker_run(["--entrypoint", "cat", trainer_image, "/opt/retrain/image-requirements.txt"]).stdout
+    assert "\ntorch==2.13.0+cpu\n" in locked and "pinned to trainer-cpu.lock.txt" in locked
+    cpu_lock = {
+        re.sub(r"[-_.]+", "-", name).lower(): version
+        for name, version in re.findall(
+            r"^([A-Za-z0-9][\w.-]*)(?:\[[^\]]*\])?==(\S+)",
+            (REPO / "requirements" / "trainer-cpu.lock.txt").read_text(),
+            re.M,
+        )
+    }
+    for line in locked.splitlines():
+        if not line.startswith("#"):
+            name, version = line.split("==")
+            if (
+                name == "pip"
+            ):  # the build tool, the trainer env's version (the script's TOOLS), not a lock pin
+                continue
+            assert cpu_lock.get(name) == version, f"{line} is not the CPU lock's"
+
+
+@pytest.mark.timeout(1800)
+def test_cu122_variant_layers_on_the_debian_base(trainer_image: str) -> None:
+    """The cu122 variant built here as far as it can be: its lock and Dockerfile steps on the Debian base
+    (the nvidia/cuda base cannot be pulled) with the CPU torch (the cu126 index is unreachable). The parity
+    check must report exactly that one difference; the rest of the image must run: --help, imports, uid."""
+    tag = "retrain/trainer:cu122-layers"
+    started = time.monotonic()
+    build = run_cmd(
+        [
+            str(REPO / "scripts" / "build_trainer_image.sh"),
+            "--variant",
+            "cu122",
+            "--tag",
+            tag,
+            "--base",
+            "retrain/base:bookworm",
+            "--build-arg",
+            "TORCH_SOURCE=wheelhouse",
+            "--build-arg",
+            "TORCH_SPEC=torch==2.13.0+cpu",
+            "--build-arg",
+            "PARITY=warn",
+        ],
+        timeout=1800,
+    )
+    print(f"\n{tag}: build {time.monotonic() - started:.0f} s\n{build.stderr.strip()[-600:]}")
+    try:
+        assert build.returncode == 0, build.stderr[-4000:]
+        # The build's parity step (cached on a rebuild, so run again here): one difference, torch's.
+        parity = docker_run(
+            [
+                "--entrypoint",
+                "python",
+                tag,
+                "/opt/retrain/check_parity.py",
+                "/opt/retrain/image-requirements.txt",
+                "--project",
+                "retrain",
+            ]
+        )
+        problems = [line.strip() for line in parity.stderr.splitlines()[1:] if line.strip()]
+        assert parity.returncode == 1, parity.stdout + parity.stderr
+        assert problems == ["version: torch is 2.13.0+cpu, the lock says 2.13.0+cu126"], parity.stderr
+        labels = json.loads(run_cmd(["docker", "image", "inspect", tag]).stdout)[0]["Config"]["Labels"]
+        assert labels["retrain.parity"] == "warn"
+        locked = docker_run(["--entrypoint", "cat", tag, "/opt/retrain/image-requirements.txt"]).stdout
+        assert "\ntorch==2.13.0+cu126\n" in locked and "pinned to trainer-cu122.lock.txt" in locked
+
+        assert "usage: retrain" in docker_run(["--cap-drop", "ALL", tag, "--help"]).stdout
+        who = docker_run(["--cap-drop", "ALL", "--entrypoint", "id", tag])
+        assert who.stdout.strip() == "uid=1000(trainer) gid=1000(trainer) groups=1000(trainer)"
+        imports = docker_run(
+            [
+                "--entrypoint",
+                "python",
+                tag,
+                "-c",
+                "import llamafactory.train.tuner, peft, torch, retrain.cli; "
+                "from transformers import PreTrainedModel; print('imports ok', torch.__version__)",
+            ],
+            timeout=300,
+        )
+        assert imports.returncode == 0 and "imports ok 2.13.0+cpu" in imports.stdout, imports.stderr[-3000:]
+    finally:
+        run_cmd(["docker", "image", "rm", "-f", tag])
 
 
 # ------------------------------------------------------------------------------------ (b)
