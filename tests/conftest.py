@@ -28,6 +28,7 @@ TRAINER_MODULES = frozenset(
         "test_base_models_cache.py",
         "test_export.py",
         "train/test_train.py",
+        "train/test_warm_start.py",
     }
 )
 HAS_TORCH = importlib.util.find_spec("torch") is not None

@@ -152,6 +152,8 @@ def commit(path: Path, cache_dir: Path, key: str) -> Path:
 
 def train_tokens(path: Path) -> int | None:
     """Tokens of the cached train split (sum of input_ids lengths), or None when unreadable."""
+    if not is_complete(path):  # nothing was tokenized there (a stand-in trainer, a failed save)
+        return None
     try:
         from datasets import load_from_disk
 
