@@ -1,6 +1,7 @@
 """Full retraining vs warm start with replay over five nights of growing data (CPU, tiny model; trainer env).
 
-    .venv-tr/bin/python bench/warm_start.py [--first 160] [--per-night 40] [--nights 5] [--epochs 2] [--json]
+    .venv-tr/bin/python bench/warm_start.py [--first 120] [--per-night 30] [--nights 5] [--epochs 2]
+                                            [--golden 24] [--json]
 
 Night 1 trains a first model on ``--first`` synthetic CLUENER sentences (tests/support/synth); every
 later night adds ``--per-night`` new ones. Each night, each mode trains with LLaMA-Factory on the
@@ -191,11 +192,11 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--first", type=int, default=160, help="night 1's examples")
-    p.add_argument("--per-night", type=int, default=40, help="new examples of each later night")
+    p.add_argument("--first", type=int, default=120, help="night 1's examples")
+    p.add_argument("--per-night", type=int, default=30, help="new examples of each later night")
     p.add_argument("--nights", type=int, default=5)
     p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--golden", type=int, default=40, help="golden sentences (never trained on)")
+    p.add_argument("--golden", type=int, default=24, help="golden sentences (never trained on)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
