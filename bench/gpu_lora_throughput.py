@@ -523,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_samples": n_examples,
         }
     )
+    # training throughput only: the profile's eval_dataset (the platform's validation split) is not
+    # in the bench's dataset folder
+    cfg.pop("eval_dataset", None)
+    cfg["eval_strategy"] = "no"
     if args.packing:
         cfg["packing"] = True
     if smoke:

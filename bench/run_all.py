@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         ("intake_throughput", [AF_PY, BENCH / "intake_throughput.py"], parse_intake, 600),
         ("intake_memory", [AF_PY, BENCH / "intake_memory.py", "--json"], None, 900),
         ("eval_batched", [TR_PY, BENCH / "eval_batched.py"], parse_eval, 900),
+        ("warm_start", [TR_PY, BENCH / "warm_start.py", "--json"], None, 3600),
         ("e2e_stages" + (" (demo logs)" if use_logs else " (small night)"), e2e_cmd, None, 900),
     ]
     only = {n.strip() for n in args.only.split(",") if n.strip()}

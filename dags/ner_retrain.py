@@ -30,7 +30,10 @@ when the decision needs a person; a rejection or a timeout keeps the champion.
 **Params** (trigger form):
 - `force`: run training even when no new data arrived.
 - `dry_run`: evaluate and decide, but register nothing and move no alias.
-- `epochs`, `learning_rate`, `lora_rank`, `max_samples`: override the LLaMA-Factory profile for this run.
+- `epochs`, `learning_rate`, `lora_rank`: override the LLaMA-Factory profile for this run.
+- `max_samples`: the most examples this night trains (conf `train.max_samples`); new data is never cut.
+- `train_mode`: `full` | `warm_start` (conf `train.mode`): warm start continues the champion's adapter on
+  the new data plus a replay sample; it falls back to full (reason in the summary) when it cannot.
 - `base_model`: a local path or a ModelScope id (default from conf `train.base_model`); it must match conf
   `models.allow` (and an id needs a pinned `models.revisions` entry), else `prepare_training` fails.
 - `golden_set`: a fixed golden file (local path or s3:// URI, CLUENER json lines) instead of the hash split.
@@ -67,7 +70,18 @@ with DAG(
         "lora_rank": Param(
             None, type=["null", "integer"], minimum=1, maximum=256, description="lora_rank override"
         ),
-        "max_samples": Param(None, type=["null", "integer"], minimum=1, description="max_samples override"),
+        "max_samples": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="train.max_samples override (never cuts new data)",
+        ),
+        "train_mode": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "full", "warm_start"],
+            description="train.mode override: full | warm_start",
+        ),
         "base_model": Param(
             None,
             type=["null", "string"],

@@ -30,6 +30,7 @@ TRAINER_MODULES = frozenset(
         "test_export.py",
         "train/test_train.py",
         "train/test_train_scoped.py",
+        "train/test_warm_start.py",
     }
 )
 HAS_TORCH = importlib.util.find_spec("torch") is not None

@@ -349,3 +349,39 @@ def test_borderline_hands_a_close_call_to_a_person_and_leaves_clear_calls_alone(
         store, s, run2, registry, run_id="r2", actor="test/r2", approval=_answer(True)
     )
     assert summary.decision.promote and registry.champion()["version"] == "2"
+
+
+def test_lineage_of_a_warm_start_reaches_the_registry_and_the_summary(store, settings, registry):
+    """The gate decides as before; the version's tags and summary.json say what it was trained on."""
+    run, (uri, digest) = make_run(store, "r1", cand_f1=0.6, champ_f1=0.1)
+    request = runs.read(store, run.key(runs.TRAIN_REQUEST), runs.TrainRequest)
+    selection = runs.TrainSelection(
+        mode="warm_start",
+        requested_mode="warm_start",
+        parent=runs.ParentAdapter(
+            version="3",
+            adapter_uri=uri,
+            adapter_digest=digest,
+            dataset_version="d0",
+            run_uri="s3://b/runs/r0",
+        ),
+        reference_version="d0",
+        train_uri=run.file_uri(runs.TRAIN_DATA),
+        train_sha256="f" * 64,
+        available=500,
+        new=40,
+        old=460,
+        replayed=40,
+        old_left_out=420,
+        examples=80,
+        replay_share=0.5,
+        replay_seed=11,
+        replay_by_label={"movie": 3, "name": 37},
+    )
+    runs.write(store, run.key(runs.TRAIN_REQUEST), request.model_copy(update={"selection": selection}))
+    summary = _promote(store, settings, run, registry, "r1")
+    assert summary.decision.promote and summary.train.selection == selection
+    tags = registry.champion()["tags"]
+    assert tags["train_mode"] == "warm_start" and tags["parent_version"] == "3"
+    assert (tags["train_new"], tags["train_replayed"], tags["replay_seed"]) == ("40", "40", "11")
+    assert tags["parent_adapter_digest"] == digest and "warm_start_fallback" not in tags

@@ -126,12 +126,14 @@ PARAM_TO_LLAMAFACTORY = {
     "epochs": "num_train_epochs",
     "learning_rate": "learning_rate",
     "lora_rank": "lora_rank",
-    "max_samples": "max_samples",
 }
 
 
 def prepare_training(dataset: dict[str, Any]) -> str:
-    """Write ``runs/<run>/train_request.json`` (conf + per-run params) and return the run URI."""
+    """Choose the night's mode and examples (`retrain.selection.plan_training`), write
+    ``runs/<run>/train_request.json`` (conf + per-run params) and return the run URI."""
+    from retrain.selection import PlanInputs, llamafactory_overrides, plan_training
+
     s, store, params = settings(), _store(), _params()
     choice = _base_model_choice()  # before anything is written or downloaded
     cfg = s.llamafactory_config()
@@ -140,6 +142,18 @@ def prepare_training(dataset: dict[str, Any]) -> str:
         if params.get(param) is not None:
             cfg[key] = params[param]
     run = _run()
+    inputs = PlanInputs(
+        run=run,
+        dataset=runs.DatasetRef.model_validate(dataset),
+        champion=_registry(choice.name).champion(),
+        base_model=choice.name,
+        base_model_revision=choice.revision,
+        llamafactory=cfg,
+        mode=params.get("train_mode") or s.train.mode,
+        max_samples=params.get("max_samples") or s.train.max_samples,
+    )
+    selection = plan_training(store, s, inputs)
+    cfg.update(llamafactory_overrides(selection, s))
     request = runs.TrainRequest(
         run_id=_run_id(),
         adapter_store_uri=store.uri(s.s3.adapters_prefix),
@@ -149,16 +163,19 @@ def prepare_training(dataset: dict[str, Any]) -> str:
         base_model_revision=choice.revision,
         model_cache_dir=s.train.model_cache_dir,
         llamafactory=cfg,
+        selection=selection,
+        tokenized_cache_dir=s.train.tokenized_cache_dir,
     )
     runs.write(store, run.key(runs.TRAIN_REQUEST), request)
     log.info(
-        "train request for dataset %s (train %d examples), base %s, %s epochs, lr %s, rank %s",
+        "train request for dataset %s (train split %d examples), base %s, %s epochs, lr %s, rank %s; %s",
         dataset["version"],
         dataset["train"],
         request.base_model,
         cfg.get("num_train_epochs"),
         cfg.get("learning_rate"),
         cfg.get("lora_rank"),
+        selection.describe(),
     )
     return run.uri
 

@@ -133,12 +133,24 @@ class DatasetConfig(_Strict):
     system_prompt: str | None = None
 
 
+class WarmStartConfig(_Strict):
+    """conf ``train.warm_start``: the replay sample and the learning-rate re-warm (`retrain.selection`)."""
+
+    replay_share: float = Field(0.5, ge=0.0, lt=1.0)
+    replay_seed: int = 20261202
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+
 class TrainConfig(_Strict):
     launcher: Literal["local", "docker", "kubernetes"] = "local"
     profile: str = "production"
     base_model: str = "Qwen/Qwen2.5-7B-Instruct"
     model_cache_dir: str = "/models"
     trainer_python: str | None = None
+    mode: Literal["full", "warm_start"] = "full"
+    warm_start: WarmStartConfig = WarmStartConfig()
+    max_samples: int | None = Field(15000, ge=1)
+    tokenized_cache_dir: str | None = None
 
 
 class ModelsConfig(_Strict):

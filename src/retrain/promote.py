@@ -275,6 +275,7 @@ def _register(
         "launcher": provenance.launcher,
         "trainer_image": train.trainer_image or provenance.trainer_image,
         "adapter_digest": train.adapter_digest,
+        **lineage_tags(files.train_request.selection),
     }
     with tempfile.TemporaryDirectory(prefix="retrain-promote-") as tmp:
         work = Path(tmp)
@@ -305,6 +306,29 @@ def _register(
         tags={**tags, "micro_f1": f"{micro:.6f}", "airflow_dag_id": provenance.dag_id},
     )
     return version
+
+
+def lineage_tags(selection: runs.TrainSelection | None) -> dict[str, str]:
+    """Registry tags of what a version was trained on: the mode, the parent version it continued and
+    the replay sample (`retrain.selection`); empty for a request planned before selections existed."""
+    if selection is None:
+        return {}
+    tags = {
+        "train_mode": selection.mode,
+        "train_examples": str(selection.examples),
+        "train_new": str(selection.new),
+        "train_replayed": str(selection.replayed),
+        "train_old_left_out": str(selection.old_left_out),
+        "replay_share": str(selection.replay_share),
+        "replay_seed": str(selection.replay_seed),
+        "train_data_sha256": selection.train_sha256,
+    }
+    if selection.parent:
+        tags["parent_version"] = selection.parent.version
+        tags["parent_adapter_digest"] = selection.parent.adapter_digest
+    if selection.fallback_reason:
+        tags["warm_start_fallback"] = selection.fallback_reason
+    return tags
 
 
 def decide_run(
@@ -526,6 +550,7 @@ def _summary(
             epochs=train.epochs,
             runtime_s=train.runtime_s,
             loss_curve=train.loss_curve,
+            selection=files.train_request.selection,
         ),
         evaluation={
             "candidate": runs.ShortScores.of(files.report.candidate),

@@ -7,7 +7,8 @@ stages (``retrain train|evaluate|export --run-uri``), the promotion, the UI and 
     runs/<run id>/
       intake.json              IntakeSummary     validate_batches: read, accepted, quarantined, retracted
       dataset.json             DatasetRef        build_dataset: the dataset version this run trains on
-      train_request.json       TrainRequest      prepare_training -> train
+      train_request.json       TrainRequest      prepare_training -> train (with its TrainSelection)
+      train_data/night.json    the night's training examples the platform chose (`retrain.selection`)
       train/                   trainer_log.jsonl, training_loss.png, all_results.json,
                                train_config.yaml, versions.json, llamafactory.log
       checkpoints/             the newest checkpoint of a failed attempt (resume), hashes.json
@@ -43,6 +44,7 @@ DATASET = "dataset.json"
 TRAIN_REQUEST = "train_request.json"
 TRAIN_RESULT = "train_result.json"
 TRAIN_DIR = "train"
+TRAIN_DATA = "train_data/night.json"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_HASHES = "checkpoints/hashes.json"
 EVAL_REQUEST = "eval_request.json"
@@ -247,6 +249,59 @@ class DatasetRef(Contract):
 
 
 # -- train -------------------------------------------------------------------------------------------
+class ParentAdapter(Contract):
+    """The registered version a warm start continues from (the champion when the run was planned)."""
+
+    version: str
+    adapter_uri: str
+    adapter_digest: str  # verified when the trainer fetches it (`retrain.adapters.fetch_adapter`)
+    dataset_version: str
+    run_uri: str
+
+
+class TrainSelection(Contract):
+    """What one night trains on, chosen by the platform (`retrain.selection`), never by a trainer cap.
+
+    ``new``: training examples of this dataset version that the reference (the champion's dataset
+    version; none = every example) did not hold; all of them are always trained. ``old`` = the rest,
+    of which ``replayed`` are trained: all of them in full mode unless ``max_samples`` leaves less
+    room, a ``replay_share`` of the night in warm-start mode; chosen stratified by label with
+    ``replay_seed`` (``replay_by_label``: replayed examples per rarest label). ``new_over_cap``: new
+    examples beyond ``max_samples``, trained anyway (the cap never drops new data)."""
+
+    mode: Literal["full", "warm_start"]
+    requested_mode: Literal["full", "warm_start"]
+    fallback_reason: str | None = None
+    parent: ParentAdapter | None = None
+    reference_version: str | None = None  # the dataset version "new" is measured against
+    train_uri: str
+    train_sha256: str
+    available: int
+    new: int
+    old: int
+    replayed: int
+    old_left_out: int
+    new_over_cap: int = 0
+    examples: int
+    max_samples: int | None = None
+    replay_share: float
+    replay_seed: int
+    replay_by_label: dict[str, int] = {}
+
+    def describe(self) -> str:
+        """One line for logs and notes."""
+        head = f"{self.mode}" + (f" from v{self.parent.version}" if self.parent else "")
+        if self.fallback_reason:
+            head += f" (warm start not possible: {self.fallback_reason})"
+        cap = f", cap {self.max_samples}" if self.max_samples else ""
+        over = f", {self.new_over_cap} new beyond the cap trained anyway" if self.new_over_cap else ""
+        return (
+            f"{head}: {self.examples} examples = {self.new} new + {self.replayed} of {self.old} old "
+            f"({self.old_left_out} old left out{cap}{over}; replay share {self.replay_share}, "
+            f"seed {self.replay_seed})"
+        )
+
+
 class TrainRequest(Contract):
     """``train_request.json``: what `retrain train` trains (the merged LLaMA-Factory config included)
     and where it publishes the adapter (``adapter_store_uri``: the content-addressed adapter store)."""
@@ -260,6 +315,10 @@ class TrainRequest(Contract):
     base_model_revision: str | None = None
     model_cache_dir: str
     llamafactory: dict[str, Any]
+    #: the night's examples and the parent adapter (None: train the dataset version's train split whole)
+    selection: TrainSelection | None = None
+    #: where tokenized datasets are cached (None: <model_cache_dir>/tokenized; `retrain.train`)
+    tokenized_cache_dir: str | None = None
 
 
 class TrainResult(Contract):
@@ -281,6 +340,13 @@ class TrainResult(Contract):
     loss_curve: list[list[float]] = []
     # tag@sha256 id of the image the Docker launcher ran (None outside a container)
     trainer_image: str | None = None
+    mode: Literal["full", "warm_start"] = "full"
+    parent_version: str | None = None
+    #: the tokenized-dataset cache: its key, and whether this attempt reused it ("hit") or wrote it
+    tokenized_key: str | None = None
+    tokenized_cache: Literal["hit", "miss"] | None = None
+    #: tokens LLaMA-Factory trained on (input_ids of the tokenized train split x epochs), when known
+    train_tokens: int | None = None
 
 
 # -- evaluate ----------------------------------------------------------------------------------------
@@ -539,6 +605,7 @@ class TrainFigures(Contract):
     epochs: float | None = None
     runtime_s: float | None = None
     loss_curve: list[list[float]] = []
+    selection: TrainSelection | None = None  # what the night trained on (mode, parent, replay)
 
 
 class RegistryState(Contract):

@@ -60,7 +60,14 @@ log = logging.getLogger(__name__)
 #: The trainer log's name in LLaMA-Factory's output directory (and under the run's train/ folder).
 TRAINER_LOG = "trainer_log.jsonl"
 #: Keys of the LLaMA-Factory config that depend on where this attempt runs, not on what it trains.
-RUN_PATH_KEYS = ("model_name_or_path", "dataset_dir", "output_dir", "resume_from_checkpoint")
+RUN_PATH_KEYS = (
+    "model_name_or_path",
+    "adapter_name_or_path",
+    "dataset_dir",
+    "output_dir",
+    "resume_from_checkpoint",
+    "tokenized_path",
+)
 #: Section order of the rendered YAML (LLaMA-Factory's own grouping); other keys go last.
 YAML_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("model_name_or_path", "adapter_name_or_path", "trust_remote_code", "cache_dir")),
@@ -86,7 +93,7 @@ YAML_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "eval_dataset",
             "template",
             "cutoff_len",
-            "max_samples",
+            "tokenized_path",
             "overwrite_cache",
             "preprocessing_num_workers",
             "dataloader_num_workers",
@@ -168,11 +175,15 @@ class TrainArtifacts:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def config_hash(cfg: Mapping[str, Any], base_model: str = "") -> str:
+def config_hash(cfg: Mapping[str, Any], base_model: str = "", inputs: Mapping[str, Any] | None = None) -> str:
     """A short stable hash of what is trained: the LLaMA-Factory config without the per-attempt
-    paths (`RUN_PATH_KEYS`), plus the base model's name. Same inputs, same hash, on any machine."""
+    paths (`RUN_PATH_KEYS`), plus the base model's name and ``inputs`` (the night's file and parent
+    adapter digest, when given). Same inputs, same hash, on any machine."""
     stable = {k: v for k, v in cfg.items() if k not in RUN_PATH_KEYS}
-    payload = json.dumps({"base_model": base_model, "llamafactory": stable}, sort_keys=True, default=str)
+    body: dict[str, Any] = {"base_model": base_model, "llamafactory": stable}
+    if inputs:
+        body["inputs"] = dict(inputs)
+    payload = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -638,35 +649,130 @@ class _Attempt:
     config_hash: str
     config_path: Path
     resume: Path | None
+    tokenized_path: Path
+    tokenized_key: str
+    tokenized_hit: bool
 
     @property
     def output_dir(self) -> Path:
         return self.work / "output"
 
+    @property
+    def tokenized_cache_dir(self) -> Path:
+        return self.tokenized_path.parent
+
+
+def _use_selection(
+    store: ObjectStore, request: TrainRequest, cfg: dict[str, Any], info: dict[str, Any], dataset_dir: Path
+) -> None:
+    """Put the night's file the platform chose (`retrain.selection`) into the dataset folder as
+    `NIGHT_NAME` and train on it; its SHA-256 must be the one the selection recorded."""
+    from retrain.selection import NIGHT_FILE, NIGHT_NAME
+
+    if "max_samples" in cfg:
+        raise TrainInputError(
+            "llamafactory.max_samples is set: LLaMA-Factory would keep the first rows of the training "
+            "file and drop the rest silently; the platform chooses the night's examples (conf "
+            "train.max_samples, DAG param max_samples), so remove it from the profile"
+        )
+    selection = request.selection
+    if selection is None:
+        return
+    bucket, key = parse_s3_uri(selection.train_uri)
+    body = store.for_bucket(bucket).get_bytes(key)
+    if hashlib.sha256(body).hexdigest() != selection.train_sha256:
+        raise TrainInputError(f"{selection.train_uri} does not hash to the selection's train_sha256")
+    (dataset_dir / NIGHT_FILE).write_bytes(body)
+    train_entry = info.get(str(cfg.get("dataset") or "alpaca_clue_train"), {})
+    info[NIGHT_NAME] = {**train_entry, "file_name": NIGHT_FILE}
+    (dataset_dir / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), "utf-8")
+    cfg["dataset"] = NIGHT_NAME
+    log.info("training on the platform's selection: %s", selection.describe())
+
+
+def _drop_empty_eval(cfg: dict[str, Any], info: dict[str, Any], dataset_dir: Path) -> None:
+    """No eval dataset when its file holds no example (a small history): LLaMA-Factory cannot use one."""
+    names = _dataset_names(cfg.get("eval_dataset"))
+    empty = [
+        n for n in names if n in info and not json.loads((dataset_dir / info[n]["file_name"]).read_bytes())
+    ]
+    if names and empty:
+        log.warning("eval_dataset %s has no examples: training without eval loss", empty)
+        cfg.pop("eval_dataset")
+        cfg["eval_strategy"] = "no"
+        cfg.pop("eval_steps", None)
+
+
+def _parent_adapter(store: ObjectStore, request: TrainRequest, work: Path) -> Path | None:
+    """The warm start's parent adapter, fetched and checked against its registered digest."""
+    parent = request.selection.parent if request.selection else None
+    if parent is None:
+        return None
+    from retrain.adapters import AdapterIntegrityError, fetch_adapter
+
+    try:
+        path, _ = fetch_adapter(
+            store.for_bucket, parent.adapter_uri, work / "parent_adapter", parent.adapter_digest
+        )
+    except AdapterIntegrityError as exc:
+        raise TrainInputError(f"warm start from v{parent.version}: {exc}") from exc
+    log.info("warm start: continuing v%s's adapter %s (digest verified)", parent.version, parent.adapter_uri)
+    return path
+
+
+def _tokenized(
+    request: TrainRequest, cfg: dict[str, Any], info: dict[str, Any], dirs: tuple[Path, Path]
+) -> tuple[Path, str, bool]:
+    """(tokenized_path for this attempt, its cache key, whether it is reused) (`retrain.tokenized_cache`)."""
+    from retrain import tokenized_cache
+
+    dataset_dir, base_path = dirs
+    cache_dir = Path(request.tokenized_cache_dir or Path(request.model_cache_dir) / "tokenized")
+    key = tokenized_cache.cache_key(cfg, dataset_dir, info, base_path)
+    path, hit = tokenized_cache.attempt_path(cache_dir, key)
+    return path, key, hit
+
 
 def _prepare_attempt(store: ObjectStore, run_prefix: str, request: TrainRequest, work: Path) -> _Attempt:
-    """Download the dataset, resolve the base model and the resume checkpoint, render and upload the YAML."""
+    """Download the dataset (and the night's selection, the parent adapter), resolve the base model,
+    the resume checkpoint and the tokenized cache, render and upload the YAML."""
     dataset_dir, output_dir, resume_dir = work / "dataset", work / "output", work / "resume"
-    for d in (dataset_dir, output_dir, resume_dir):
+    for d in (dataset_dir, output_dir, resume_dir, work / "parent_adapter"):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     info = download_dataset(store, request.dataset_uri, dataset_dir)
     cfg = dict(request.llamafactory)
-    dataset = _check_dataset_names(cfg, info, request.dataset_uri)
+    _use_selection(store, request, cfg, info, dataset_dir)
+    cfg["dataset"] = _check_dataset_names(cfg, info, request.dataset_uri)
+    _drop_empty_eval(cfg, info, dataset_dir)
     # BaseModelRefused / BaseModelUnavailable (retrain.base_models): input errors, raised as they are
     base_path = resolve_base_model(request.base_model, request.model_cache_dir, request.base_model_revision)
-    chash = config_hash(cfg, request.base_model)
+    parent = _parent_adapter(store, request, work)
+    selection = request.selection
+    inputs = (
+        {
+            "train_sha256": selection.train_sha256,
+            "parent": selection.parent and selection.parent.adapter_digest,
+        }
+        if selection
+        else None
+    )
+    chash = config_hash(cfg, request.base_model, inputs)
+    tok_path, tok_key, tok_hit = _tokenized(request, cfg, info, (dataset_dir, base_path))
+    if parent is not None:
+        cfg["adapter_name_or_path"] = str(parent)
+    cfg["tokenized_path"] = str(tok_path)
     resume = _find_resume_checkpoint(store, run_prefix, resume_dir, request.dataset_version, chash)
     yaml_text = render_llamafactory_yaml(
         cfg,
         model_name_or_path=str(base_path),
         dataset_dir=str(dataset_dir),
         output_dir=str(output_dir),
-        dataset=dataset,
         resume_from_checkpoint=str(resume) if resume else None,
         header=(
             f"run {request.run_id}: dataset {request.dataset_version}, base model {request.base_model}, "
-            f"config hash {chash}\nrendered by retrain.train"
+            f"config hash {chash}, tokenized cache {tok_key} ({'hit' if tok_hit else 'miss'})"
+            f"\nrendered by retrain.train"
         ),
     )
     config_path = work / "train_config.yaml"
@@ -676,7 +782,7 @@ def _prepare_attempt(store: ObjectStore, run_prefix: str, request: TrainRequest,
         join_key(train_prefix, "train_config.yaml"), yaml_text.encode("utf-8"), "application/yaml"
     )
     store.put_json(join_key(train_prefix, "versions.json"), collect_versions())
-    return _Attempt(request, work, base_path, chash, config_path, resume)
+    return _Attempt(request, work, base_path, chash, config_path, resume, tok_path, tok_key, tok_hit)
 
 
 def _train_and_check(store: ObjectStore, run_prefix: str, attempt: _Attempt) -> float:
@@ -701,6 +807,9 @@ def _train_and_check(store: ObjectStore, run_prefix: str, attempt: _Attempt) -> 
                 "llamafactory-cli train exited 0 but its output is not a usable adapter: "
                 + "; ".join(problems)
             )
+        from retrain import tokenized_cache
+
+        tokenized_cache.commit(attempt.tokenized_path, attempt.tokenized_cache_dir, attempt.tokenized_key)
     except TrainingFailed:
         try:
             _save_checkpoint_for_resume(
@@ -710,6 +819,14 @@ def _train_and_check(store: ObjectStore, run_prefix: str, attempt: _Attempt) -> 
             log.exception("could not keep the checkpoint of the failed attempt")
         raise
     return time.monotonic() - started
+
+
+def _trained_tokens(attempt: _Attempt, epochs: float | None) -> int | None:
+    """Tokens trained: the tokenized train split's tokens times the epochs trained."""
+    from retrain import tokenized_cache
+
+    per_epoch = tokenized_cache.train_tokens(attempt.tokenized_cache_dir / attempt.tokenized_key)
+    return round(per_epoch * epochs) if per_epoch is not None and epochs else per_epoch
 
 
 def _commit(store: ObjectStore, run_prefix: str, attempt: _Attempt, wall_s: float) -> TrainResult:
@@ -740,6 +857,13 @@ def _commit(store: ObjectStore, run_prefix: str, attempt: _Attempt, wall_s: floa
         loss_curve=arts.loss_curve,
         # set by the Docker launcher: tag@sha256 id of the image this ran in (None outside a container)
         trainer_image=os.environ.get("RETRAIN_TRAINER_IMAGE") or None,
+        mode=request.selection.mode if request.selection else "full",
+        parent_version=request.selection.parent.version
+        if request.selection and request.selection.parent
+        else None,
+        tokenized_key=attempt.tokenized_key,
+        tokenized_cache="hit" if attempt.tokenized_hit else "miss",
+        train_tokens=_trained_tokens(attempt, arts.epochs),
     )
     runs.write(store, join_key(run_prefix, runs.TRAIN_RESULT), result)  # last: the commit point
     if attempt.resume is not None or store.exists(join_key(run_prefix, runs.CHECKPOINT_HASHES)):

@@ -116,6 +116,7 @@ def test_retrain_dag_structure():
         "learning_rate",
         "lora_rank",
         "max_samples",
+        "train_mode",
         "base_model",
         "golden_set",
     }

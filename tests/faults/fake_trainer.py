@@ -49,7 +49,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     mode = os.environ.get("RETRAIN_FAKE_TRAINER", "ok")
     quality = os.environ.get("RETRAIN_FAKE_QUALITY", "good")
-    train_json = Path(cfg["dataset_dir"]) / "train.json"
+    dataset_dir = Path(cfg["dataset_dir"])
+    info = json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    train_json = dataset_dir / info[cfg["dataset"]]["file_name"]  # the night's file retrain train chose
     n_examples = len(json.loads(train_json.read_text(encoding="utf-8")))
     digest = hashlib.sha256(train_json.read_bytes()).hexdigest()[:16]
     weights = f"FAKE-LORA quality={quality} dataset={digest}\n".encode()
