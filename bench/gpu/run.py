@@ -213,6 +213,8 @@ def train_config(opts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             "eval_strategy": "no",
         }
     )
+    # the profile's eval_dataset (the platform's validation split) is not in this bench's dataset folder
+    cfg.pop("eval_dataset", None)
     if cfg.get("neat_packing"):
         # neat_packing hands the model a 4D block-diagonal float mask; HF's "non_padding" count sums
         # the attention mask and came out negative (dry run, 2026-12-02). Count every input position:
