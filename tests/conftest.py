@@ -56,10 +56,10 @@ def pytest_ignore_collect(collection_path, config):
 # scripts/test_lanes.py):
 # `--lane e2e` runs the e2e tests that need no Docker engine, except the modules in UNITS_LANE_E2E;
 # `--lane units` runs every other test of the environment (unit, integration, Docker, and those modules:
-# the Celery stacks that balance the two lanes' wall times, README "Time on 2 cores"). The two lanes
+# the Celery stack that balances the two lanes' wall times, README "Time on 2 cores"). The two lanes
 # together are the whole suite, each test once (tests/test_environments.py checks it on collection).
 LANES = ("units", "e2e")
-UNITS_LANE_E2E = frozenset({"e2e/test_celery_scheduler.py", "e2e/test_celery_approval.py"})
+UNITS_LANE_E2E = frozenset({"e2e/test_celery_scheduler.py"})
 
 
 def pytest_addoption(parser):
