@@ -52,16 +52,6 @@ def admin_store(iam_moto):
     return store
 
 
-def _aws(iam_moto: MotoServer, service: str):
-    return boto3.client(
-        service,
-        endpoint_url=iam_moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=iam_moto.access_key,
-        aws_secret_access_key=iam_moto.secret_key,
-    )
-
-
 def _as(iam_moto: MotoServer, creds: ScopedCredentials, bucket: str) -> ObjectStore:
     client = boto3.client(
         "s3",
@@ -120,7 +110,7 @@ def test_train_credentials_reach_the_dataset_and_the_run_and_nothing_else(iam_mo
         admin_store, f"{run}/{runs.TRAIN_REQUEST}", contracts.train_request(RUN_ID, admin_store.bucket)
     )
     grants = stage_grants(admin_store, run, "train")
-    iam, sts = _aws(iam_moto, "iam"), _aws(iam_moto, "sts")
+    iam, sts = iam_moto.client("iam"), iam_moto.client("sts")
     name = role_name(RUN_ID, "train")
 
     before = datetime.now(UTC)
@@ -182,7 +172,7 @@ def test_evaluate_credentials_read_the_two_adapters_and_the_golden_set_only(iam_
     runs.write(admin_store, f"{run}/{runs.EVAL_REQUEST}", request)
     grants = stage_grants(admin_store, run, "evaluate")
     with scoped(
-        _aws(iam_moto, "iam"), _aws(iam_moto, "sts"), grants, role_name(RUN_ID, "evaluate"), 900
+        iam_moto.client("iam"), iam_moto.client("sts"), grants, role_name(RUN_ID, "evaluate"), 900
     ) as c:
         s = _as(iam_moto, c, admin_store.bucket)
         assert runs.read(s, f"{run}/{runs.EVAL_REQUEST}", runs.EvalRequest).run_id == RUN_ID
@@ -207,7 +197,7 @@ def test_a_relaunch_revokes_the_earlier_attempts_role(iam_moto, admin_store) -> 
     """A worker that died left its container running with the first credentials: the relaunch
     deletes that role before making its own, so the orphan loses S3 at once."""
     admin_store.put_bytes(f"runs/{RUN_ID}/x", b"1")
-    iam, sts = _aws(iam_moto, "iam"), _aws(iam_moto, "sts")
+    iam, sts = iam_moto.client("iam"), iam_moto.client("sts")
     grants = Grants(write=(f"s3://{admin_store.bucket}/runs/{RUN_ID}/",))
     name = role_name(RUN_ID, "train")
     orphan = issue(iam, sts, grants, name, 900)
@@ -229,7 +219,7 @@ def test_the_launcher_waits_until_the_credentials_read_the_request(iam_moto, adm
     admin_store.put_bytes(f"runs/{RUN_ID}/{runs.TRAIN_REQUEST}", b"{}")
     admin_store.put_bytes("incoming/batch-1.jsonl", b"{}")
     grants = Grants(write=(f"s3://{admin_store.bucket}/runs/{RUN_ID}/",))
-    with scoped(_aws(iam_moto, "iam"), _aws(iam_moto, "sts"), grants, role_name(RUN_ID, "train"), 900) as c:
+    with scoped(iam_moto.client("iam"), iam_moto.client("sts"), grants, role_name(RUN_ID, "train"), 900) as c:
         wait_until_usable(admin_store, c, f"runs/{RUN_ID}/{runs.TRAIN_REQUEST}")
         with pytest.raises(ClientError, match="Forbidden|AccessDenied"):  # HEAD: 403, no body
             wait_until_usable(admin_store, c, "incoming/batch-1.jsonl", timeout_s=0)

@@ -140,11 +140,12 @@ class MotoServer:
             }
         )
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
+        """A boto3 client of ``service`` (s3, sqs, iam, sts, ...) with the server's own credentials."""
         import boto3
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id=self.access_key,
@@ -152,15 +153,7 @@ class MotoServer:
         )
 
     def sqs_client(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "sqs",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-        )
+        return self.client("sqs")
 
     def notify_queue(self, bucket: str, prefix: str, queue: str, *, drain_test_event: bool = True) -> str:
         """Create the SQS queue ``queue`` and a notification on ``bucket``: object created and removed

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 
 pytest.importorskip("llamafactory")
@@ -34,16 +33,6 @@ from tests.support.stack import MotoServer  # noqa: E402
 pytestmark = pytest.mark.trainer
 
 RUN_ID = "scoped-train"
-
-
-def _admin(moto: MotoServer, service: str):
-    return boto3.client(
-        service,
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=moto.access_key,
-        aws_secret_access_key=moto.secret_key,
-    )
 
 
 def test_retrain_train_succeeds_on_its_scoped_credentials_alone(tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -64,9 +53,9 @@ def test_retrain_train_succeeds_on_its_scoped_credentials_alone(tiny_model_dir: 
         )
         store = ObjectStore(admin, BUCKET)
         run_prefix = f"runs/{RUN_ID}"
-        iam = _admin(moto, "iam")
+        iam = moto.client("iam")
         name = role_name(RUN_ID, "train")
-        with scoped(iam, _admin(moto, "sts"), stage_grants(store, run_prefix, "train"), name, 900) as creds:
+        with scoped(iam, moto.client("sts"), stage_grants(store, run_prefix, "train"), name, 900) as creds:
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             env.update(AWS_ENDPOINT_URL=moto.endpoint, AWS_DEFAULT_REGION="us-east-1", **creds.environment())
             started = time.monotonic()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-import boto3
 import pytest
 from retrain_airflow import settings as glue
 from retrain_airflow.launchers.docker import DockerStageOperator
@@ -79,13 +78,7 @@ def test_the_local_trainer_gets_only_the_stages_credentials(iam_moto, tmp_path, 
     given = store.get_json(f"runs/{RUN_ID}/probe.json")
     assert given["key"] != iam_moto.access_key and given["token"] is True
     assert iam_moto.secret_key not in str(info.value)
-    iam = boto3.client(
-        "iam",
-        endpoint_url=iam_moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=iam_moto.access_key,
-        aws_secret_access_key=iam_moto.secret_key,
-    )
+    iam = iam_moto.client("iam")
     assert iam.list_roles(PathPrefix=f"/retrain/{role_name(RUN_ID, 'train')}/")["Roles"] == []
     assert op.scoped_credentials is None
 
