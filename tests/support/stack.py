@@ -9,6 +9,7 @@ This module runs ``airflow`` and ``moto_server`` as programs; it never imports A
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -318,6 +319,11 @@ class AirflowEnv:
         self.moto = moto
         self.af_bin = Path(af_bin) if af_bin else Path(sys.executable).parent
         self.retrain_env = retrain_env
+        # One Fernet key per environment, given to every process. Without it each Airflow process
+        # that starts before airflow.cfg exists generates its own (or reads a half-written file and
+        # gets none): the dag-processor then encrypts asset-watcher trigger kwargs with one key and
+        # the triggerer cannot read them (seen in CI: the triggerer died on a JSONDecodeError).
+        self.fernet_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__", "AWS_"))}
@@ -327,6 +333,7 @@ class AirflowEnv:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url(self.database),
                 "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
