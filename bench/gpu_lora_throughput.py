@@ -244,20 +244,15 @@ def matmul_params(config_path: Path, lora_rank: int) -> dict[str, int]:
 def write_dataset(dest: Path, n: int, settings: Any) -> dict[str, Any]:
     """``n`` synthetic CLUENER examples as the project's alpaca dataset (train split only)."""
     from retrain.dataset import TRAIN_NAME
+    from retrain.formats import cluener
     from retrain.prompt import alpaca_example
-    from retrain.records import Entity
     from tests.support.synth import make_batch
 
     instruction = settings.prompt.render_instruction()
     examples = []
     for line in make_batch(n, seed=7):
         obj = json.loads(line)
-        ents = [
-            Entity(s, e + 1, label, text)
-            for label, by_text in obj["label"].items()
-            for text, spans in by_text.items()
-            for s, e in spans
-        ]  # CLUENER ends are inclusive
+        ents = cluener.entities(obj, settings.prompt.labels)
         examples.append(alpaca_example(instruction, obj["text"], ents, settings.dataset.system_prompt))
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "train.json").write_text(json.dumps(examples, ensure_ascii=False), encoding="utf-8")

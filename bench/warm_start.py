@@ -38,25 +38,19 @@ from _common import emit_json, load_average, row  # noqa: E402
 GOLDEN_SEED = 990_001
 
 
-def _alpaca(lines: list[str], instruction: str) -> list[dict[str, Any]]:
+def _alpaca(lines: list[str], instruction: str, labels: list[str]) -> list[dict[str, Any]]:
     """Synthetic CLUENER lines as the dataset stage writes them (`retrain.prompt.alpaca_example`)."""
+    from retrain.formats import cluener
     from retrain.prompt import alpaca_example
-    from retrain.records import Entity
 
     out = []
     for line in lines:
         rec = json.loads(line)
-        entities = [
-            Entity(start, end + 1, label, text)
-            for label, spans in rec["label"].items()
-            for text, positions in spans.items()
-            for start, end in positions
-        ]
-        out.append(alpaca_example(instruction, rec["text"], entities))
+        out.append(alpaca_example(instruction, rec["text"], cluener.entities(rec, labels)))
     return out
 
 
-def _nights(args: argparse.Namespace, instruction: str) -> list[list[dict[str, Any]]]:
+def _nights(args: argparse.Namespace, instruction: str, labels: list[str]) -> list[list[dict[str, Any]]]:
     """The training split of each night: night n holds every earlier night's examples plus new ones."""
     from tests.support.synth import make_batch
 
@@ -66,7 +60,9 @@ def _nights(args: argparse.Namespace, instruction: str) -> list[list[dict[str, A
     for n in range(args.nights):
         size = args.first if n == 0 else args.per_night
         fresh = [
-            e for e in _alpaca(make_batch(size * 2, seed=1000 + n), instruction) if e["input"] not in seen
+            e
+            for e in _alpaca(make_batch(size * 2, seed=1000 + n), instruction, labels)
+            if e["input"] not in seen
         ]
         fresh = fresh[:size]
         seen.update(e["input"] for e in fresh)
@@ -152,11 +148,11 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     warm_cfg = settings.train.warm_start
     instruction = settings.prompt.render_instruction()
     model_dir = build_tiny_model(tmp / "tiny", seed=0)
-    nights = _nights(args, instruction)
+    nights = _nights(args, instruction, settings.prompt.labels)
     trained = {e["input"] for night in nights for e in night}
     golden = [
         e
-        for e in _alpaca(make_batch(args.golden * 2, seed=GOLDEN_SEED), instruction)
+        for e in _alpaca(make_batch(args.golden * 2, seed=GOLDEN_SEED), instruction, settings.prompt.labels)
         if e["input"] not in trained
     ]
     golden = golden[: args.golden]

@@ -32,20 +32,15 @@ def bucket(s3_server, monkeypatch):
 def golden(cluener_dir, bucket):
     """CLUENER dev sentences as the dataset stage writes them (alpaca, canonical output)."""
     from retrain.config import load_settings
+    from retrain.formats import cluener
     from retrain.prompt import alpaca_example
-    from retrain.records import Entity
 
-    instruction = load_settings(environ={"RETRAIN__S3__BUCKET": "unused"}).prompt.render_instruction()
+    prompt = load_settings(environ={"RETRAIN__S3__BUCKET": "unused"}).prompt
+    instruction = prompt.render_instruction()
     examples = []
     for line in (cluener_dir / "dev.json").read_text(encoding="utf-8").splitlines()[:N_GOLDEN]:
         d = json.loads(line)
-        ents = [
-            Entity(s, e + 1, lab, text)
-            for lab, texts in d["label"].items()
-            for text, spans in texts.items()
-            for s, e in spans
-        ]
-        examples.append(alpaca_example(instruction, d["text"], ents))
+        examples.append(alpaca_example(instruction, d["text"], cluener.entities(d, prompt.labels)))
     data = json.dumps(examples, ensure_ascii=False, indent=2).encode("utf-8")
     key = "datasets/v1/golden.json"
     bucket.put_bytes(key, data)

@@ -54,3 +54,27 @@ def test_real_cluener_parses_completely(cluener_dir, settings, name, lines, span
         assert [(e.label, e.text) for e in line_1507.entities if e.label == "book"] == [
             ("book", "《招商银行：投资永隆银行浮亏逾百亿港元》")
         ]
+
+
+def test_entities_of_every_dev_line_match_their_text(cluener_dir, settings):
+    """`cluener.entities` (benchmarks and tests building golden sets) gives end-exclusive spans that
+    cut the entity text out of the sentence, the dev file's span count in all."""
+    import json
+
+    from retrain.formats import cluener
+
+    total = 0
+    for line in (cluener_dir / "dev.json").read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        ents = cluener.entities(rec, settings.prompt.labels)
+        assert all(rec["text"][e.start : e.end] == e.text for e in ents)
+        total += len(ents)
+    assert total == 3072
+
+
+def test_entities_of_a_broken_record_name_the_field(settings):
+    from retrain.formats import cluener
+
+    rec = {"text": "张三在北京", "label": {"name": {"张三": [[0, 2]]}, "nope": {"北京": [[3, 4]]}}}
+    with pytest.raises(ValueError, match=r"label\.name\.张三\[0\].*label\.nope"):
+        cluener.entities(rec, settings.prompt.labels)

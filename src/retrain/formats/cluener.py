@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from retrain.formats._common import Converted, LabelResolver, add_span, check_text, is_int
+from retrain.records import Entity
 
 NAME = "cluener"
 
@@ -50,3 +51,14 @@ def convert(obj: dict[str, Any], labels: LabelResolver, intake: Any = None) -> C
                 if text is not None:
                     add_span(out, text, pair[0], pair[1] + 1, label, entity_text, pfld, inclusive=True)
     return out
+
+
+def entities(obj: dict[str, Any], labels: list[str]) -> list[Entity]:
+    """The entities of a CLUENER record known to be well formed (benchmarks, and tests that build a
+    golden set from CLUENER files), through the same converter as intake; ValueError naming every
+    problem otherwise. Labels are the canonical ones (conf/prompt.yaml), no label map."""
+    out = convert(obj, LabelResolver(labels, {}))
+    if out.problems:
+        found = "; ".join(f"{p.field}: {p.detail}" for p in out.problems)
+        raise ValueError(f"not a well-formed CLUENER record ({found}): {obj.get('text')!r:.60}")
+    return out.entities
