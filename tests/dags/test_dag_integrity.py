@@ -1,4 +1,7 @@
-"""Every DAG file imports cleanly, quickly, and reads no connection or Variable while parsing."""
+"""Every DAG file imports cleanly, without heavy modules, and reads no connection or Variable while
+parsing. How long parsing takes is measured by bench/dag_parse.py, not asserted here: a wall-time bound
+fails on a loaded machine without saying anything about the code (what makes parsing slow — importing
+Great Expectations, MLflow, torch, transformers or pandas at module level — is checked instead)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 
 PROBE = textwrap.dedent("""
-    import json, sys, time
+    import json, sys
     sys.path.insert(0, {plugins!r})
     calls = []
     from airflow.sdk.definitions import connection as c
@@ -24,14 +27,11 @@ PROBE = textwrap.dedent("""
     v.Variable.get = classmethod(lambda cls, *a, **k: calls.append(("variable", a)) or None)
     import airflow.sdk  # warm: Airflow's own import cost is not the DAG file's
     from airflow.dag_processing.dagbag import DagBag
-    t0 = time.perf_counter()
     bag = DagBag({path!r})
-    dt = time.perf_counter() - t0
     heavy = sorted(m for m in ("great_expectations", "mlflow", "torch", "transformers", "pandas")
                    if m in sys.modules)
     errors = {{k: str(e) for k, e in bag.import_errors.items()}}
-    print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": errors,
-                      "seconds": dt, "calls": calls, "heavy": heavy}}))
+    print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": errors, "calls": calls, "heavy": heavy}}))
 """)
 
 
@@ -53,16 +53,15 @@ def _probe(path: Path, tmp_path: Path, extra_env: dict[str, str] | None = None) 
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=[p.name for p in DAG_FILES])
-def test_dag_file_imports_fast_and_clean(path, tmp_path):
+def test_dag_file_imports_clean_and_light(path, tmp_path):
     r = _probe(path, tmp_path)
     assert not r["errors"], r["errors"]
     assert r["dags"], f"{path.name} defines no DAG"
     assert not r["calls"], f"{path.name} fetched {r['calls']} while parsing"
     assert not r["heavy"], f"{path.name} imported heavy modules at parse time: {r['heavy']}"
-    assert r["seconds"] < 2.0, f"{path.name} took {r['seconds']:.2f}s to parse (budget 2 s; see bench/)"
 
 
-def test_ner_retrain_with_events_parses_fast_without_connections(tmp_path):
+def test_ner_retrain_with_events_parses_without_connections(tmp_path):
     """conf events on: the asset watcher's SQS trigger is built at parse time, its connection is not read."""
     events = {
         "RETRAIN__EVENTS__ENABLED": "true",
@@ -73,7 +72,6 @@ def test_ner_retrain_with_events_parses_fast_without_connections(tmp_path):
     assert r["dags"] == ["ner_retrain"]
     assert not r["calls"], f"fetched {r['calls']} while parsing"
     assert not r["heavy"], r["heavy"]
-    assert r["seconds"] < 2.0, f"{r['seconds']:.2f}s to parse (budget 2 s)"
 
 
 def test_ner_retrain_shape(tmp_path):
