@@ -19,9 +19,15 @@ def run_note(summary: dict[str, Any] | None) -> str:
     / ``kept champion v3: candidate v8 micro F1 0.7900 (-0.0080, 95% CI … vs champion v3); failed
     significant_gain`` / ``dry run: would promote …`` / ``skipped: no new data``. The interval and the
     exam version appear when the decision has them (decisions from before the significance gate do not).
+    What the night trained on follows when the summary records it (`training`).
     """
     if not summary:
         return "skipped: no new data"
+    return one_line(_outcome(summary) + training((summary.get("train") or {}).get("selection")))
+
+
+def _outcome(summary: dict[str, Any]) -> str:
+    """The decision part of the note: promoted / kept / dry run, with the figures."""
     decision = summary.get("decision") or {}
     evaluation = summary.get("evaluation") or {}
     cand = as_number(
@@ -41,7 +47,7 @@ def run_note(summary: dict[str, Any] | None) -> str:
     failed = [r.get("rule", "?") for r in decision.get("rules") or [] if not r.get("passed")]
     if decision.get("dry_run"):
         verdict = "would promote" if not failed else "would keep " + against
-        return one_line(f"dry run: {verdict}: candidate {f1}{delta}")
+        return f"dry run: {verdict}: candidate {f1}{delta}"
     approval = decision.get("approval") or {}
     answer = (
         f" ({'approved' if approval.get('approved') else 'rejected'} by {approval.get('responded_by')})"
@@ -50,12 +56,25 @@ def run_note(summary: dict[str, Any] | None) -> str:
     )
     if decision.get("promote"):
         text = f"promoted v{version}: {f1}{delta}" if version else f"promoted: {f1}{delta}"
-        return one_line(text + answer)
+        return text + answer
     who = f"candidate v{version}" if version else "candidate"
     why = f"; failed {', '.join(failed)}" if failed else ""
     if decision.get("refused"):
         why += f"; not promoted: {decision['refused']}"
-    return one_line(f"kept {against}: {who} {f1}{delta}{why}")
+    return f"kept {against}: {who} {f1}{delta}{why}"
+
+
+def training(selection: Any) -> str:
+    """``; trained warm start from v3 on 30 new + 15 of 200 old`` from a summary's ``train.selection``
+    (`retrain.runs.TrainSelection`: what the night trained on, chosen by the platform), else ""."""
+    if not isinstance(selection, dict) or not isinstance(selection.get("examples"), int):
+        return ""
+    parent = selection.get("parent") or {}
+    mode = "warm start" if selection.get("mode") == "warm_start" else "full"
+    if isinstance(parent, dict) and parent.get("version"):
+        mode += f" from v{parent['version']}"
+    new, replayed, old = selection.get("new"), selection.get("replayed"), selection.get("old")
+    return f"; trained {mode} on {new} new + {replayed} of {old} old"
 
 
 def interval(decision: dict[str, Any]) -> str:

@@ -66,5 +66,7 @@ def test_registry_history(demo):
 def test_each_run_carries_a_one_line_note(demo):
     a, b, c = demo.nights
     assert a.note and a.note.startswith("promoted v1: micro F1"), a.note
+    sel = a.summary["train"]["selection"]  # the first model: full training on everything, all new
+    assert a.note.endswith(f"; trained full on {sel['new']} new + 0 of 0 old"), a.note
     assert b.note and b.note.startswith(("promoted v2", "kept champion v1")), b.note
     assert c.note == "skipped: no new data"

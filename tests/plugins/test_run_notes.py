@@ -124,3 +124,27 @@ def test_the_listener_imports_the_note_without_the_ui():
     listener = (REPO / "plugins" / "retrain_airflow" / "listeners.py").read_text()
     assert "from retrain_airflow.run_notes import run_note" in listener
     assert "retrain_airflow.ui" not in listener
+
+
+def test_the_note_says_what_the_night_trained_on():
+    from retrain_airflow.run_notes import run_note
+
+    decision = {"promote": True, "candidate_f1": 0.5, "champion_f1": 0.4, "champion_name": "champion v3"}
+    warm = {
+        "mode": "warm_start",
+        "parent": {"version": "3"},
+        "examples": 45,
+        "new": 30,
+        "replayed": 15,
+        "old": 200,
+    }
+    summary = {"registered_version": "4", "decision": decision, "train": {"selection": warm}}
+    assert run_note(summary) == (
+        "promoted v4: micro F1 0.5000 (+0.1000 vs champion v3); "
+        "trained warm start from v3 on 30 new + 15 of 200 old"
+    )
+    full = {**warm, "mode": "full", "parent": None, "replayed": 200}
+    note = run_note({**summary, "train": {"selection": full}})
+    assert note.endswith("; trained full on 30 new + 200 of 200 old")
+    # summaries from before the platform chose the examples have no selection
+    assert "trained" not in run_note({"registered_version": "4", "decision": decision})

@@ -264,3 +264,47 @@ def test_run_report_shows_the_exam_the_interval_and_how_outputs_were_read(links)
     readings = re.search(r'<table id="readings">.*?</table>', page, re.S).group(0)
     assert '<tr><td>salvaged</td><td class="num">—</td><td class="num">3</td></tr>' in readings
     assert "micro F1 (lenient: salvaged entities count)" in page
+
+
+def test_run_report_shows_what_the_night_trained_on(links):
+    from retrain_airflow.ui.page_data import RunRecord
+    from retrain_airflow.ui.views import render_run_report
+
+    selection = {
+        "mode": "full",
+        "requested_mode": "warm_start",
+        "fallback_reason": f"the LoRA rank changed {XSS}",
+        "examples": 120,
+        "new": 40,
+        "replayed": 80,
+        "old": 150,
+        "old_left_out": 70,
+        "new_over_cap": 0,
+        "max_samples": 120,
+        "replay_share": 0.5,
+        "replay_seed": 7,
+    }
+    summary = {"run_id": "r3", "dataset": {}, "train": {"selection": selection}, "evaluation": {}}
+    page = render_run_report(
+        run=RunRecord("r3", summary, None, None), run_id="r3", validation_pages={}, links=links
+    )
+    shown = " ".join(re.search(r'<p id="selection">(.*?)</p>', page, re.S).group(1).split())
+    assert "<b>120</b> examples, full training: <b>40</b> new (every one) + <b>80</b> of 150 old" in shown
+    assert "(70 left out; cap 120)" in shown and "replay share 0.5, seed 7" in shown
+    assert f"not possible: the LoRA rank changed {ESCAPED}." in shown and XSS not in page
+    warm = {**selection, "mode": "warm_start", "parent": {"version": "3"}, "fallback_reason": None}
+    page = render_run_report(
+        run=RunRecord("r3", {**summary, "train": {"selection": warm}}, None, None),
+        run_id="r3",
+        validation_pages={},
+        links=links,
+    )
+    assert "warm start from v3" in page and "not possible" not in page
+    # a summary without a selection (written before the platform chose the examples): no paragraph
+    page = render_run_report(
+        run=RunRecord("r3", {**summary, "train": {}}, None, None),
+        run_id="r3",
+        validation_pages={},
+        links=links,
+    )
+    assert 'id="selection"' not in page
