@@ -22,7 +22,8 @@ import pytest
 pytest.importorskip("llamafactory")
 pytest.importorskip("modelscope")
 
-from retrain.base_models import BaseModelRefused, BaseModelUnavailable, resolve_base_model  # noqa: E402
+from retrain.base_models import BaseModelDownloadFailed, BaseModelRefused, resolve_base_model  # noqa: E402
+from retrain.errors import InputError  # noqa: E402
 from tests.fixtures_trainer import (  # noqa: E402,F401
     BUCKET,
     moto_s3,
@@ -68,9 +69,10 @@ def test_cache_hit_by_id_and_revision(tiny_model_dir: Path, tmp_path: Path, no_h
 
 def test_another_revision_is_not_taken_from_the_cache(tiny_model_dir: Path, tmp_path: Path, no_hub) -> None:
     _modelscope_cache(tiny_model_dir, tmp_path)
-    with pytest.raises(BaseModelUnavailable) as info:
+    with pytest.raises(BaseModelDownloadFailed) as info:
         resolve_base_model(MODEL_ID, tmp_path, "v2.0.0", connect_timeout_s=3)
     assert "'v2.0.0'" in str(info.value) and "unreachable" in str(info.value)
+    assert not isinstance(info.value, InputError)  # a network condition: the task is retried
 
 
 def test_an_unpinned_id_is_refused_before_any_lookup(tiny_model_dir: Path, tmp_path: Path, no_hub) -> None:

@@ -33,7 +33,7 @@ def _retrain(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_the_input_error_classes_share_one_base() -> None:
-    from retrain.base_models import BaseModelRefused, BaseModelUnavailable
+    from retrain.base_models import BaseModelDownloadFailed, BaseModelRefused, BaseModelUnavailable
     from retrain.config import ConfigError
     from retrain.dataset import EmptyDatasetError
     from retrain.evaluate import EvalRequestError
@@ -55,6 +55,7 @@ def test_the_input_error_classes_share_one_base() -> None:
     ):
         assert issubclass(cls, InputError), cls
     assert not issubclass(TrainingFailed, InputError)  # a failed run of LLaMA-Factory may be retried
+    assert not issubclass(BaseModelDownloadFailed, InputError)  # the hub may answer next time
     assert issubclass(ConfigError, ValueError)  # callers catching the old bases still catch them
 
 

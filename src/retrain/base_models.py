@@ -45,8 +45,15 @@ class BaseModelRefused(InputError, ValueError):
 
 
 class BaseModelUnavailable(InputError, ValueError):
-    """An allowed base model is neither a local directory nor obtainable from ModelScope (retrying
-    will not help: the CLI exits with the input-error status and the task is not retried)."""
+    """An allowed base model names no model: not a model directory, not a ModelScope id, or an id
+    with nowhere to cache it (retrying will not help: the CLI exits with the input-error status and
+    the task is not retried)."""
+
+
+class BaseModelDownloadFailed(RuntimeError):
+    """An allowed, pinned ModelScope model is not in the cache and the hub could not be reached or
+    the download failed: a network condition that may pass, so NOT an input error (the CLI exits 1
+    and the task is retried, `schedule.retries`)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def resolve_base_model(
     there, otherwise downloaded at that revision with ``modelscope.snapshot_download``. Before
     downloading, the hub endpoint is probed with a ``connect_timeout_s`` TCP connect, so an
     unreachable hub fails within seconds (modelscope itself retries for ~20 s and has no setting to
-    stop that) with a `BaseModelUnavailable` naming the id and the cache directory.
+    stop that) with a `BaseModelDownloadFailed` naming the id and the cache directory.
     """
     path = Path(name).expanduser()
     if path.is_dir():
@@ -148,7 +155,7 @@ def resolve_base_model(
     endpoint = _modelscope_endpoint()
     problem = _unreachable(endpoint, connect_timeout_s)
     if problem:
-        raise BaseModelUnavailable(
+        raise BaseModelDownloadFailed(
             f"base model {name!r} at revision {revision!r} is not in the ModelScope cache {cache} and the "
             f"hub {endpoint} is unreachable ({problem}). Download it there first (`modelscope download "
             f"--model {name} --revision {revision} --cache_dir {cache}`) or set train.base_model to a "
@@ -160,7 +167,7 @@ def resolve_base_model(
     try:
         return Path(snapshot_download(name, revision=revision, cache_dir=str(cache)))
     except Exception as exc:
-        raise BaseModelUnavailable(
+        raise BaseModelDownloadFailed(
             f"base model {name!r}@{revision}: download from {endpoint} into {cache} failed: "
             f"{type(exc).__name__}: {exc}"
         ) from exc

@@ -745,7 +745,8 @@ def _prepare_attempt(store: ObjectStore, run_prefix: str, request: TrainRequest,
     _use_selection(store, request, cfg, info, dataset_dir)
     cfg["dataset"] = _check_dataset_names(cfg, info, request.dataset_uri)
     _drop_empty_eval(cfg, info, dataset_dir)
-    # BaseModelRefused / BaseModelUnavailable (retrain.base_models): input errors, raised as they are
+    # BaseModelRefused / BaseModelUnavailable (retrain.base_models): input errors, raised as they are;
+    # BaseModelDownloadFailed (hub unreachable, download failed) is not one: the task is retried
     base_path = resolve_base_model(request.base_model, request.model_cache_dir, request.base_model_revision)
     parent = _parent_adapter(store, request, work)
     selection = request.selection
