@@ -223,11 +223,16 @@ def _add_check_parser(sub: Any) -> None:
     ck.add_argument("--json", action="store_true", help="print a JSON report (every rejection and warning)")
     ck.add_argument("--strict", action="store_true", help="exit 1 on warnings and dropped duplicates too")
     ck.add_argument("--details", type=int, default=20, help="quarantined records and warnings shown per file")
-    ck.add_argument(
-        "--conf", default=None, help="the conf/ folder (default: $RETRAIN_CONF_DIR, else the repo's)"
-    )
+    _add_conf_arg(ck)
     ck.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr for large files")
     ck.set_defaults(func=_cmd_check)
+
+
+def _add_conf_arg(parser: Any) -> None:
+    """``--conf``, for the subcommands that read conf/ themselves (the stages read it from the request)."""
+    parser.add_argument(
+        "--conf", default=None, help="the conf/ folder (default: $RETRAIN_CONF_DIR, else the repo's)"
+    )
 
 
 def _add_gate_parser(sub: Any) -> None:
@@ -246,9 +251,7 @@ def _add_gate_parser(sub: Any) -> None:
     gt.add_argument("--champion", required=True, help="predictions of the champion (or base model)")
     gt.add_argument("--candidate", required=True, help="predictions of the candidate")
     gt.add_argument("--champion-name", default="champion", help="how the reason names the champion")
-    gt.add_argument(
-        "--conf", default=None, help="conf directory (default: $RETRAIN_CONF_DIR or the repo's conf/)"
-    )
+    _add_conf_arg(gt)
     gt.set_defaults(func=_cmd_gate)
 
 
