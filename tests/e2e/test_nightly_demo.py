@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.demo import DEMO_RECORDS
+
 pytestmark = pytest.mark.e2e
 
 
@@ -24,6 +26,9 @@ def test_first_night_trains_and_promotes_v1(demo):
     assert a.summary["registered_version"] == "1"
     assert a.summary["decision"]["promote"], a.summary["decision"]["reason"]
     assert a.summary["evaluation"]["candidate"]["micro_f1"] > a.summary["evaluation"]["champion"]["micro_f1"]
+    # production's gate (no demo override): the adapter beats the base model beyond the noise
+    significance = a.summary["decision"]["significance"]
+    assert significance["low"] > 0.0, significance
 
 
 def test_second_night_compares_with_the_champion(demo):
@@ -48,7 +53,7 @@ def test_third_night_is_skipped_without_training(demo):
 def test_accounting_with_bad_records(demo):
     for night in demo.nights[:2]:
         intake = night.intake
-        assert intake["read"] == 165
+        assert intake["read"] == DEMO_RECORDS + 5
         assert intake["accepted"] + intake["quarantined"] == intake["read"]
         assert intake["quarantined"] >= 5
 

@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.demo import DEMO_RECORDS
+
 pytestmark = pytest.mark.e2e
 
 RETRAINING_FRAME = "iframe[src*='/retrain/']"
@@ -172,7 +174,7 @@ def test_browser_shows_the_real_runs(demo, ui):
                 f"v{night.summary['registered_version']}",
             ], cells
             assert night.summary["decision"]["reason"] in cells[9], cells
-        assert a.intake["read"] == 165 and a.intake["quarantined"] >= 5
+        assert a.intake["read"] == DEMO_RECORDS + 5 and a.intake["quarantined"] >= 5
         # the F1 trend: a line per label + micro F1 + the champion's, the real figures as tooltips
         trend = browser.find_element(By.CSS_SELECTOR, "svg.chart[aria-label^='Candidate F1']")
         labels = set(a.summary["evaluation"]["candidate"]["per_label_f1"]) | set(

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("tiny-model", help="build the tiny random Qwen2 model + tokenizer")
     tm.add_argument("--out", required=True)
     tm.add_argument("--seed", type=int, default=0)
-    tm.add_argument("--size", default="tiny", help="tiny (tests and demo) or demo (hidden 128, see SIZES)")
+    tm.add_argument("--size", default="tiny", help="tiny (tests) or demo (same shape, zeroed layers: ZEROED)")
     tm.set_defaults(func=_cmd_tiny_model)
     sy = sub.add_parser("synth", help="write synthetic CLUENER-format labeled batches")
     sy.add_argument("--out", required=True)

@@ -168,12 +168,20 @@ def test_synthetic_sentences_and_answers_are_one_token_per_character(tiny_model_
     assert not split, split
 
 
-def test_the_demo_size_is_wider_and_keeps_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from transformers import AutoConfig
+def test_the_demo_size_starts_quiet_and_keeps_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
 
     demo = build_tiny_model(tmp_path / "demo", seed=0, size="demo")
-    cfg = AutoConfig.from_pretrained(demo)
-    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (128, 256, 2)
+    weights, tiny = load_file(demo / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert weights.keys() == tiny.keys()
+    for name, tensor in weights.items():
+        if any(part in name for part in ("q_proj", "o_proj", "down_proj")):
+            assert torch.count_nonzero(tensor) == 0, name
+            if name.endswith("weight"):
+                assert torch.count_nonzero(tiny[name]) > 0, name
+        else:  # the same seed draws the same random weights elsewhere
+            assert torch.equal(tensor, tiny[name]), name
     assert (demo / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
     assert json.loads((demo / MARKER_FILE).read_text())["size"] == "demo"
     with pytest.raises(ValueError, match="size=demo seed=0; asked for .* size=tiny seed=0"):
