@@ -79,6 +79,15 @@ def build_tiny_model(workdir: Path, size: str = "tiny") -> Path:
     return out
 
 
+#: The gate of the end-to-end tests that check promotion MECHANICS with the plain tiny model and the
+#: cpu_tiny profile (Celery scheduler, Docker launcher, worker kill, event-triggered runs): that model
+#: finds a few entities in a few dozen golden sentences, real gains that never clear the noise, so these
+#: tests promote on any observed gain (min_delta -1: every lower bound clears it; the rule still needs a
+#: difference > 0) and ignore the parse-failure rate. The interval is computed and shown all the same.
+#: The demo does NOT use it: its model learns (`run_demo`), and production's gate decides.
+MECHANICS_GATE = {"RETRAIN__GATE__MIN_DELTA": "-1", "RETRAIN__GATE__MAX_PARSE_FAILURE": "1.0"}
+
+
 def dev_retrain_env(workdir: Path, tiny: Path) -> dict[str, str]:
     """RETRAIN__* settings for running ner_retrain on this machine with the tiny model (demo, e2e)."""
     return {
@@ -94,6 +103,7 @@ def dev_retrain_env(workdir: Path, tiny: Path) -> dict[str, str]:
         "RETRAIN__EVALUATE__MAX_NEW_TOKENS": "96",
         "RETRAIN__EVALUATE__BATCH_SIZE": "16",
         "RETRAIN__SCHEDULE__RETRIES": "0",
+        **MECHANICS_GATE,
         # One torch thread: on a 2-core machine shared with Airflow, two threads per process thrash
         # (a tiny-model step took 1.9 s instead of 0.16 s under load).
         "OMP_NUM_THREADS": "1",
@@ -168,8 +178,10 @@ def run_demo(
             log.info("starting clean: removing %s from an earlier run", workdir / stale)
             shutil.rmtree(workdir / stale)
     tiny = build_tiny_model(workdir, size="demo")
+    mechanics = dev_retrain_env(workdir, tiny)
     retrain_env = {
-        **dev_retrain_env(workdir, tiny),
+        # production's gate (conf/pipeline.yaml), not the mechanics tests' MECHANICS_GATE
+        **{k: v for k, v in mechanics.items() if k not in MECHANICS_GATE},
         # The model and profile that learn the synthetic task on a CPU (tests/support/tiny_model.py
         # ZEROED, conf/llamafactory/cpu_demo.yaml); the gate is production's (conf/pipeline.yaml).
         "RETRAIN__TRAIN__PROFILE": "cpu_demo",
