@@ -51,19 +51,22 @@ LONG_RUNNING = {
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    "socket-proxy",
 }
+ONE_SHOT = ("airflow-init", "minio-init")
 
 
 @pytest.fixture(scope="session")
 def compose_images(docker_host: str) -> dict[str, str]:
-    """retrain/airflow, retrain/postgres, retrain/redis built (or found cached) by the project's script."""
+    """retrain/airflow, retrain/postgres, retrain/redis, retrain/socket-proxy built (or found cached) by
+    the project's script."""
     started = time.monotonic()
     build = run_cmd([str(REPO / "scripts" / "build_compose_images.sh")], timeout=3600)
     if build.returncode != 0:
         pytest.fail(f"scripts/build_compose_images.sh failed:\n{build.stderr[-6000:]}", pytrace=False)
     print(f"\ncompose images: build step {time.monotonic() - started:.0f} s\n{build.stderr.strip()}")
-    airflow, postgres, redis = build.stdout.split()
-    return {"airflow": airflow, "postgres": postgres, "redis": redis}
+    airflow, postgres, redis, proxy = build.stdout.split()
+    return {"airflow": airflow, "postgres": postgres, "redis": redis, "socket-proxy": proxy}
 
 
 def _free_port() -> int:
@@ -83,6 +86,7 @@ def _env_file(path: Path, images: dict[str, str], trainer: str, models: Path, so
         "AIRFLOW_IMAGE": images["airflow"],
         "POSTGRES_IMAGE": images["postgres"],
         "REDIS_IMAGE": images["redis"],
+        "SOCKET_PROXY_IMAGE": images["socket-proxy"],
         "TRAINER_IMAGE": trainer,
         "AIRFLOW_UID": "50000",
         "DOCKER_SOCKET": str(sock),
@@ -149,24 +153,52 @@ class Compose:
             states[svc] = run_cmd(["docker", "inspect", "-f", fmt, cid]).stdout.strip()
         return states
 
-    def logs(self, name: str = "compose") -> str:
-        """Every service's log, to a file; returns the last lines (for an assertion message)."""
-        out = self("logs", "--no-color", "--tail", "300", timeout=120)
+    def logs(self, name: str = "compose", failing: tuple[str, ...] = ()) -> str:
+        """Every service's log, to a file; returns (for an assertion message) the last lines of the
+        failing services' logs, or of all of them when none is named."""
+        out = self("logs", "--no-color", "--tail", "300", timeout=180)
         path = self.log_dir / f"{name}.log"
         path.write_text(out.stdout + out.stderr)
-        return f"(logs: {path})\n" + "\n".join(out.stdout.splitlines()[-60:])
+        shown = [f"(every service's log: {path})"]
+        for svc in failing:
+            tail = self("logs", "--no-color", "--tail", "40", svc, timeout=180)
+            shown.append(f"--- {svc} (last 40 lines) ---\n{tail.stdout.rstrip()}")
+        if not failing:
+            shown.append("\n".join(out.stdout.splitlines()[-60:]))
+        return "\n".join(shown)
 
 
 def _wait_healthy(compose: Compose, timeout: float = 900) -> dict[str, str]:
+    """Every long-running service healthy; fails at once on an unhealthy or stopped one, else after
+    `timeout` (generous: a cold start of Airflow on a loaded 2-core machine takes minutes)."""
     deadline = time.monotonic() + timeout
     while True:
         states = compose.health()
         if all(states.get(svc) == "healthy" for svc in LONG_RUNNING):
             return states
-        bad = {s: v for s, v in states.items() if s in LONG_RUNNING and v in ("unhealthy", "exited", "dead")}
+        bad = tuple(
+            s for s, v in states.items() if s in LONG_RUNNING and v in ("unhealthy", "exited", "dead")
+        )
         if bad or time.monotonic() > deadline:
-            pytest.fail(f"services not healthy: {states}\n{compose.logs('not-healthy')}", pytrace=False)
+            waiting = tuple(s for s in sorted(LONG_RUNNING) if states.get(s) != "healthy")
+            why = "failed" if bad else f"not healthy after {timeout:.0f} s"
+            logs = compose.logs("not-healthy", bad or waiting)
+            pytest.fail(f"services {why}: {states}\n{logs}", pytrace=False)
         time.sleep(3)
+
+
+@pytest.fixture(autouse=True)
+def _no_container_left_behind() -> Iterator[None]:
+    """The docker tests' check, for this module: no container but the stack's own between its tests
+    (the trainer containers are gone); test_down_leaves_nothing_behind checks that `down` removes those."""
+    yield
+    project = run_cmd(
+        ["docker", "ps", "-a", "--format", '{{.ID}} {{.Image}} {{.Label "com.docker.compose.project"}}']
+    )
+    strays = [
+        line for line in project.stdout.splitlines() if not line.split()[-1].startswith("retrain-compose-")
+    ]
+    assert strays == [], f"containers left behind (not the stack's): {strays}"
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +219,16 @@ def stack(
     compose = Compose(work / "stack.env", env, work)
     t0 = time.monotonic()
     try:
-        up = compose("up", "-d", "--no-build")
-        assert up.returncode == 0, f"compose up failed:\n{up.stderr[-4000:]}\n{compose.logs('up')}"
+        # `up -d` itself waits for the health and completion conditions of depends_on
+        up = compose("up", "-d", "--no-build", timeout=1500)
+        if up.returncode != 0:
+            states = compose.health()
+            failing = tuple(s for s, v in states.items() if v not in ("healthy", "running", "exited"))
+            failing += tuple(s for s in ONE_SHOT if s in states)  # their exit status is in their log
+            pytest.fail(
+                f"compose up failed: {states}\n{up.stderr[-4000:]}\n{compose.logs('up', failing)}",
+                pytrace=False,
+            )
         states = _wait_healthy(compose)
         healthy_s = time.monotonic() - t0
         print(f"\ncompose up -> every service healthy: {healthy_s:.0f} s")
@@ -248,11 +288,15 @@ def test_rest_trigger_trains_in_a_trainer_container_and_promotes(stack: dict[str
     while (state := client.run(DAG, run["dag_run_id"])["state"]) not in ("success", "failed"):
         # the trainer containers the worker starts (not compose services) while the run goes on
         seen_trainer |= {c.split()[1] for c in containers() if env["TRAINER_IMAGE"] in c}
-        assert time.monotonic() < deadline, client.task_states(DAG, run["dag_run_id"])
+        if time.monotonic() > deadline:
+            logs = stack["compose"].logs("run-timeout", ("airflow-worker", "airflow-scheduler", "minio"))
+            pytest.fail(f"run not done after 30 min: {client.task_states(DAG, run['dag_run_id'])}\n{logs}")
         time.sleep(3)
     promoted_s = time.monotonic() - stack["t0"]
     states = client.task_states(DAG, run["dag_run_id"])
-    assert state == "success", f"{states}\n{stack['compose'].logs('run-failed')}"
+    if state != "success":
+        logs = stack["compose"].logs("run-failed", ("airflow-worker", "airflow-scheduler", "minio", "mlflow"))
+        pytest.fail(f"{DAG} {state}: {states}\n{logs}", pytrace=False)
     assert {t: states[t] for t in ("train", "evaluate", "promote")} == dict.fromkeys(
         ("train", "evaluate", "promote"), "success"
     )
