@@ -234,7 +234,8 @@ def stack(
         print(f"\ncompose up -> every service healthy: {healthy_s:.0f} s")
         yield {"compose": compose, "env": env, "t0": t0, "healthy_s": healthy_s, "states": states}
     finally:
-        compose.logs("final")
+        if compose.container_ids():  # still up: a test failed before test_down_leaves_nothing_behind
+            compose.logs("final")
         compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
 
 
@@ -242,7 +243,19 @@ def _airflow(env: dict[str, str]) -> Any:
     from tests.support.celery_stack import AirflowClient
 
     url = f"http://127.0.0.1:{env['AIRFLOW_API_PORT']}"
-    return AirflowClient(url, env["AIRFLOW_ADMIN_USER"], env["AIRFLOW_ADMIN_PASSWORD"])
+    # one API worker on a loaded 2-core machine, which also serves the tasks' execution API: a read
+    # took over 30 s while the DAG run started
+    return AirflowClient(url, env["AIRFLOW_ADMIN_USER"], env["AIRFLOW_ADMIN_PASSWORD"], timeout=120)
+
+
+def _run_state(client: Any, run_id: str) -> str | None:
+    """The run's state; None when the API did not answer in time (polled again until the deadline)."""
+    import httpx
+
+    try:
+        return str(client.run(DAG, run_id)["state"])
+    except httpx.TransportError:
+        return None
 
 
 def test_stack_up_and_healthy(stack: dict[str, Any]) -> None:
@@ -285,7 +298,7 @@ def test_rest_trigger_trains_in_a_trainer_container_and_promotes(stack: dict[str
     run = client.trigger(DAG, {"epochs": EPOCHS}, run_id=f"compose-{uuid.uuid4().hex[:6]}")
     seen_trainer: set[str] = set()
     deadline = time.monotonic() + 1800
-    while (state := client.run(DAG, run["dag_run_id"])["state"]) not in ("success", "failed"):
+    while (state := _run_state(client, run["dag_run_id"])) not in ("success", "failed"):
         # the trainer containers the worker starts (not compose services) while the run goes on
         seen_trainer |= {c.split()[1] for c in containers() if env["TRAINER_IMAGE"] in c}
         if time.monotonic() > deadline:
@@ -325,6 +338,7 @@ def _safe(run_id: str) -> str:
 
 def test_down_leaves_nothing_behind(stack: dict[str, Any]) -> None:
     compose, project = stack["compose"], stack["env"]["COMPOSE_PROJECT_NAME"]
+    compose.logs("final")
     down = compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
     assert down.returncode == 0, down.stderr[-3000:]
     assert containers() == []
