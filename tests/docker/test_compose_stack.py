@@ -13,9 +13,9 @@ MLflow (behind its basic-auth app) shows version 1 as `champion`; `down -v` leav
 network or volume behind (images stay cached in the engine's data root).
 Times (build, up to healthy, up to promotion) are printed (`-s`).
 
-Collected by `make test` (units lane: marked docker). First passed end to end on 2 December 2026 on the
-shared 2-core machine at load average 12-23: images cached (a cold build: trainer 353 s, compose images
-292 s), `up` to every service healthy 227 s, `up` to the promotion 1628 s, the module 1683 s (see
+Collected by `make test` (units lane: marked docker). Passed end to end on 2 December 2026 on the shared
+2-core machine (load average ~14), images cached: `up` to every service healthy 196 s, `up` to the
+promotion 957 s, the module 1035 s; a cold image build: trainer 353 s, compose images 292 s (see
 docker/compose/README.md, "Without a registry", Status). Alone:
 ``.venv-af/bin/python -m pytest -p no:cacheprovider -s tests/docker/test_compose_stack.py``.
 """
