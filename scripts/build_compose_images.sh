@@ -10,6 +10,8 @@
 #                                         above, requirements/airflow.lock.txt from a wheelhouse
 #   retrain/postgres:15-bookworm          docker/compose/local/postgres.Dockerfile (Debian's PostgreSQL)
 #   retrain/redis:7.0-bookworm            docker/compose/local/redis.Dockerfile (Debian's Redis)
+#   retrain/socket-proxy:1                docker/socket-proxy/Dockerfile (the production one) FROM the
+#                                         Debian base instead of debian:bookworm-slim
 #
 # The trainer image is scripts/build_trainer_image.sh --variant cpu. MinIO has no Debian package:
 # docker/compose/local.override.yml runs the moto server (in the Airflow image, from the lock) in its place.
@@ -34,6 +36,7 @@ AIRFLOW_BASE=retrain/airflow-base:3.3.2-python3.11
 AIRFLOW=${AIRFLOW_IMAGE:-retrain/airflow:3.3.2}
 POSTGRES=retrain/postgres:15-bookworm
 REDIS=retrain/redis:7.0-bookworm
+SOCKET_PROXY=${SOCKET_PROXY_IMAGE:-retrain/socket-proxy:1}
 
 die() { echo "build_compose_images.sh: $*" >&2; exit 1; }
 note() { echo "build_compose_images.sh: $*" >&2; }
@@ -73,13 +76,13 @@ if [[ -f $WHEELHOUSE/.complete && $(cat "$WHEELHOUSE/.complete") == "$stamp" ]];
 else
   t0=$(date +%s)
   rm -rf "$WHEELHOUSE.new"
-  # Markers stripped: the image's Python (Debian's 3.11.2) may need a pin the host's does not
-  # (async-timeout for < 3.11.3); pip in the image evaluates the lock's markers itself.
-  grep -v -E '^\s*(#|$)' "$LOCK" | sed 's/ *;.*//' >"$ROOT/build/.airflow-lock-reqs.txt"
+  # The lock's own files, hash-checked (the image installs them with --require-hashes); then the
+  # build backend, which the lock does not pin (pip's hash-checking mode refuses an unpinned line, so
+  # it is a second call).
+  "$PY" -m pip wheel --quiet --no-deps --require-hashes --wheel-dir "$WHEELHOUSE.new" -r "$LOCK" \
+    2> >(grep -v -e "is ignored: it is neither a file nor a directory" >&2) || die "pip wheel (the lock) failed"
   # shellcheck disable=SC2086
-  "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE.new" -r "$ROOT/build/.airflow-lock-reqs.txt" $TOOLS \
-    2> >(grep -v -e "is ignored: it is neither a file nor a directory" >&2) || die "pip wheel failed"
-  rm -f "$ROOT/build/.airflow-lock-reqs.txt"
+  "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE.new" $TOOLS || die "pip wheel ($TOOLS) failed"
   "$PY" - "$WHEELHOUSE.new" <<'PYEOF'
 """A PEP 503 simple index over the wheelhouse: simple/<normalised name>/index.html."""
 import html
@@ -118,4 +121,5 @@ build "$AIRFLOW" "$ROOT" "$ROOT/docker/airflow/Dockerfile" --build-arg "AIRFLOW_
   --build-arg "PIP_INDEX_URL=http://127.0.0.1:$INDEX_PORT/simple/"
 build "$POSTGRES" "$LOCAL" "$LOCAL/postgres.Dockerfile" --build-arg "BASE_IMAGE=$BASE"
 build "$REDIS" "$LOCAL" "$LOCAL/redis.Dockerfile" --build-arg "BASE_IMAGE=$BASE"
-echo "$AIRFLOW $POSTGRES $REDIS"
+build "$SOCKET_PROXY" "$ROOT/docker/socket-proxy" "$ROOT/docker/socket-proxy/Dockerfile" --build-arg "BASE_IMAGE=$BASE"
+echo "$AIRFLOW $POSTGRES $REDIS $SOCKET_PROXY"
