@@ -799,9 +799,7 @@ def _train_and_check(store: ObjectStore, run_prefix: str, attempt: _Attempt) -> 
                 store.upload_file(lf_log, join_key(run_prefix, runs.TRAIN_DIR, "llamafactory.log"))
         out = attempt.output_dir
         problems = check_artifacts(out, attempt.base_path)
-        required = ["all_results.json"] + (
-            ["training_loss.png"] if attempt.request.llamafactory.get("plot_loss") else []
-        )
+        required = ["all_results.json"] + (["training_loss.png"] if _expects_plot(attempt) else [])
         problems += [f"{name} is missing" for name in required if not (out / name).is_file()]
         if problems:
             raise TrainingFailed(
@@ -820,6 +818,17 @@ def _train_and_check(store: ObjectStore, run_prefix: str, attempt: _Attempt) -> 
             log.exception("could not keep the checkpoint of the failed attempt")
         raise
     return time.monotonic() - started
+
+
+def _expects_plot(attempt: _Attempt) -> bool:
+    """Whether LLaMA-Factory must have drawn training_loss.png: ``plot_loss`` is on and the trainer
+    log holds a training loss. A run shorter than ``logging_steps`` (a warm-start night with little
+    new data) logs none, and LLaMA-Factory then skips the plot ("No metric loss to plot"): that is
+    not a failed training."""
+    if not attempt.request.llamafactory.get("plot_loss"):
+        return False
+    log_path = attempt.output_dir / TRAINER_LOG
+    return log_path.is_file() and bool(loss_curve(read_trainer_log(log_path)))
 
 
 def _trained_tokens(attempt: _Attempt, epochs: float | None) -> int | None:

@@ -286,6 +286,33 @@ def test_train_end_to_end_on_moto(moto_s3, tiny_model_dir: Path, tmp_path: Path)
     assert lora_b and any(float(t.abs().max()) > 0 for t in lora_b)
 
 
+def test_a_night_shorter_than_logging_steps_trains_without_a_loss_plot(
+    moto_s3, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A warm-start night with little new data can end before the first logged step: LLaMA-Factory then
+    logs no loss and draws no training_loss.png ("No metric loss to plot"). The adapter is good: the
+    run succeeds, with an empty loss curve, instead of failing on the missing plot."""
+    client = moto_s3.client()
+    dataset_uri = upload_alpaca_dataset(client, BUCKET, "v-short", n_train=EXAMPLES)
+    total = STEPS_PER_EPOCH
+    run_uri = put_train_request(
+        client,
+        BUCKET,
+        dataset_uri=dataset_uri,
+        dataset_version="v-short",
+        base_model=str(tiny_model_dir),
+        model_cache_dir=str(tmp_path / "cache"),
+        llamafactory_overrides={"num_train_epochs": 1.0, "logging_steps": total + 1, "plot_loss": True},
+    )
+    proc = _retrain_train(run_uri, moto_s3.env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_prefix = run_uri.split(f"s3://{BUCKET}/", 1)[1] + "/"
+    result = _get_json(client, run_prefix + "train_result.json")
+    assert result["status"] == "succeeded" and result["steps"] == total
+    assert result["loss_curve"] == []
+    assert "train/training_loss.png" not in _keys(client, run_prefix)
+
+
 def test_missing_dataset_fails_with_a_clear_message(moto_s3, tiny_model_dir: Path, tmp_path: Path) -> None:
     client = moto_s3.client()
     missing = f"s3://{BUCKET}/datasets/does-not-exist/"
