@@ -28,16 +28,16 @@ demo: install
 ## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
 ## PID) by scripts/test_services.sh, installed from Debian packages when missing.
 ## Two lanes side by side (scripts/test_lanes.py; logs in .work/test-lanes; tests/conftest.py LANES):
-## `units` = the trainer env, then the Airflow env's unit, integration and Docker tests and two Celery
-## e2e modules; `e2e` = the Airflow env's other e2e tests. Together: every test once.
+## `units` = the Airflow env's unit, integration and Docker tests (the compose stack included);
+## `e2e` = the trainer env's tests, then the Airflow env's e2e tests. Together: every test once.
 test: install lint
 	scripts/install_test_tools.sh
 	scripts/test_services.sh .work/services python3 scripts/test_lanes.py .work/test-lanes \
-	  'units=rc=0; \
+	  'units=$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane units $(PYTEST_ARGS) tests' \
+	  'e2e=rc=0; \
 	    $(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests || rc=1; \
-	    $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane units $(PYTEST_ARGS) tests || rc=1; \
-	    exit $$rc' \
-	  'e2e=$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane e2e $(PYTEST_ARGS) tests'
+	    $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane e2e $(PYTEST_ARGS) tests || rc=1; \
+	    exit $$rc'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install

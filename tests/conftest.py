@@ -54,12 +54,13 @@ def pytest_ignore_collect(collection_path, config):
 
 # `make test` runs two pytest processes ("lanes") side by side on the 2 cores (Makefile,
 # scripts/test_lanes.py):
-# `--lane e2e` runs the e2e tests that need no Docker engine, except the modules in UNITS_LANE_E2E;
-# `--lane units` runs every other test of the environment (unit, integration, Docker, and those modules:
-# the Celery stack that balances the two lanes' wall times, README "Time on 2 cores"). The two lanes
-# together are the whole suite, each test once (tests/test_environments.py checks it on collection).
+# `--lane units` runs the tests that need no end-to-end stack (unit, integration) and every Docker test
+# (they share the session's one Docker engine and its image cache, so they cannot be split);
+# `--lane e2e` runs the other e2e tests (Celery stacks, the demo, the browser), one module after another
+# (the Celery stacks on Redis DB 7 and 8 never overlap). The trainer environment's tests join the e2e
+# lane (Makefile) to balance the lanes' wall times (README "Time on 2 cores"). The two lanes together
+# are the whole suite, each test once (tests/test_environments.py checks it on collection).
 LANES = ("units", "e2e")
-UNITS_LANE_E2E = frozenset({"e2e/test_celery_scheduler.py"})
 
 
 def pytest_addoption(parser):
@@ -72,9 +73,8 @@ def pytest_addoption(parser):
 
 
 def lane_of(item) -> str:
-    module = Path(str(item.fspath)).resolve().relative_to(TESTS).as_posix()
     needs_docker = item.get_closest_marker("docker") is not None
-    if item.get_closest_marker("e2e") and not needs_docker and module not in UNITS_LANE_E2E:
+    if item.get_closest_marker("e2e") and not needs_docker:
         return "e2e"
     return "units"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LANES, TESTS, TRAINER_MODULES, UNITS_LANE_E2E, lane_of
+from tests.conftest import LANES, TESTS, TRAINER_MODULES, lane_of
 
 
 def _marks_itself_trainer(path: Path) -> bool:
@@ -44,15 +44,9 @@ class _Item:
         ("docker/test_trainer_image.py", ("docker",), "units"),
         ("docker/test_trainer_image.py", ("docker", "e2e"), "units"),
         ("e2e/test_nightly_demo.py", ("e2e",), "e2e"),
-        ("e2e/test_celery_scheduler.py", ("e2e",), "units"),
+        ("e2e/test_celery_scheduler.py", ("e2e",), "e2e"),
     ],
 )
 def test_each_test_is_in_exactly_one_lane(module: str, marks: tuple[str, ...], lane: str) -> None:
     assert lane_of(_Item(module, *marks)) == lane
     assert lane in LANES
-
-
-def test_modules_moved_to_the_units_lane_exist_and_are_e2e() -> None:
-    for module in UNITS_LANE_E2E:
-        text = (TESTS / module).read_text(encoding="utf-8")
-        assert "pytestmark = pytest.mark.e2e" in text, module
