@@ -18,6 +18,7 @@ from retrain.adapters import adapter_digest
 
 pytest.importorskip("llamafactory")
 
+from retrain.base_models import BaseModelDownloadFailed  # noqa: E402
 from retrain.config import load_settings  # noqa: E402
 from retrain.train import (  # noqa: E402
     BaseModelUnavailable,
@@ -166,10 +167,11 @@ def test_resolve_base_model_local_dir_and_bad_names(tiny_model_dir: Path, tmp_pa
 
 
 def test_resolve_base_model_without_a_hub_fails_fast_and_clearly(tmp_path: Path) -> None:
-    """No hub is reachable here: the error names the id and the cache dir, within seconds."""
+    """No hub is reachable here: the error names the id and the cache dir, within seconds, and is not
+    an input error (the hub may answer next time: the task is retried)."""
     cache = tmp_path / "model-cache"
     started = time.monotonic()
-    with pytest.raises(BaseModelUnavailable) as info:
+    with pytest.raises(BaseModelDownloadFailed) as info:
         resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", cache, "v1.0.0", connect_timeout_s=3)
     elapsed = time.monotonic() - started
     message = str(info.value)
