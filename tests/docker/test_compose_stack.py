@@ -37,6 +37,8 @@ from typing import Any
 import pytest
 
 from tests.docker.conftest import REPO, containers, run_cmd, writable_dir
+from tests.test_compose import EXPECTED_SERVICES
+from tests.test_compose import ONE_SHOT as COMPOSE_ONE_SHOT
 
 pytestmark = pytest.mark.docker
 
@@ -44,18 +46,9 @@ COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "docker" / "compose" / "loc
 DAG = "ner_retrain"
 BUCKET = "ner-retrain"
 EPOCHS = 40  # what the docker launcher test trains for: enough for the tiny model to beat its base
-LONG_RUNNING = {
-    "postgres",
-    "redis",
-    "minio",
-    "mlflow",
-    "airflow-apiserver",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-    "socket-proxy",
-}
+# the compose file's long-running services (tests/test_compose.py lists every service the file has)
+LONG_RUNNING = EXPECTED_SERVICES - COMPOSE_ONE_SHOT
+# the one-shot services this stack runs (trainer-image and gpu-check sit behind compose profiles)
 ONE_SHOT = ("airflow-init", "minio-init")
 
 
