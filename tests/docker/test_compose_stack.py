@@ -23,10 +23,8 @@ docker/compose/README.md, "Without a registry", Status). Alone:
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -37,6 +35,7 @@ from typing import Any
 import pytest
 
 from tests.docker.conftest import REPO, containers, run_cmd, writable_dir
+from tests.support.stack import fernet_key, free_port
 from tests.test_compose import EXPECTED_SERVICES
 from tests.test_compose import ONE_SHOT as COMPOSE_ONE_SHOT
 
@@ -65,16 +64,8 @@ def compose_images(docker_host: str) -> dict[str, str]:
     return {"airflow": airflow, "postgres": postgres, "redis": redis, "socket-proxy": proxy}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env_file(path: Path, images: dict[str, str], trainer: str, models: Path, sock: Path) -> dict[str, str]:
     """The stack's settings (what a user's .env holds), with fresh random secrets and free ports."""
-    import base64
-
     project = f"retrain-compose-{uuid.uuid4().hex[:8]}"
     env = {
         "COMPOSE_PROJECT_NAME": project,
@@ -93,12 +84,12 @@ def _env_file(path: Path, images: dict[str, str], trainer: str, models: Path, so
         "RETRAIN_PROFILE": "cpu_tiny",
         "RETRAIN_SCHEDULE_CRON": "null",  # REST-triggered only: unpausing must not start a cron run
         "AIRFLOW_API_WORKERS": "1",
-        "AIRFLOW_API_PORT": str(_free_port()),
-        "MLFLOW_PORT": str(_free_port()),
-        "MINIO_API_PORT": str(_free_port()),
-        "MINIO_CONSOLE_PORT": str(_free_port()),
+        "AIRFLOW_API_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "MINIO_API_PORT": str(free_port()),
+        "MINIO_CONSOLE_PORT": str(free_port()),
         "AIRFLOW_ADMIN_USER": "admin",
-        "AIRFLOW_FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "AIRFLOW_FERNET_KEY": fernet_key(),
         "RETRAIN_BUCKET": BUCKET,
     }
     for name in (

@@ -38,6 +38,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fernet_key() -> str:
+    """A fresh Airflow Fernet key (32 random bytes, URL-safe base64), as `airflow` would generate."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
 def stop_by_pid(proc: subprocess.Popen[Any] | None, name: str, timeout: float = 10.0) -> None:
     """Stop a server this module started, by its PID: SIGTERM, then SIGKILL after ``timeout`` s."""
     if proc is None or proc.poll() is not None:
@@ -323,7 +328,7 @@ class AirflowEnv:
         # that starts before airflow.cfg exists generates its own (or reads a half-written file and
         # gets none): the dag-processor then encrypts asset-watcher trigger kwargs with one key and
         # the triggerer cannot read them (seen in CI: the triggerer died on a JSONDecodeError).
-        self.fernet_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        self.fernet_key = fernet_key()
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN__", "AWS_"))}

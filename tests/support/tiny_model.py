@@ -82,22 +82,14 @@ MAX_POSITIONS = 2048
 #: (0.78 after 20 epochs);
 #: a wider model (hidden 128, zeroed o_proj/down_proj) 0.10 in twice the time; lr 1e-2 0.05-0.13 and
 #: lr 2e-2 0.00 (diverged). December 2026, a shared 2-core machine.
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {
-        "hidden_size": HIDDEN_SIZE,
-        "intermediate_size": INTERMEDIATE_SIZE,
-        "num_hidden_layers": NUM_LAYERS,
-        "num_attention_heads": NUM_HEADS,
-        "num_key_value_heads": NUM_KV_HEADS,
-    },
-    "demo": {
-        "hidden_size": HIDDEN_SIZE,
-        "intermediate_size": INTERMEDIATE_SIZE,
-        "num_hidden_layers": NUM_LAYERS,
-        "num_attention_heads": NUM_HEADS,
-        "num_key_value_heads": NUM_KV_HEADS,
-    },
+_TINY_SHAPE = {
+    "hidden_size": HIDDEN_SIZE,
+    "intermediate_size": INTERMEDIATE_SIZE,
+    "num_hidden_layers": NUM_LAYERS,
+    "num_attention_heads": NUM_HEADS,
+    "num_key_value_heads": NUM_KV_HEADS,
 }
+SIZES: dict[str, dict[str, int]] = {"tiny": _TINY_SHAPE, "demo": _TINY_SHAPE}  # "demo" differs in ZEROED
 
 #: Frozen base weights set to zero after the random init, per size (names matched as substrings).
 #: The base model is frozen under LoRA, and random frozen layers are noise the adapter must first
