@@ -27,17 +27,21 @@ demo: install
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end. PostgreSQL and Redis:
 ## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
 ## PID) by scripts/test_services.sh, installed from Debian packages when missing.
-## Two lanes side by side (scripts/test_lanes.py; logs in .work/test-lanes; tests/conftest.py LANES):
-## `units` = the Airflow env's unit, integration and Docker tests (the compose stack included);
-## `e2e` = the trainer env's tests, then the Airflow env's e2e tests. Together: every test once.
+## Four lanes side by side (scripts/test_lanes.py; logs in .work/test-lanes; tests/conftest.py LANES):
+## `units` = the trainer env's tests, then the Airflow env's unit and integration tests; `docker` = every
+## Docker test (one engine; the compose stack included); `stacks` = the Celery-stack e2e modules
+## (scheduler, event-triggered, worker kill); `e2e` = the other e2e tests. Together: every test once.
+PYTEST_LANE = $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) --lane
 test: install lint
 	scripts/install_test_tools.sh
 	scripts/test_services.sh .work/services python3 scripts/test_lanes.py .work/test-lanes \
-	  'units=$(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane units $(PYTEST_ARGS) tests' \
-	  'e2e=rc=0; \
+	  'units=rc=0; \
 	    $(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests || rc=1; \
-	    $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 --lane e2e $(PYTEST_ARGS) tests || rc=1; \
-	    exit $$rc'
+	    $(PYTEST_LANE) units tests || rc=1; \
+	    exit $$rc' \
+	  'docker=$(PYTEST_LANE) docker tests' \
+	  'stacks=$(PYTEST_LANE) stacks tests' \
+	  'e2e=$(PYTEST_LANE) e2e tests'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install

@@ -22,8 +22,17 @@ note() { echo "build_base_image.sh: $*" >&2; }
 "$DOCKER_CLI" version --format '{{.Server.Version}}' >/dev/null 2>&1 \
   || die "no Docker engine answers at ${DOCKER_HOST:-the default socket} (start one: scripts/dockerd.sh start DIR)"
 
-if [[ $FORCE == 0 ]] && "$DOCKER_CLI" image inspect "$IMAGE" >/dev/null 2>&1; then
+exists() { [[ $FORCE == 0 ]] && "$DOCKER_CLI" image inspect "$IMAGE" >/dev/null 2>&1; }
+if exists; then
   note "$IMAGE already exists (cached); --force rebuilds it"
+  exit 0
+fi
+# One build at a time on this machine (the trainer and the compose image builds may start together):
+# a second caller waits, then finds the image the first one made.
+exec 9>"${TMPDIR:-/tmp}/retrain-build-base-image.lock"
+flock 9
+if exists; then
+  note "$IMAGE was built meanwhile by another caller"
   exit 0
 fi
 

@@ -52,15 +52,23 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-# `make test` runs two pytest processes ("lanes") side by side on the 2 cores (Makefile,
-# scripts/test_lanes.py):
-# `--lane units` runs the tests that need no end-to-end stack (unit, integration) and every Docker test
-# (they share the session's one Docker engine and its image cache, so they cannot be split);
-# `--lane e2e` runs the other e2e tests (Celery stacks, the demo, the browser), one module after another
-# (the Celery stacks on Redis DB 7 and 8 never overlap). The trainer environment's tests join the e2e
-# lane (Makefile) to balance the lanes' wall times (README "Time on 2 cores"). The two lanes together
-# are the whole suite, each test once (tests/test_environments.py checks it on collection).
-LANES = ("units", "e2e")
+# `make test` runs four pytest processes ("lanes") side by side on the 2 cores (Makefile,
+# scripts/test_lanes.py). A lane with one pytest process keeps the machine about half busy (measured:
+# 46% of 2 cores while the e2e lane ran alone), because most of an end-to-end test waits on Airflow's
+# scheduler loop, task processes starting, poll intervals and Docker builds; four lanes fill that time.
+#   `--lane units`  the Airflow env's unit and integration tests (the trainer env's tests run before
+#                   them in the same lane, Makefile);
+#   `--lane docker` every Docker test: they share the session's one Docker engine and its image cache,
+#                   so they cannot be split (the compose stack test is most of it);
+#   `--lane stacks` the Celery-stack modules in STACKS_MODULES (scheduler, event-triggered, worker kill);
+#   `--lane e2e`    every other e2e test (the demo, approvals, the DAG fault suite, the UI).
+# Celery stacks in different lanes may run at once: each has its own metadata DB, ports and Celery queue
+# (tests/support/celery_stack.py), so sharing a Redis DB is safe. The lanes together are the whole suite,
+# each test once (tests/test_environments.py checks it on collection).
+LANES = ("units", "docker", "stacks", "e2e")
+STACKS_MODULES = frozenset(
+    {"e2e/test_celery_scheduler.py", "e2e/test_event_triggered.py", "e2e/test_worker_kill.py"}
+)
 
 
 def pytest_addoption(parser):
@@ -68,15 +76,17 @@ def pytest_addoption(parser):
         "--lane",
         choices=LANES,
         default=None,
-        help="run one of make test's two lanes (tests/conftest.py LANES); default: every test",
+        help="run one of make test's lanes (tests/conftest.py LANES); default: every test",
     )
 
 
 def lane_of(item) -> str:
-    needs_docker = item.get_closest_marker("docker") is not None
-    if item.get_closest_marker("e2e") and not needs_docker:
-        return "e2e"
-    return "units"
+    if item.get_closest_marker("docker") is not None:
+        return "docker"
+    if item.get_closest_marker("e2e") is None:
+        return "units"
+    module = Path(str(item.fspath)).resolve().relative_to(TESTS).as_posix()
+    return "stacks" if module in STACKS_MODULES else "e2e"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,21 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LANES, TESTS, TRAINER_MODULES, lane_of
+from tests.conftest import LANES, STACKS_MODULES, TESTS, TRAINER_MODULES, lane_of
 
 
-def _marks_itself_trainer(path: Path) -> bool:
-    """True when the module assigns ``pytestmark`` a value that names ``pytest.mark.trainer``."""
+def _marks_itself(path: Path, mark: str) -> bool:
+    """True when the module assigns ``pytestmark`` a value that names ``pytest.mark.<mark>``."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
         ):
-            return "pytest.mark.trainer" in ast.unparse(node.value)
+            return f"pytest.mark.{mark}" in ast.unparse(node.value)
     return False
 
 
 def test_trainer_modules_are_declared_and_marked() -> None:
-    marked = {p.relative_to(TESTS).as_posix() for p in TESTS.rglob("test_*.py") if _marks_itself_trainer(p)}
+    marked = {
+        p.relative_to(TESTS).as_posix() for p in TESTS.rglob("test_*.py") if _marks_itself(p, "trainer")
+    }
     assert marked == set(TRAINER_MODULES)
     assert all((TESTS / m).is_file() for m in TRAINER_MODULES)
 
@@ -41,12 +43,19 @@ class _Item:
     ("module", "marks", "lane"),
     [
         ("test_cli.py", (), "units"),
-        ("docker/test_trainer_image.py", ("docker",), "units"),
-        ("docker/test_trainer_image.py", ("docker", "e2e"), "units"),
+        ("docker/test_trainer_image.py", ("docker",), "docker"),
+        ("docker/test_trainer_image.py", ("docker", "e2e"), "docker"),
         ("e2e/test_nightly_demo.py", ("e2e",), "e2e"),
-        ("e2e/test_celery_scheduler.py", ("e2e",), "e2e"),
+        ("e2e/test_celery_approval.py", ("e2e",), "e2e"),
+        ("e2e/test_celery_scheduler.py", ("e2e",), "stacks"),
+        ("e2e/test_worker_kill.py", ("e2e",), "stacks"),
     ],
 )
 def test_each_test_is_in_exactly_one_lane(module: str, marks: tuple[str, ...], lane: str) -> None:
     assert lane_of(_Item(module, *marks)) == lane
     assert lane in LANES
+
+
+def test_the_stacks_lane_names_modules_that_exist_and_are_e2e() -> None:
+    for module in STACKS_MODULES:
+        assert _marks_itself(TESTS / module, "e2e"), module

@@ -88,11 +88,9 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model_host_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Qwen2 model, built on the host by the trainer environment (the same lock the
-    image installs) and mounted read-only into the containers, as a real model cache would be."""
-    out = tmp_path_factory.mktemp("tiny-model-host")
+def _host_model(out: Path, size: str) -> Path:
+    """The tiny Qwen2 model of ``size`` built on the host by the trainer environment (the same lock the
+    image installs), readable by the image's user (uid 1000) through a read-only mount."""
     build = run_cmd(
         [
             str(REPO / ".venv-tr" / "bin" / "python"),
@@ -101,15 +99,31 @@ def tiny_model_host_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "tiny-model",
             "--out",
             str(out / "tiny"),
+            "--size",
+            size,
         ],
         timeout=600,
         cwd=REPO,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     assert (out / "tiny" / "config.json").is_file()
-    for path in [out, *out.rglob("*")]:  # readable by the image's user (uid 1000)
+    for path in [out, *out.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return out / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_host_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Qwen2 model, mounted read-only into the containers as a real model cache would be."""
+    return _host_model(tmp_path_factory.mktemp("tiny-model-host"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def mechanics_model_host_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model the tests that need a first promotion train (tests/support/demo.py MECHANICS_MODEL_SIZE)."""
+    from tests.support.demo import MECHANICS_MODEL_SIZE
+
+    return _host_model(tmp_path_factory.mktemp("mechanics-model-host"), MECHANICS_MODEL_SIZE)
 
 
 PROBE_IMAGE = "retrain/probe:host-binaries"

@@ -13,10 +13,12 @@ MLflow (behind its basic-auth app) shows version 1 as `champion`; `down -v` leav
 network or volume behind (images stay cached in the engine's data root).
 Times (build, up to healthy, up to promotion) are printed (`-s`).
 
-Collected by `make test` (units lane: marked docker). Passed end to end on 2 December 2026 on the shared
+Collected by `make test` (docker lane: marked docker). Passed end to end on 2 December 2026 on the shared
 2-core machine (load average ~14), images cached: `up` to every service healthy 196 s, `up` to the
 promotion 957 s, the module 1035 s; a cold image build: trainer 353 s, compose images 292 s (see
-docker/compose/README.md, "Without a registry", Status). Alone:
+docker/compose/README.md, "Without a registry", Status). Since 3 December the compose images build while
+the trainer image does (`compose_build`), and the run trains the "demo" tiny model for
+tests/support/demo.py MECHANICS_EPOCHS (20) instead of the plain one for 40. Alone:
 ``.venv-af/bin/python -m pytest -p no:cacheprovider -s tests/docker/test_compose_stack.py``.
 """
 
@@ -35,6 +37,7 @@ from typing import Any
 import pytest
 
 from tests.docker.conftest import REPO, containers, run_cmd, writable_dir
+from tests.support.demo import MECHANICS_EPOCHS
 from tests.support.stack import fernet_key, free_port
 from tests.test_compose import EXPECTED_SERVICES
 from tests.test_compose import ONE_SHOT as COMPOSE_ONE_SHOT
@@ -44,24 +47,47 @@ pytestmark = pytest.mark.docker
 COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "docker" / "compose" / "local.override.yml"]
 DAG = "ner_retrain"
 BUCKET = "ner-retrain"
-EPOCHS = 40  # what the docker launcher test trains for: enough for the tiny model to beat its base
+EPOCHS = MECHANICS_EPOCHS  # enough for the model to beat its base (tests/support/demo.py)
 # the compose file's long-running services (tests/test_compose.py lists every service the file has)
 LONG_RUNNING = EXPECTED_SERVICES - COMPOSE_ONE_SHOT
 # the one-shot services this stack runs (trainer-image and gpu-check sit behind compose profiles)
 ONE_SHOT = ("airflow-init", "minio-init")
 
 
+class _ImageBuild:
+    """scripts/build_compose_images.sh running in the background (started before the trainer image's
+    build, so the two overlap: most of each waits on pip and on layers being written)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        script = str(REPO / "scripts" / "build_compose_images.sh")
+        self.proc = subprocess.Popen([script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def images(self) -> dict[str, str]:
+        out, err = self.proc.communicate(timeout=3600)
+        if self.proc.returncode != 0:
+            pytest.fail(f"scripts/build_compose_images.sh failed:\n{err[-6000:]}", pytrace=False)
+        print(f"\ncompose images: build step {time.monotonic() - self.started:.0f} s\n{err.strip()}")
+        airflow, postgres, redis, proxy = out.split()
+        return {"airflow": airflow, "postgres": postgres, "redis": redis, "socket-proxy": proxy}
+
+
 @pytest.fixture(scope="session")
-def compose_images(docker_host: str) -> dict[str, str]:
+def compose_build(docker_host: str) -> Iterator[_ImageBuild]:
+    build = _ImageBuild()
+    try:
+        yield build
+    finally:
+        if build.proc.poll() is None:
+            build.proc.kill()
+            build.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def compose_images(compose_build: _ImageBuild, trainer_image: str) -> dict[str, str]:
     """retrain/airflow, retrain/postgres, retrain/redis, retrain/socket-proxy built (or found cached) by
-    the project's script."""
-    started = time.monotonic()
-    build = run_cmd([str(REPO / "scripts" / "build_compose_images.sh")], timeout=3600)
-    if build.returncode != 0:
-        pytest.fail(f"scripts/build_compose_images.sh failed:\n{build.stderr[-6000:]}", pytrace=False)
-    print(f"\ncompose images: build step {time.monotonic() - started:.0f} s\n{build.stderr.strip()}")
-    airflow, postgres, redis, proxy = build.stdout.split()
-    return {"airflow": airflow, "postgres": postgres, "redis": redis, "socket-proxy": proxy}
+    the project's script, which started before the trainer image (`compose_build`)."""
+    return compose_build.images()
 
 
 def _env_file(path: Path, images: dict[str, str], trainer: str, models: Path, sock: Path) -> dict[str, str]:
@@ -81,7 +107,7 @@ def _env_file(path: Path, images: dict[str, str], trainer: str, models: Path, so
         "MODELS_HOST_PATH": str(models),
         "TRAINER_GPUS": "0",
         "RETRAIN_BASE_MODEL": "/models/tiny",
-        "RETRAIN_PROFILE": "cpu_tiny",
+        "RETRAIN_PROFILE": "cpu_demo",  # tests/support/demo.py MECHANICS_PROFILE
         "RETRAIN_SCHEDULE_CRON": "null",  # REST-triggered only: unpausing must not start a cron run
         "AIRFLOW_API_WORKERS": "1",
         "AIRFLOW_API_PORT": str(free_port()),
@@ -191,19 +217,21 @@ def _no_container_left_behind() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def stack(
     docker_host: str,
+    compose_build: _ImageBuild,  # first: the compose images build while the trainer image does
     trainer_image: str,
     compose_images: dict[str, str],
-    tiny_model_host_dir: Path,
+    mechanics_model_host_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("compose-stack")
     models = writable_dir(work / "models")  # the model cache the trainer containers mount at /models
-    shutil.copytree(tiny_model_host_dir, models / "tiny")
+    shutil.copytree(mechanics_model_host_dir, models / "tiny")
     for path in [models / "tiny", *(models / "tiny").rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     sock = Path(docker_host.removeprefix("unix://"))
     env = _env_file(work / "stack.env", compose_images, trainer_image, models, sock)
     compose = Compose(work / "stack.env", env, work)
+    volumes_before = set(_volumes())  # what `down -v` must not leave more of (a reused data root has some)
     t0 = time.monotonic()
     try:
         # `up -d` itself waits for the health and completion conditions of depends_on
@@ -219,7 +247,14 @@ def stack(
         states = _wait_healthy(compose)
         healthy_s = time.monotonic() - t0
         print(f"\ncompose up -> every service healthy: {healthy_s:.0f} s")
-        yield {"compose": compose, "env": env, "t0": t0, "healthy_s": healthy_s, "states": states}
+        yield {
+            "compose": compose,
+            "env": env,
+            "t0": t0,
+            "healthy_s": healthy_s,
+            "states": states,
+            "volumes_before": volumes_before,
+        }
     finally:
         if compose.container_ids():  # still up: a test failed before test_down_leaves_nothing_behind
             compose.logs("final")
@@ -331,5 +366,9 @@ def test_down_leaves_nothing_behind(stack: dict[str, Any]) -> None:
     assert containers() == []
     networks = run_cmd(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split()
     assert set(networks) <= {"bridge", "host", "none"}, networks
-    volumes = run_cmd(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()
-    assert volumes == [], f"{project}: volumes left {volumes}"
+    left = sorted(set(_volumes()) - stack["volumes_before"])
+    assert left == [], f"{project}: volumes left {left}"
+
+
+def _volumes() -> list[str]:
+    return run_cmd(["docker", "volume", "ls", "--format", "{{.Name}}"]).stdout.split()

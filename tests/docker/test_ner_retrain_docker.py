@@ -32,15 +32,24 @@ DATES = ("2026-11-27T02:00:00+00:00", "2026-11-28T02:00:00+00:00")
 
 @pytest.fixture(scope="module")
 def nights(
-    trainer_image: str, tiny_model_host_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    trainer_image: str, mechanics_model_host_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    from tests.support.demo import BUCKET, _night, _registry_state, _upload_batch, dev_retrain_env
+    from tests.support.demo import (
+        BUCKET,
+        MECHANICS_EPOCHS,
+        MECHANICS_PROFILE,
+        _night,
+        _registry_state,
+        _upload_batch,
+        dev_retrain_env,
+    )
     from tests.support.stack import AirflowEnv, MotoServer, drop_database
     from tests.support.synth import make_batch
 
     workdir = tmp_path_factory.mktemp("docker-dag")
     retrain_env = {
-        **dev_retrain_env(workdir, tiny_model_host_dir),
+        **dev_retrain_env(workdir, mechanics_model_host_dir),
+        **MECHANICS_PROFILE,
         "RETRAIN__DATASET__GOLDEN_FRACTION": "0.25",
         "RETRAIN__TRAIN__LAUNCHER": "docker",
         # paths as the container sees them
@@ -53,7 +62,7 @@ def nights(
         "RETRAIN__DOCKER__MODEL_CACHE_HOST_PATH": str(writable_dir(workdir / "model-cache")),
         "RETRAIN__DOCKER__SCRATCH_HOST_PATH": str(writable_dir(workdir / "scratch")),
         "RETRAIN__DOCKER__MOUNTS": json.dumps(
-            [{"source": str(tiny_model_host_dir), "target": "/models/tiny", "read_only": True}]
+            [{"source": str(mechanics_model_host_dir), "target": "/models/tiny", "read_only": True}]
         ),
         "RETRAIN__DOCKER__ENVIRONMENT": json.dumps({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}),
         "RETRAIN__DOCKER__RETRY__RETRIES": "0",
@@ -66,7 +75,7 @@ def nights(
             af.migrate()
             _upload_batch(moto, "incoming/2026-11-27/batch-001.json", make_batch(160, seed=1, bad=5))
             t0 = time.monotonic()
-            first = _night(af, moto, "docker-first-batch", DATES[0], {"epochs": 40}, workdir)
+            first = _night(af, moto, "docker-first-batch", DATES[0], {"epochs": MECHANICS_EPOCHS}, workdir)
             print(f"\nnight 1 with the docker launcher: {time.monotonic() - t0:.0f} s")
             second = _night(
                 af,
