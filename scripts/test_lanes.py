@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Run `make test`'s pytest lanes side by side and report them one after another.
 
-    scripts/test_lanes.py LOG_DIR NAME=COMMAND [NAME=COMMAND ...]
+    scripts/test_lanes.py [--jobs N] LOG_DIR NAME=COMMAND [NAME=COMMAND ...]
 
-Each COMMAND runs with ``bash -c`` in a process group of its own, its output going to LOG_DIR/NAME.log.
-When a lane ends its log is printed whole (lanes never interleave in CI's output), with its exit status
-and wall time; at the end a table of the lanes. Exit status: 0 when every lane passed, else 1. On
-SIGINT/SIGTERM the lanes' process groups (started here, known by PID) get SIGTERM.
+Each COMMAND runs with ``bash -c`` in a process group of its own, its output going to LOG_DIR/NAME.log;
+at most N lanes (default: all) run at once, started in the order given as slots free up, so list the
+longest first. When a lane ends its log is printed whole (lanes never interleave in CI's output), with
+its exit status and wall time; at the end a table of the lanes. Exit status: 0 when every lane passed,
+else 1. On SIGINT/SIGTERM the lanes' process groups (started here, known by PID) get SIGTERM.
 
 Why lanes (README "Time on 2 cores"): much of the suite waits (on Airflow's scheduler loop, task
 processes starting, poll intervals, Docker builds), so two pytest processes on 2 cores finish sooner than
-one after the other. The lanes split the suite by markers that complement each other, so every test
-still runs exactly once. Standard library only: it runs before either environment is needed.
+one after the other; four at once were slower than two (the cores were saturated and timing-bound tests
+failed), hence the slots. The lanes split the suite by markers that complement each other, so every
+test still runs exactly once. Standard library only: it runs before either environment is needed.
 """
 
 from __future__ import annotations
@@ -34,22 +36,38 @@ def _parse(specs: list[str]) -> list[tuple[str, str]]:
     return lanes
 
 
+Running = dict[str, tuple[subprocess.Popen[bytes], Path, float]]
+
+
+def _start(name: str, command: str, log_dir: Path, running: Running, t0: float) -> None:
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", command], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    running[name] = (proc, log, time.monotonic())
+    at = time.monotonic() - t0
+    print(f"test_lanes: {name} started at {at:.0f} s (pid {proc.pid}, log {log}): {command}", flush=True)
+
+
+def _jobs(argv: list[str]) -> tuple[int, list[str]]:
+    if argv[:1] != ["--jobs"]:
+        return 0, argv
+    if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
+        raise SystemExit("test_lanes.py: --jobs needs a positive integer")
+    return int(argv[1]), argv[2:]
+
+
 def main(argv: list[str]) -> int:
+    jobs, argv = _jobs(argv)
     if len(argv) < 2:
         raise SystemExit(__doc__)
     log_dir = Path(argv[0])
     log_dir.mkdir(parents=True, exist_ok=True)
-    lanes = _parse(argv[1:])
+    waiting = _parse(argv[1:])
+    jobs = jobs or len(waiting)
     t0 = time.monotonic()
-    running: dict[str, tuple[subprocess.Popen[bytes], Path, float]] = {}
-    for name, command in lanes:
-        log = log_dir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                ["bash", "-c", command], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        running[name] = (proc, log, time.monotonic())
-        print(f"test_lanes: {name} started (pid {proc.pid}, log {log}): {command}", flush=True)
+    running: Running = {}
 
     def stop(signum: int, _frame: object) -> None:
         for proc, _, _ in running.values():
@@ -60,7 +78,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     results: list[tuple[str, int, float]] = []
-    while running:
+    while running or waiting:
+        while waiting and len(running) < jobs:
+            _start(*waiting.pop(0), log_dir, running, t0)
         for name, (proc, log, started) in list(running.items()):
             if proc.poll() is None:
                 continue

@@ -52,12 +52,13 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-# `make test` runs four pytest processes ("lanes") side by side on the 2 cores (Makefile,
-# scripts/test_lanes.py). A lane with one pytest process keeps the machine about half busy (measured:
-# 46% of 2 cores while the e2e lane ran alone), because most of an end-to-end test waits on Airflow's
-# scheduler loop, task processes starting, poll intervals and Docker builds; four lanes fill that time.
-#   `--lane units`  the Airflow env's unit and integration tests (the trainer env's tests run before
-#                   them in the same lane, Makefile);
+# `make test` runs pytest in lanes, two at a time on the 2 cores (Makefile, scripts/test_lanes.py
+# --jobs 2). A lane with one pytest process keeps the machine about half busy (measured: 46% of 2 cores
+# while the e2e lane ran alone), because most of an end-to-end test waits on Airflow's scheduler loop,
+# task processes starting, poll intervals and Docker builds; two lanes fill that time, four at once
+# saturated the cores (no faster, and timing-bound tests failed). The trainer env's tests are a fifth lane
+# of their own (that environment collects only them). The Airflow env's lanes:
+#   `--lane units`  the Airflow env's unit and integration tests;
 #   `--lane docker` every Docker test: they share the session's one Docker engine and its image cache,
 #                   so they cannot be split (the compose stack test is most of it);
 #   `--lane stacks` the Celery-stack modules in STACKS_MODULES (scheduler, event-triggered, worker kill);
