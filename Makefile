@@ -27,21 +27,22 @@ demo: install
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end. PostgreSQL and Redis:
 ## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
 ## PID) by scripts/test_services.sh, installed from Debian packages when missing.
-## Five lanes, two at a time (scripts/test_lanes.py --jobs 2, longest first; logs in .work/test-lanes;
-## tests/conftest.py LANES): `docker` = every Docker test (one engine; the compose stack included);
-## `e2e` = the e2e tests outside `stacks`; `stacks` = the Celery-stack e2e modules (scheduler,
-## event-triggered, worker kill); `trainer` = the trainer env's tests; `units` = the Airflow env's unit and
-## integration tests. Together: every test once. Two at a time: four at once saturated the 2 cores
-## (no faster, and timing-bound e2e tests failed).
+## Five lanes, two at a time (scripts/test_lanes.py --jobs 2; logs in .work/test-lanes; tests/conftest.py
+## LANES): `docker` = every Docker test (one engine; the compose stack included); `units` = the Airflow
+## env's unit and integration tests; `e2e` = the e2e tests outside `stacks`; `stacks` = the Celery-stack e2e
+## modules (scheduler, event-triggered, worker kill); `trainer` = the trainer env's tests. Together: every
+## test once. Two at a time: four at once saturated the 2 cores (no faster, and timing-bound e2e tests
+## failed). The order (a lane starts when a slot frees) pairs docker+stacks against units+e2e+trainer,
+## from the lanes' measured times (README "Lanes, two at a time").
 PYTEST_LANE = $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) --lane
 test: install lint
 	scripts/install_test_tools.sh
 	scripts/test_services.sh .work/services python3 scripts/test_lanes.py --jobs 2 .work/test-lanes \
 	  'docker=$(PYTEST_LANE) docker tests' \
+	  'units=$(PYTEST_LANE) units tests' \
 	  'e2e=$(PYTEST_LANE) e2e tests' \
 	  'stacks=$(PYTEST_LANE) stacks tests' \
-	  'trainer=$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests' \
-	  'units=$(PYTEST_LANE) units tests'
+	  'trainer=$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install

@@ -4,10 +4,11 @@
     scripts/test_lanes.py [--jobs N] LOG_DIR NAME=COMMAND [NAME=COMMAND ...]
 
 Each COMMAND runs with ``bash -c`` in a process group of its own, its output going to LOG_DIR/NAME.log;
-at most N lanes (default: all) run at once, started in the order given as slots free up, so list the
-longest first. When a lane ends its log is printed whole (lanes never interleave in CI's output), with
-its exit status and wall time; at the end a table of the lanes. Exit status: 0 when every lane passed,
-else 1. On SIGINT/SIGTERM the lanes' process groups (started here, known by PID) get SIGTERM.
+at most N lanes (default: all) run at once, started in the order given as slots free up (the Makefile's
+order pairs the lanes by their measured times). When a lane ends its log is printed whole (lanes never
+interleave in CI's output), with its exit status and wall time; at the end a table of the lanes. Exit
+status: 0 when every lane passed, else 1. On SIGINT/SIGTERM the lanes' process groups (started here,
+known by PID) get SIGTERM.
 
 Why lanes (README "Time on 2 cores"): much of the suite waits (on Airflow's scheduler loop, task
 processes starting, poll intervals, Docker builds), so two pytest processes on 2 cores finish sooner than

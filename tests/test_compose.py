@@ -433,6 +433,7 @@ def test_mlflow_uses_postgres_and_s3_artifacts(cfg, filled):
     assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert env["MLFLOW_BACKEND_STORE_URI"].endswith(f"@postgres:5432/{filled['MLFLOW_DB']}")
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{filled['MLFLOW_BUCKET']}/"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no unused job runner processes
     cmd = ml["command"][0]
     for flag in (
         '--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"',

@@ -36,6 +36,7 @@ def auth_server(tmp_path_factory):
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as docker-compose.yml: no job runner processes
     }
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)

@@ -290,6 +290,10 @@ def test_stack_up_and_healthy(stack: dict[str, Any]) -> None:
     assert health["metadatabase"]["status"] == "healthy" and health["scheduler"]["status"] == "healthy"
     client.wait_for_dag(DAG, timeout=300)
     assert client.import_errors() == []
+    # MLflow runs its server only: no job runner, no huey consumers (MLFLOW_SERVER_ENABLE_JOB_EXECUTION)
+    top = stack["compose"]("top", "mlflow", timeout=60)
+    assert top.returncode == 0 and "mlflow server" in top.stdout, top.stdout + top.stderr
+    assert "huey" not in top.stdout and "_job_runner" not in top.stdout, top.stdout
 
 
 def _mlflow(env: dict[str, str], path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
