@@ -115,17 +115,24 @@ def _upload(moto, key: str, lines: list[str]) -> float:
     return t
 
 
+def _ask_again(call, transient, attempts: int):
+    """``call()``, asked again 5 s later when it raises what ``transient`` accepts, at most ``attempts``
+    times; the last failure is raised."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    raise ValueError(f"attempts must be positive, got {attempts}")
+
+
 def _event_runs(client, attempts: int = 5) -> list[dict]:
     import httpx
 
-    for attempt in range(attempts):
-        try:
-            runs = client.runs(DAG)
-            break
-        except httpx.TransportError:  # a timeout under load: ask again
-            if attempt == attempts - 1:
-                raise
-            time.sleep(5)
+    # a timeout under load: ask again
+    runs = _ask_again(lambda: client.runs(DAG), lambda e: isinstance(e, httpx.TransportError), attempts)
     return sorted((r for r in runs if r["run_type"] == "asset_triggered"), key=lambda r: r["queued_at"])
 
 
@@ -185,17 +192,16 @@ def _asset_events(stack, asset_id: int) -> list[dict]:
     the API server's log. One was seen once when four lanes saturated the 2 cores (its log was lost)."""
     from tests.support.celery_stack import AirflowAPIError
 
-    for attempt in range(3):
-        try:
-            return stack["client"].asset_events(asset_id)
-        except AirflowAPIError as exc:
-            if exc.status < 500:
-                raise
-            if attempt == 2:
-                log = stack["af"].home / "logs" / "api-server.log"
-                raise AssertionError(f"{exc}; {log}:\n{log.read_text(errors='replace')[-4000:]}") from exc
-            time.sleep(5)
-    raise AssertionError("unreachable")
+    def server_error(exc: Exception) -> bool:
+        return isinstance(exc, AirflowAPIError) and exc.status >= 500
+
+    try:
+        return _ask_again(lambda: stack["client"].asset_events(asset_id), server_error, 3)
+    except AirflowAPIError as exc:
+        if not server_error(exc):
+            raise
+        log = stack["af"].home / "logs" / "api-server.log"
+        raise AssertionError(f"{exc}; {log}:\n{log.read_text(errors='replace')[-4000:]}") from exc
 
 
 def _ledger(moto) -> dict:
