@@ -17,8 +17,8 @@
 # docker/compose/local.override.yml runs the moto server (in the Airflow image, from the lock) in its place.
 #
 # The Airflow lock reaches pip inside the build without network access to PyPI: the host's Airflow
-# environment's pip builds a wheelhouse (build/airflow-wheelhouse; skipped when the lock did not
-# change), served as a PEP 503 index on 127.0.0.1 for the duration of the build (the build uses host
+# environment's pip builds a wheelhouse (~/.cache/retrain/wheelhouses/airflow, RETRAIN_WHEELHOUSES moves
+# the folder, one build at a time holds it; skipped when the lock did not change), served as a PEP 503 index on 127.0.0.1 for the duration of the build (the build uses host
 # networking; the server is stopped by its PID) and given to the Dockerfile as PIP_INDEX_URL, the
 # same argument a mirror uses. Every build is cached by Docker (a rebuild only redoes what changed).
 # Prints one line per image with its build time.
@@ -28,7 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOCAL=$ROOT/docker/compose/local
 PY=${RETRAIN_AIRFLOW_PYTHON:-$ROOT/.venv-af/bin/python}
 LOCK=$ROOT/requirements/airflow.lock.txt
-WHEELHOUSE=$ROOT/build/airflow-wheelhouse
+WHEELHOUSE=${RETRAIN_WHEELHOUSES:-${XDG_CACHE_HOME:-$HOME/.cache}/retrain/wheelhouses}/airflow
 # A fixed port keeps PIP_INDEX_URL (a build argument) the same between builds, so Docker's cache holds.
 INDEX_PORT=${RETRAIN_WHEEL_INDEX_PORT:-38517}
 BASE=retrain/base:bookworm
@@ -70,6 +70,9 @@ mkdir -p "$ROOT/build"
 # The project's build backend (pyproject.toml [build-system]): pip's isolated build of the project
 # fetches it from the same index.
 TOOLS="setuptools>=68 wheel"
+mkdir -p "$(dirname "$WHEELHOUSE")"
+exec 8>>"$WHEELHOUSE.lock"
+flock 8  # held to the end (the index serves it during the build): another checkout's build waits
 stamp=$( { cat "$LOCK"; echo "$TOOLS"; } | sha256sum | cut -d' ' -f1)
 if [[ -f $WHEELHOUSE/.complete && $(cat "$WHEELHOUSE/.complete") == "$stamp" ]]; then
   note "airflow wheelhouse up to date"

@@ -14,7 +14,8 @@
 # writes both from requirements/trainer.lock.txt); the build's last step fails when the image's
 # installed packages differ from it (docker/trainer/check_parity.py).
 #
-# Steps: (1) the wheelhouse build/wheelhouse/ from requirements/trainer-cpu.lock.txt with the trainer
+# Steps: (1) the wheelhouse ~/.cache/retrain/wheelhouses/trainer (RETRAIN_WHEELHOUSES moves the folder;
+# one build at a time holds it) from requirements/trainer-cpu.lock.txt with the trainer
 # env's pip in hash-checking mode (torch 2.13.0+cpu from the local wheel; pip's cache makes a rebuild
 # fast; skipped when the lock did not change); (2) the image's requirement list: the runtime closure of
 # requirements/trainer.in (test tools left out) read from the wheels' metadata, pinned to the variant's
@@ -71,7 +72,9 @@ PY=${RETRAIN_TRAINER_PYTHON:-$ROOT/.venv-tr/bin/python}
 # (scripts/lock_trainer_variants.py), and the cu122 torch comes from PyTorch's index in the build.
 LOCK=$ROOT/requirements/trainer-cpu.lock.txt
 ROOTS=$ROOT/requirements/trainer.in
-WHEELHOUSE=$ROOT/build/wheelhouse
+# Kept outside the checkout, so a fresh clone neither rebuilds it nor changes Docker's cache key for it
+# (sdists built again are not byte-identical wheels).
+WHEELHOUSE=${RETRAIN_WHEELHOUSES:-${XDG_CACHE_HOME:-$HOME/.cache}/retrain/wheelhouses}/trainer
 CONTEXT=$ROOT/build/trainer-context
 # Test tools the trainer env has for its own tests; the image's closure leaves them out.
 TEST_ONLY="pytest pytest-timeout moto"   # (ruff stays: gradio requires it)
@@ -109,6 +112,9 @@ fi
 t_base=$(date +%s)
 
 # --- (1) the wheelhouse ------------------------------------------------------------------------------
+mkdir -p "$(dirname "$WHEELHOUSE")"
+exec 8>>"$WHEELHOUSE.lock"
+flock 8  # held to the end: another checkout's build waits, then finds it up to date
 stamp=$( { cat "$LOCK"; echo "$TOOLS"; } | sha256sum | cut -d' ' -f1)
 if [[ -f $WHEELHOUSE/.complete && $(cat "$WHEELHOUSE/.complete") == "$stamp" ]]; then
   note "wheelhouse up to date ($(ls "$WHEELHOUSE" | grep -c '\.whl$') wheels)"
@@ -225,7 +231,8 @@ tar -C "$ROOT/src" --exclude='__pycache__' --exclude='*.egg-info' --exclude='*.p
 # conf/local holds per-machine overrides and credentials: never in an image.
 tar -C "$ROOT/conf" --exclude='./local' --exclude='__pycache__' -cf - . | tar -C "$CONTEXT/conf" -xf -
 cp -r "$ROOT/docker/trainer" "$CONTEXT/docker/trainer"
-cp -al "$WHEELHOUSE" "$CONTEXT/wheelhouse"   # hard links: no copy
+cp -al "$WHEELHOUSE" "$CONTEXT/wheelhouse" 2>/dev/null \
+  || cp -a "$WHEELHOUSE" "$CONTEXT/wheelhouse"   # hard links (no copy) when on one filesystem
 
 # --- (4) docker build --------------------------------------------------------------------------------
 SECRET=()

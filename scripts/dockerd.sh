@@ -15,7 +15,11 @@
 #   - storage driver overlay2 when the kernel and filesystem allow it, else vfs
 #     (RETRAIN_DOCKER_STORAGE_DRIVER forces one);
 #   - data-root STATE_DIR/data, or RETRAIN_DOCKER_DATA_ROOT to keep images (the build cache) between
-#     runs in a directory that outlives STATE_DIR.
+#     runs in a directory that outlives STATE_DIR. One engine at a time owns such a data root: the
+#     engine holds a lock on DATA_ROOT/.retrain-engine.lock for as long as it runs; a second engine
+#     started meanwhile (another checkout's tests) takes STATE_DIR/data instead, from nothing, and says
+#     so. A reused data root is tidied at start: containers a killed session left, dangling images and
+#     unused volumes are removed (tagged images and the build cache stay).
 # Any failure exits non-zero with the reason on stderr (the docker tests fail with it, never skip).
 set -euo pipefail
 
@@ -78,6 +82,7 @@ launch() {  # launch DRIVER -> 0 when the engine answers within 30 s
   local driver=$1 extra=()
   if dockerd --help 2>&1 | grep -q -- '--ip6tables'; then extra+=(--ip6tables=false); fi
   : >"$LOG"
+  # fd 9 holds the data root's lock (cmd_start); dockerd inherits it and keeps it until it exits.
   # setsid: its own session, so it outlives this script and is not killed with the caller's group.
   setsid dockerd \
     -H "unix://$SOCK" \
@@ -121,6 +126,7 @@ cmd_start() {
   (( ${#longest} < 100 )) || die "STATE_DIR path too long for unix sockets ($longest); use a shorter one"
   ensure_dockerd
   mkdir -p "$DATA_ROOT" "$EXEC_ROOT"
+  lock_data_root
   rm -f "$SOCK" "$PIDFILE"
   host_network_state >"$STATE_DIR/host-network-before"
 
@@ -139,7 +145,9 @@ cmd_start() {
     if launch "$d"; then
       echo "$d" >"$DATA_ROOT/.retrain-storage-driver"
       echo private >"$MODEFILE"
+      exec 9>&-  # the engine holds the lock now
       note "private dockerd pid $(cat "$PIDFILE") storage-driver $d data-root $DATA_ROOT"
+      tidy_data_root
       echo "unix://$SOCK"
       return 0
     fi
@@ -147,6 +155,29 @@ cmd_start() {
     tail -n 5 "$LOG" >&2 || true
   done
   die "the Docker engine could not start (log: $LOG)"
+}
+
+lock_data_root() {  # the data root for this engine alone; another engine's -> a private one
+  exec 9>>"$DATA_ROOT/.retrain-engine.lock"
+  flock -n 9 && return 0
+  exec 9>&-
+  note "another engine uses $DATA_ROOT; this one keeps its images in $STATE_DIR/data (built from nothing)"
+  DATA_ROOT=$STATE_DIR/data
+  mkdir -p "$DATA_ROOT"
+  exec 9>>"$DATA_ROOT/.retrain-engine.lock"
+  flock -n 9 || die "cannot lock $DATA_ROOT"
+}
+
+tidy_data_root() {  # what a killed session left in a reused data root (never images in use or tagged)
+  local dk=("$DOCKER_CLI" -H "unix://$SOCK") left
+  left=$("${dk[@]}" ps -aq 2>/dev/null || true)
+  if [[ -n $left ]]; then
+    note "removing containers an earlier session left: $(echo $left)"
+    # shellcheck disable=SC2086
+    "${dk[@]}" rm -f $left >/dev/null 2>&1 || true
+  fi
+  "${dk[@]}" image prune -f >/dev/null 2>&1 || note "docker image prune failed (ignored)"
+  "${dk[@]}" volume prune -f >/dev/null 2>&1 || note "docker volume prune failed (ignored)"
 }
 
 cmd_status() {

@@ -2,9 +2,11 @@
 trainer image built by the developer's own script, the tiny model made inside that image.
 
 The engine starts with scripts/dockerd.sh (socket and state in pytest's temp dir; images kept in
-$RETRAIN_DOCKER_DATA_ROOT, default <repo>/.work/docker, so a later session reuses them) and stops at the
-end of the session, checking that no container is left. An engine or a build that cannot start FAILS
-the tests with the reason: nothing here is skipped.
+$RETRAIN_DOCKER_DATA_ROOT, default the user's cache, ~/.cache/retrain/docker, so a later session, also
+in a fresh clone, reuses them: `docker build` still runs every step and rebuilds each one whose inputs
+changed) and stops at the end of the session, checking that no container is left. Set the variable
+empty (RETRAIN_DOCKER_DATA_ROOT=) to build everything from nothing. An engine or a build that cannot
+start FAILS the tests with the reason: nothing here is skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "retrain/trainer:cpu"
+# the engine's images and build cache, shared by every checkout of this user (one engine at a time:
+# scripts/dockerd.sh locks it and a second engine builds in its own state dir)
+DATA_ROOT = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "retrain" / "docker"
 
 
 def run_cmd(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
@@ -41,7 +46,7 @@ def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private Docker engine for the session; DOCKER_HOST points at it while the session runs."""
     state = tmp_path_factory.mktemp("dockerd")
     env = dict(os.environ)
-    env.setdefault("RETRAIN_DOCKER_DATA_ROOT", str(REPO / ".work" / "docker"))
+    env.setdefault("RETRAIN_DOCKER_DATA_ROOT", str(DATA_ROOT))
     start = run_cmd([str(REPO / "scripts" / "dockerd.sh"), "start", str(state)], timeout=300, env=env)
     if start.returncode != 0:
         pytest.fail(

@@ -2,10 +2,10 @@
 
 Run: ``.venv-af/bin/python -m pytest -m docker tests/docker`` (as root: the private engine and
 debootstrap need it). The session starts a private dockerd with scripts/dockerd.sh (socket and
-state in pytest's temp dir; images kept in $RETRAIN_DOCKER_DATA_ROOT, default <repo>/.work/docker,
-so a second session reuses them) and stops it at the end, checking that nothing is left. It builds
-the local base image and retrain/trainer:cpu with the scripts a developer uses. An engine or a build
-that cannot start FAILS the tests with the reason: nothing here is skipped.
+state in pytest's temp dir; images kept in $RETRAIN_DOCKER_DATA_ROOT, default ~/.cache/retrain/docker,
+so a second session reuses them, see tests/docker/conftest.py) and stops it at the end, checking that
+nothing is left. It builds the local base image and retrain/trainer:cpu with the scripts a developer
+uses. An engine or a build that cannot start FAILS the tests with the reason: nothing here is skipped.
 
 The S3 server is moto on 127.0.0.1 (a random port); containers that talk to it use host networking,
 every other container runs without a network. No container outlives its test.
