@@ -27,13 +27,14 @@ demo: install
 ## The whole suite: unit, DAG integrity, integration, Docker engine, end to end. PostgreSQL and Redis:
 ## the machine's when they answer on 127.0.0.1:5432/6379, else private ones started (and stopped by
 ## PID) by scripts/test_services.sh, installed from Debian packages when missing.
-## Five lanes, two at a time (scripts/test_lanes.py --jobs 2; logs in .work/test-lanes; tests/conftest.py
+## Seven lanes, two at a time (scripts/test_lanes.py --jobs 2; logs in .work/test-lanes; tests/conftest.py
 ## LANES): `docker` = every Docker test (one engine; the compose stack included); `units` = the Airflow
-## env's unit and integration tests; `e2e` = the e2e tests outside `stacks`; `stacks` = the Celery-stack e2e
-## modules (scheduler, event-triggered, worker kill); `trainer` = the trainer env's tests. Together: every
-## test once. Two at a time: four at once saturated the 2 cores (no faster, and timing-bound e2e tests
-## failed). The order (a lane starts when a slot frees) pairs docker+stacks against units+e2e+trainer,
-## from the lanes' measured times (README "Lanes, two at a time").
+## env's unit and integration tests; `e2e` = the e2e tests outside `stacks`; `trainer` = the trainer env's
+## tests; then the `stacks` modules (tests/conftest.py STACKS_MODULES: event-triggered, Celery scheduler,
+## worker kill) one lane each, the short pieces that fill both slots to the end. Together: every test once
+## (tests/test_environments.py checks the stacks lines here against STACKS_MODULES). Two at a time: four at
+## once saturated the 2 cores (no faster, and timing-bound e2e tests failed). The order (a lane starts when
+## a slot frees) comes from the lanes' measured times (README "Lanes, two at a time").
 PYTEST_LANE = $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS) --lane
 test: install lint
 	scripts/install_test_tools.sh
@@ -41,8 +42,10 @@ test: install lint
 	  'docker=$(PYTEST_LANE) docker tests' \
 	  'units=$(PYTEST_LANE) units tests' \
 	  'e2e=$(PYTEST_LANE) e2e tests' \
-	  'stacks=$(PYTEST_LANE) stacks tests' \
-	  'trainer=$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests'
+	  'trainer=$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests' \
+	  'events=$(PYTEST_LANE) stacks tests/e2e/test_event_triggered.py' \
+	  'scheduler=$(PYTEST_LANE) stacks tests/e2e/test_celery_scheduler.py' \
+	  'worker_kill=$(PYTEST_LANE) stacks tests/e2e/test_worker_kill.py'
 
 ## Without the slow end-to-end and Docker tests.
 test-fast: install

@@ -56,12 +56,13 @@ def pytest_ignore_collect(collection_path, config):
 # --jobs 2). A lane with one pytest process keeps the machine about half busy (measured: 46% of 2 cores
 # while the e2e lane ran alone), because most of an end-to-end test waits on Airflow's scheduler loop,
 # task processes starting, poll intervals and Docker builds; two lanes fill that time, four at once
-# saturated the cores (no faster, and timing-bound tests failed). The trainer env's tests are a fifth lane
+# saturated the cores (no faster, and timing-bound tests failed). The trainer env's tests are a lane
 # of their own (that environment collects only them). The Airflow env's lanes:
 #   `--lane units`  the Airflow env's unit and integration tests;
 #   `--lane docker` every Docker test: they share the session's one Docker engine and its image cache,
 #                   so they cannot be split (the compose stack test is most of it);
 #   `--lane stacks` the Celery-stack modules in STACKS_MODULES (scheduler, event-triggered, worker kill);
+#                   make test runs each module as a lane of its own (`--lane stacks tests/e2e/…`);
 #   `--lane e2e`    every other e2e test (the demo, approvals, the DAG fault suite, the UI).
 # Celery stacks in different lanes may run at once: each has its own metadata DB, ports and Celery queue
 # (tests/support/celery_stack.py), so sharing a Redis DB is safe. The lanes together are the whole suite,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,12 @@ def test_each_test_is_in_exactly_one_lane(module: str, marks: tuple[str, ...], l
 def test_the_stacks_lane_names_modules_that_exist_and_are_e2e() -> None:
     for module in STACKS_MODULES:
         assert _marks_itself(TESTS / module, "e2e"), module
+
+
+def test_make_test_runs_each_stacks_module_in_a_lane_of_its_own() -> None:
+    """The Makefile splits `--lane stacks` by module; a module added to STACKS_MODULES without its line
+    there would never run."""
+    makefile = (TESTS.parent / "Makefile").read_text(encoding="utf-8")
+    paths = re.findall(r"\$\(PYTEST_LANE\) stacks (\S+)'", makefile)
+    assert sorted(paths) == sorted(f"tests/{m}" for m in STACKS_MODULES)
+    assert len(set(paths)) == len(paths)
