@@ -18,8 +18,9 @@
 #
 # The Airflow lock reaches pip inside the build without network access to PyPI: the host's Airflow
 # environment's pip builds a wheelhouse (~/.cache/retrain/wheelhouses/airflow, RETRAIN_WHEELHOUSES moves
-# the folder, one build at a time holds it; skipped when the lock did not change), served as a PEP 503 index on 127.0.0.1 for the duration of the build (the build uses host
-# networking; the server is stopped by its PID) and given to the Dockerfile as PIP_INDEX_URL, the
+# the folder, one build at a time holds it; skipped when the lock did not change), served as a PEP 503
+# index on 127.0.0.1 for the duration of the build (the build uses host networking; the server is
+# stopped by its PID) and given to the Dockerfile as PIP_INDEX_URL, the
 # same argument a mirror uses. Every build is cached by Docker (a rebuild only redoes what changed).
 # Prints one line per image with its build time.
 set -euo pipefail

@@ -168,14 +168,18 @@ lock_data_root() {  # the data root for this engine alone; another engine's -> a
   flock -n 9 || die "cannot lock $DATA_ROOT"
 }
 
+remove_containers() {  # remove_containers WHY: every container on our engine, named in a note
+  local left
+  left=$("$DOCKER_CLI" -H "unix://$SOCK" ps -aq 2>/dev/null || true)
+  [[ -n $left ]] || return 0
+  note "removing containers $1: $(echo $left)"
+  # shellcheck disable=SC2086
+  "$DOCKER_CLI" -H "unix://$SOCK" rm -f $left >/dev/null 2>&1 || true
+}
+
 tidy_data_root() {  # what a killed session left in a reused data root (never images in use or tagged)
-  local dk=("$DOCKER_CLI" -H "unix://$SOCK") left
-  left=$("${dk[@]}" ps -aq 2>/dev/null || true)
-  if [[ -n $left ]]; then
-    note "removing containers an earlier session left: $(echo $left)"
-    # shellcheck disable=SC2086
-    "${dk[@]}" rm -f $left >/dev/null 2>&1 || true
-  fi
+  local dk=("$DOCKER_CLI" -H "unix://$SOCK")
+  remove_containers "an earlier session left"
   "${dk[@]}" image prune -f >/dev/null 2>&1 || note "docker image prune failed (ignored)"
   "${dk[@]}" volume prune -f >/dev/null 2>&1 || note "docker volume prune failed (ignored)"
 }
@@ -230,15 +234,7 @@ cmd_stop() {
   pid=$(our_pid)
   [[ -n $pid ]] || pid=$(cat "$PIDFILE.launch" 2>/dev/null || true)
   if pid_alive "$pid"; then
-    if answers "$SOCK"; then
-      local left
-      left=$("$DOCKER_CLI" -H "unix://$SOCK" ps -aq 2>/dev/null || true)
-      if [[ -n $left ]]; then
-        note "removing containers still on the engine: $(echo $left)"
-        # shellcheck disable=SC2086
-        "$DOCKER_CLI" -H "unix://$SOCK" rm -f $left >/dev/null 2>&1 || true
-      fi
-    fi
+    if answers "$SOCK"; then remove_containers "still on the engine"; fi
     kill -TERM "$pid"
     for _ in $(seq 1 40); do pid_alive "$pid" || break; sleep 0.5; done
     if pid_alive "$pid"; then
