@@ -8,9 +8,15 @@ other docker tests already build in the session (scripts/build_trainer_image.sh 
 
 In order: `up` and every long-running service healthy; `ner_retrain` triggered through the REST API
 trains the tiny model in a trainer container started by the Celery worker through the socket-proxy
-service (docker launcher; the trainer reaches only moto, as `minio`, on the `trainers` network), and
-MLflow (behind its basic-auth app) shows version 1 as `champion`; `down -v` leaves no container,
-network or volume behind (images stay cached in the engine's data root).
+service (docker launcher; the trainer reaches only moto, as `minio`, on the `trainers` network) and
+evaluates it in another, and MLflow (behind its basic-auth app) shows version 1 as `champion`, tagged
+with the trainer image by its immutable id; a second run whose base model is missing fails in its
+train container, runs nothing downstream and leaves v1 champion; no secret of the stack's .env shows in
+either run's rendered template fields or task logs; `down -v` leaves no container, network or volume
+behind (images stay cached in the engine's data root). This module is the docker launcher's end-to-end
+test under Airflow (until 3 December a second one, test_ner_retrain_docker.py, ran the same night with
+`airflow dags test` on the host; its checks are here now, which saves that night's ~300 s of training
+and evaluation in containers).
 Times (build, up to healthy, up to promotion) are printed (`-s`).
 
 Collected by `make test` (docker lane: marked docker). Passed end to end on 2 December 2026 on the shared
@@ -303,57 +309,194 @@ def _mlflow(env: dict[str, str], path: str, params: dict[str, str] | None = None
     return httpx.get(f"http://127.0.0.1:{env['MLFLOW_PORT']}{path}", params=params, auth=creds, timeout=30)
 
 
-def test_rest_trigger_trains_in_a_trainer_container_and_promotes(stack: dict[str, Any]) -> None:
+def _s3(env: dict[str, str]) -> Any:
     import boto3
 
-    from tests.support.synth import make_batch
-
-    env = stack["env"]
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=f"http://127.0.0.1:{env['MINIO_API_PORT']}",
         aws_access_key_id=env["RETRAIN_S3_ACCESS_KEY"],
         aws_secret_access_key=env["RETRAIN_S3_SECRET_KEY"],
         region_name="us-east-1",
     )
-    batch = "\n".join(make_batch(160, seed=1, bad=5)) + "\n"
-    s3.put_object(Bucket=BUCKET, Key="incoming/2026-11-27/batch-001.json", Body=batch.encode("utf-8"))
+
+
+def _run(stack: dict[str, Any], conf: dict[str, Any], name: str) -> dict[str, Any]:
+    """Trigger ``ner_retrain`` through the REST API and wait for it to end (30 min at most); returns
+    the run, its task states, the trainer images seen running meanwhile and the run's S3 keys."""
+    env, compose = stack["env"], stack["compose"]
     client = _airflow(env)
     client.wait_for_dag(DAG, timeout=300)
     client.set_paused(DAG, False)
-    run = client.trigger(DAG, {"epochs": EPOCHS}, run_id=f"compose-{uuid.uuid4().hex[:6]}")
+    run_id = f"compose-{name}-{uuid.uuid4().hex[:6]}"
+    client.trigger(DAG, conf, run_id=run_id)
     seen_trainer: set[str] = set()
     deadline = time.monotonic() + 1800
-    while (state := _run_state(client, run["dag_run_id"])) not in ("success", "failed"):
+    while (state := _run_state(client, run_id)) not in ("success", "failed"):
         # the trainer containers the worker starts (not compose services) while the run goes on
         seen_trainer |= {c.split()[1] for c in containers() if env["TRAINER_IMAGE"] in c}
         if time.monotonic() > deadline:
-            logs = stack["compose"].logs("run-timeout", ("airflow-worker", "airflow-scheduler", "minio"))
-            pytest.fail(f"run not done after 30 min: {client.task_states(DAG, run['dag_run_id'])}\n{logs}")
+            logs = compose.logs(f"{name}-timeout", ("airflow-worker", "airflow-scheduler", "minio"))
+            pytest.fail(f"run not done after 30 min: {client.task_states(DAG, run_id)}\n{logs}")
         time.sleep(3)
-    promoted_s = time.monotonic() - stack["t0"]
-    states = client.task_states(DAG, run["dag_run_id"])
-    if state != "success":
+    s3 = _s3(env)
+    prefix = f"runs/{_safe(run_id)}/"
+    keys = {
+        o["Key"]
+        for p in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in p.get("Contents", [])
+    }
+    return {
+        "run_id": run_id,
+        "state": state,
+        "run": client.run(DAG, run_id),
+        "tis": client.task_instances(DAG, run_id),
+        "seen_trainer": seen_trainer,
+        "prefix": prefix,
+        "keys": keys,
+        "done_s": time.monotonic() - stack["t0"],
+    }
+
+
+@pytest.fixture(scope="module")
+def first(stack: dict[str, Any]) -> dict[str, Any]:
+    """Night 1: a new batch (160 records, 5 bad); train and evaluate in trainer containers."""
+    from tests.support.synth import make_batch
+
+    batch = "\n".join(make_batch(160, seed=1, bad=5)) + "\n"
+    _s3(stack["env"]).put_object(
+        Bucket=BUCKET, Key="incoming/2026-11-27/batch-001.json", Body=batch.encode("utf-8")
+    )
+    return _run(stack, {"epochs": EPOCHS}, "first")
+
+
+@pytest.fixture(scope="module")
+def second(stack: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
+    """Night 2, after night 1: forced, with a base model that is not in the model cache."""
+    return _run(stack, {"force": True, "base_model": "/models/missing"}, "missing-base-model")
+
+
+def _worker_log(stack: dict[str, Any], run_id: str, task_id: str) -> str:
+    """Every attempt's log of one task, read where the Celery worker wrote it (the airflow-logs volume)."""
+    path = f"/opt/airflow/logs/dag_id={DAG}/run_id={run_id}/task_id={task_id}"
+    out = stack["compose"]("exec", "-T", "airflow-worker", "sh", "-c", f"cat '{path}'/*.log", timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _model_version(env: dict[str, str], version: str) -> dict[str, Any]:
+    found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
+    assert len(found) == 1, found
+    name = found[0]["name"]
+    mv = _mlflow(env, "/api/2.0/mlflow/model-versions/get", {"name": name, "version": version}).json()
+    mv = mv["model_version"]
+    return {**mv, "tags": {t["key"]: t["value"] for t in mv.get("tags", [])}}
+
+
+def test_rest_trigger_trains_in_a_trainer_container_and_promotes(
+    stack: dict[str, Any], first: dict[str, Any]
+) -> None:
+    env = stack["env"]
+    states = {t: ti["state"] for t, ti in first["tis"].items()}
+    if first["state"] != "success":
         logs = stack["compose"].logs("run-failed", ("airflow-worker", "airflow-scheduler", "minio", "mlflow"))
-        pytest.fail(f"{DAG} {state}: {states}\n{logs}", pytrace=False)
+        pytest.fail(f"{DAG} {first['state']}: {states}\n{logs}", pytrace=False)
+    failed = {t: s for t, s in states.items() if s not in ("success", "skipped")}
+    assert not failed, states
     assert {t: states[t] for t in ("train", "evaluate", "promote")} == dict.fromkeys(
         ("train", "evaluate", "promote"), "success"
     )
-    assert seen_trainer == {env["TRAINER_IMAGE"]}, "no trainer container was seen running"
-    print(f"\ncompose up -> promotion in MLflow: {promoted_s:.0f} s")
+    assert first["seen_trainer"] == {env["TRAINER_IMAGE"]}, "no trainer container was seen running"
+    print(f"\ncompose up -> promotion in MLflow: {first['done_s']:.0f} s")
+    # both trainer stages ran in the image (DockerOperator's log lines), not in a local trainer env
+    for task in ("train", "evaluate"):
+        log = _worker_log(stack, first["run_id"], task)
+        assert log.count(f"Starting docker container from image {env['TRAINER_IMAGE']}") == 1, log[-3000:]
+        assert "local launcher:" not in log
+    prefix, keys = first["prefix"], first["keys"]
+    for name in (
+        "train_result.json",
+        "train/trainer_log.jsonl",
+        "train/train_config.yaml",
+        "eval/report.json",
+    ):
+        assert prefix + name in keys, name
+    for name in ("eval/per_label_f1.png", "summary.json"):
+        assert prefix + name in keys, name
+    s3 = _s3(env)
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "eval/report.json")["Body"].read())
+    assert report["base_model"] == "/models/tiny" and report["base_model_path"] == "/models/tiny"
+    assert report["candidate"]["micro"]["f1"] > report["champion"]["micro"]["f1"]
+    summary = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "summary.json")["Body"].read())
+    assert summary["champion_name"] == "base model"
+    assert summary["decision"]["promote"], summary["decision"]
+    note = first["run"].get("note") or ""
+    assert note.startswith("promoted v1: micro F1"), note
 
     # MLflow: the registry answers nobody without credentials; the admin sees v1 as champion
     assert _mlflow(env, "/api/2.0/mlflow/registered-models/search", auth=False).status_code == 401
     found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
-    assert len(found) == 1, found
     champion = _mlflow(
         env, "/api/2.0/mlflow/registered-models/alias", {"name": found[0]["name"], "alias": "champion"}
     ).json()["model_version"]
     assert champion["version"] == "1"
-    summary = json.loads(
-        s3.get_object(Bucket=BUCKET, Key=f"runs/{_safe(run['dag_run_id'])}/summary.json")["Body"].read()
+    v1 = _model_version(env, "1")
+    tags = v1["tags"]
+    assert tags["airflow_run_id"] == first["run_id"]
+    assert tags["adapter_uri"].endswith(f"/adapters/{tags['adapter_digest']}/")
+    assert f"adapters/{tags['adapter_digest']}/adapter_model.safetensors" in keys
+    # the image the adapter was trained in, by its immutable id (the tag alone can move)
+    image_id = run_cmd(["docker", "image", "inspect", "--format", "{{.Id}}", env["TRAINER_IMAGE"]])
+    assert tags["launcher"] == "docker"
+    assert tags["trainer_image"] == f"{env['TRAINER_IMAGE']}@{image_id.stdout.strip()}", tags
+
+
+def test_a_failing_trainer_container_fails_the_run_and_promotes_nothing(
+    stack: dict[str, Any], second: dict[str, Any]
+) -> None:
+    states = {t: ti["state"] for t, ti in second["tis"].items()}
+    assert second["state"] == "failed" and states["train"] == "failed", states
+    for task in ("prepare_evaluation", "evaluate", "promote"):
+        assert states[task] == "upstream_failed", (task, states)
+    log = _worker_log(stack, second["run_id"], "train")
+    assert "base model '/models/missing': no such local directory" in log, log[-3000:]
+    assert "Starting docker container from image" in log  # it was the container that failed
+    env = stack["env"]
+    found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
+    champion = _mlflow(
+        env, "/api/2.0/mlflow/registered-models/alias", {"name": found[0]["name"], "alias": "champion"}
+    ).json()["model_version"]
+    assert champion["version"] == "1"
+    assert (
+        _mlflow(
+            env, "/api/2.0/mlflow/model-versions/get", {"name": found[0]["name"], "version": "2"}
+        ).status_code
+        == 404
     )
-    assert summary["decision"]["promote"], summary["decision"]
+    prefix, keys = second["prefix"], second["keys"]
+    assert prefix + "train_request.json" in keys
+    assert prefix + "train_result.json" not in keys and prefix + "summary.json" not in keys
+    assert len([k for k in keys if k.endswith("/adapter_model.safetensors")]) == 1  # night 1's only
+
+
+def test_no_secret_in_rendered_fields_or_task_logs(
+    stack: dict[str, Any], first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    """Every secret of the stack's .env (S3 keys, passwords, signing keys) stays out of what Airflow
+    shows: the rendered template fields and the task logs of both runs."""
+    env = stack["env"]
+    secret_values = [v for k, v in env.items() if k.endswith(("PASSWORD", "SECRET", "_KEY", "ROOT_USER"))]
+    secret_values = [v for v in secret_values if len(v) >= 16]
+    assert env["RETRAIN_S3_SECRET_KEY"] in secret_values and env["RETRAIN_S3_ACCESS_KEY"] in secret_values
+    for run in (first, second):
+        rendered = {t: json.dumps(ti.get("rendered_fields") or {}) for t, ti in run["tis"].items()}
+        assert "train" in rendered and rendered["train"] != "{}", rendered.keys()
+        for task, text in rendered.items():
+            assert not [v for v in secret_values if v in text], (run["run_id"], task)
+            assert "AWS_SECRET_ACCESS_KEY" not in text, (run["run_id"], task)  # passed privately
+        for task in ("train", "evaluate") if run is first else ("train",):
+            log = _worker_log(stack, run["run_id"], task)
+            assert not [v for v in secret_values if v in log], (run["run_id"], task)
 
 
 def _safe(run_id: str) -> str:

@@ -4,7 +4,7 @@ run and stage, and an orphan of an earlier try replaced (plugins/retrain_airflow
 Run with the docker tests (``-m docker``, the session's private dockerd). The container is the probe
 image (the host's sh/cat/sleep/grep, tests/docker/conftest.py): what is tested is how the launcher runs
 a container, not the trainer in it; the trainer image trains with the same settings in
-tests/docker/test_ner_retrain_docker.py. The S3 server is moto on 127.0.0.1; the containers run
+tests/docker/test_compose_stack.py. The S3 server is moto on 127.0.0.1; the containers run
 without a network.
 """
 
