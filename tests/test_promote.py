@@ -16,7 +16,7 @@ from retrain import promote, runs
 from retrain.adapters import AdapterIntegrityError
 from retrain.config import load_settings
 from retrain.registry import ChampionMoved, Registry
-from tests.support import contracts
+from tests.support import contracts, mlflow_db
 
 PROVENANCE = promote.Provenance(
     dag_id="ner_retrain", git_commit="abc", launcher="local", trainer_image="local"
@@ -25,7 +25,8 @@ PROVENANCE = promote.Provenance(
 
 @pytest.fixture
 def registry(tmp_path):
-    return Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", "clue-ner-tiny-lora", (tmp_path / "art").as_uri())
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
+    return Registry(uri, "clue-ner-tiny-lora", (tmp_path / "art").as_uri())
 
 
 def make_run(
@@ -213,7 +214,7 @@ def test_the_cli_runs_the_same_promotion(store, moto_server, tmp_path, bucket_na
         "PATH": "/usr/bin:/bin",
         "RETRAIN__S3__BUCKET": bucket_name,
         "RETRAIN_HOME": str(tmp_path / "cli-home"),
-        "RETRAIN__REGISTRY__TRACKING_URI": f"sqlite:///{tmp_path / 'cli.db'}",
+        "RETRAIN__REGISTRY__TRACKING_URI": mlflow_db.sqlite_uri(tmp_path / "cli.db"),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "retrain.cli", "promote", "--run-uri", run.uri, "--actor", "alice"],

@@ -3,11 +3,12 @@
 import pytest
 
 from retrain.registry import Registry, RegistryError
+from tests.support import mlflow_db
 
 
 @pytest.fixture
 def reg(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     return Registry(uri, "clue-ner-tiny-lora", (tmp_path / "art").as_uri())
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import mlflow_db
+
 
 @pytest.fixture(scope="session")
 def registry_store(tmp_path_factory) -> tuple[str, str]:
     """(tracking URI, artifact location) of a sqlite MLflow registry for the session."""
     root = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+    return mlflow_db.sqlite_uri(root / "mlflow.db"), (root / "artifacts").as_uri()
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import mlflow_db
+
 BUCKET = "ner-retrain-faults"
 BATCH_KEY = "incoming/2026-11-27/batch-001.json"
 DATES = {
@@ -229,7 +231,9 @@ def run_scenario(workdir: Path) -> ScenarioResult:
         store.ensure_bucket()
         af = AirflowEnv(workdir / "airflow", database, moto, retrain_env)
         settings = load_settings(environ={"RETRAIN__S3__BUCKET": BUCKET})
-        registry = Registry(f"sqlite:///{workdir / 'state' / 'mlflow.db'}", model_name(settings, str(tiny)))
+        registry = Registry(
+            mlflow_db.sqlite_uri(workdir / "state" / "mlflow.db"), model_name(settings, str(tiny))
+        )
         try:
             af.migrate()
             store.put_bytes(BATCH_KEY, ("\n".join(make_batch(60, seed=1, bad=3)) + "\n").encode("utf-8"))

@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support import mlflow_db
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "Qwen/Qwen2.5-7B-Instruct"  # conf train.base_model
 MODEL = "clue-ner-Qwen2.5-7B-Instruct-lora"
@@ -282,7 +284,7 @@ def world(moto_server, tmp_path_factory):
     bucket = f"ui-{uuid.uuid4().hex[:10]}"
     environ = {
         "RETRAIN__S3__BUCKET": bucket,
-        "RETRAIN__REGISTRY__TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        "RETRAIN__REGISTRY__TRACKING_URI": mlflow_db.sqlite_uri(tmp / "mlflow.db"),
         "RETRAIN__REGISTRY__ARTIFACT_LOCATION": (tmp / "mlartifacts").as_uri(),
     }
     settings = load_settings(environ=environ)
@@ -661,7 +663,7 @@ def airflow_ui(moto_server, tmp_path_factory):
     retrain_env = {
         "RETRAIN__S3__BUCKET": bucket,
         "RETRAIN_HOME": str(tmp / "retrain_home"),
-        "RETRAIN__REGISTRY__TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        "RETRAIN__REGISTRY__TRACKING_URI": mlflow_db.sqlite_uri(tmp / "mlflow.db"),
         "RETRAIN__REGISTRY__ARTIFACT_LOCATION": (tmp / "mlartifacts").as_uri(),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
