@@ -39,9 +39,9 @@ PYTEST_LANE = $(AF_PY) -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST
 test: install lint
 	scripts/install_test_tools.sh
 	scripts/test_services.sh .work/services python3 scripts/test_lanes.py --jobs 2 .work/test-lanes \
-	  'docker=$(PYTEST_LANE) docker tests' \
-	  'units=$(PYTEST_LANE) units tests' \
 	  'e2e=$(PYTEST_LANE) e2e tests' \
+	  'units=$(PYTEST_LANE) units tests' \
+	  'docker=$(PYTEST_LANE) docker tests' \
 	  'trainer=$(TR_PY) -m pytest -p no:cacheprovider -ra --durations=10 $(PYTEST_ARGS) tests' \
 	  'events=$(PYTEST_LANE) stacks tests/e2e/test_event_triggered.py' \
 	  'scheduler=$(PYTEST_LANE) stacks tests/e2e/test_celery_scheduler.py' \
