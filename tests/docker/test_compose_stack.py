@@ -419,9 +419,9 @@ def test_rest_trigger_trains_in_a_trainer_container_and_promotes(
         "train/trainer_log.jsonl",
         "train/train_config.yaml",
         "eval/report.json",
+        "eval/per_label_f1.png",
+        "summary.json",
     ):
-        assert prefix + name in keys, name
-    for name in ("eval/per_label_f1.png", "summary.json"):
         assert prefix + name in keys, name
     s3 = _s3(env)
     report = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "eval/report.json")["Body"].read())
