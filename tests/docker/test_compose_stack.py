@@ -384,13 +384,23 @@ def _worker_log(stack: dict[str, Any], run_id: str, task_id: str) -> str:
     return out.stdout
 
 
-def _model_version(env: dict[str, str], version: str) -> dict[str, Any]:
+def _model_name(env: dict[str, str]) -> str:
+    """The name of the one model the stack's runs register (as the admin sees the registry)."""
     found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
     assert len(found) == 1, found
-    name = found[0]["name"]
-    mv = _mlflow(env, "/api/2.0/mlflow/model-versions/get", {"name": name, "version": version}).json()
-    mv = mv["model_version"]
-    return {**mv, "tags": {t["key"]: t["value"] for t in mv.get("tags", [])}}
+    return str(found[0]["name"])
+
+
+def _champion_version(env: dict[str, str], name: str) -> str:
+    alias = {"name": name, "alias": "champion"}
+    return str(
+        _mlflow(env, "/api/2.0/mlflow/registered-models/alias", alias).json()["model_version"]["version"]
+    )
+
+
+def _model_version(env: dict[str, str], name: str, version: str) -> Any:
+    """MLflow's answer for one version of the model (an httpx response)."""
+    return _mlflow(env, "/api/2.0/mlflow/model-versions/get", {"name": name, "version": version})
 
 
 def test_rest_trigger_trains_in_a_trainer_container_and_promotes(
@@ -435,13 +445,10 @@ def test_rest_trigger_trains_in_a_trainer_container_and_promotes(
 
     # MLflow: the registry answers nobody without credentials; the admin sees v1 as champion
     assert _mlflow(env, "/api/2.0/mlflow/registered-models/search", auth=False).status_code == 401
-    found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
-    champion = _mlflow(
-        env, "/api/2.0/mlflow/registered-models/alias", {"name": found[0]["name"], "alias": "champion"}
-    ).json()["model_version"]
-    assert champion["version"] == "1"
-    v1 = _model_version(env, "1")
-    tags = v1["tags"]
+    name = _model_name(env)
+    assert _champion_version(env, name) == "1"
+    v1 = _model_version(env, name, "1").json()["model_version"]
+    tags = {t["key"]: t["value"] for t in v1.get("tags", [])}
     assert tags["airflow_run_id"] == first["run_id"]
     assert tags["adapter_uri"].endswith(f"/adapters/{tags['adapter_digest']}/")
     assert f"adapters/{tags['adapter_digest']}/adapter_model.safetensors" in keys
@@ -462,17 +469,9 @@ def test_a_failing_trainer_container_fails_the_run_and_promotes_nothing(
     assert "base model '/models/missing': no such local directory" in log, log[-3000:]
     assert "Starting docker container from image" in log  # it was the container that failed
     env = stack["env"]
-    found = _mlflow(env, "/api/2.0/mlflow/registered-models/search").json()["registered_models"]
-    champion = _mlflow(
-        env, "/api/2.0/mlflow/registered-models/alias", {"name": found[0]["name"], "alias": "champion"}
-    ).json()["model_version"]
-    assert champion["version"] == "1"
-    assert (
-        _mlflow(
-            env, "/api/2.0/mlflow/model-versions/get", {"name": found[0]["name"], "version": "2"}
-        ).status_code
-        == 404
-    )
+    name = _model_name(env)
+    assert _champion_version(env, name) == "1"
+    assert _model_version(env, name, "2").status_code == 404
     prefix, keys = second["prefix"], second["keys"]
     assert prefix + "train_request.json" in keys
     assert prefix + "train_result.json" not in keys and prefix + "summary.json" not in keys
