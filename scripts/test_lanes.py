@@ -6,14 +6,19 @@
 Each COMMAND runs with ``bash -c`` in a process group of its own, its output going to LOG_DIR/NAME.log;
 at most N lanes (default: all) run at once, started in the order given as slots free up (the Makefile's
 order pairs the lanes by their measured times). When a lane ends its log is printed whole (lanes never
-interleave in CI's output), with its exit status and wall time; at the end a table of the lanes. Exit
+interleave in CI's output), with its exit status, wall time and CPU time; at the end a table of the lanes
+and how busy the machine's cores were while they ran (from /proc/stat, where there is one). Exit
 status: 0 when every lane passed, else 1. On SIGINT/SIGTERM the lanes' process groups (started here,
 known by PID) get SIGTERM.
 
 Why lanes (README "Time on 2 cores"): much of the suite waits (on Airflow's scheduler loop, task
 processes starting, poll intervals, Docker builds), so two pytest processes on 2 cores finish sooner than
 one after the other; four at once were slower than two (the cores were saturated and timing-bound tests
-failed), hence the slots. The lanes split the suite by markers that complement each other, so every
+failed), hence the slots. The cores' busy share says which way the suite's time can go: well below 100%,
+the lanes wait and another slot could help; near it, only less work shortens `make test`. A lane's CPU
+time is its process tree's as the kernel accounts it to the lane (children its processes waited for);
+daemons (the Docker engine, the containers it runs) count in the machine's share, not in a lane's. The
+lanes split the suite by markers that complement each other, so every
 test still runs exactly once. Standard library only: it runs before either environment is needed.
 """
 
@@ -38,6 +43,36 @@ def _parse(specs: list[str]) -> list[tuple[str, str]]:
 
 
 Running = dict[str, tuple[subprocess.Popen[bytes], Path, float]]
+Result = tuple[str, int, float, float]  # name, exit status, wall s, CPU s
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of every core since boot, from /proc/stat; None without one."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_share(start: tuple[int, int] | None) -> str:
+    end = _cpu_ticks()
+    if start is None or end is None or end[1] <= start[1]:
+        return "cores busy: unknown (no /proc/stat)"
+    share = (end[0] - start[0]) / (end[1] - start[1])
+    return f"cores busy: {100 * share:.0f}% of {os.cpu_count()} over the lanes (/proc/stat)"
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, float] | None:
+    """The lane's exit status and CPU seconds (its own and its waited-for children's) once it has
+    ended, else None. os.wait4 instead of Popen.poll: it returns the resource usage."""
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def _start(name: str, command: str, log_dir: Path, running: Running, t0: float) -> None:
@@ -78,25 +113,35 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    results: list[tuple[str, int, float]] = []
+    ticks = _cpu_ticks()
+    results: list[Result] = []
     while running or waiting:
         while waiting and len(running) < jobs:
             _start(*waiting.pop(0), log_dir, running, t0)
         for name, (proc, log, started) in list(running.items()):
-            if proc.poll() is None:
+            ended = _reap(proc)
+            if ended is None:
                 continue
             wall = time.monotonic() - started
             del running[name]
-            results.append((name, proc.returncode, wall))
-            head = f"lane {name}: exit {proc.returncode} after {wall:.0f} s; its output"
+            results.append((name, ended[0], wall, ended[1]))
+            head = f"lane {name}: exit {ended[0]} after {wall:.0f} s ({ended[1]:.0f} s of CPU); its output"
             print(f"\n===== {head} =====", flush=True)
             sys.stdout.write(log.read_text(encoding="utf-8", errors="replace"))
             print(f"===== end of lane {name} =====", flush=True)
-        time.sleep(1)
-    print(f"\ntest_lanes: all lanes ended after {time.monotonic() - t0:.0f} s wall")
-    for name, code, wall in results:
-        print(f"  {name:<12} {'passed' if code == 0 else f'FAILED (exit {code})':<18} {wall:6.0f} s")
-    return 0 if all(code == 0 for _, code, _ in results) else 1
+        time.sleep(0.2)
+    _report(results, time.monotonic() - t0, _busy_share(ticks))
+    return 0 if all(code == 0 for _, code, _, _ in results) else 1
+
+
+def _report(results: list[Result], wall: float, busy: str) -> None:
+    print(f"\ntest_lanes: all lanes ended after {wall:.0f} s wall; {busy}")
+    print(f"  {'lane':<12} {'result':<18} {'wall':>6}   {'CPU':>6}")
+    for name, code, lane_wall, cpu in results:
+        status = "passed" if code == 0 else f"FAILED (exit {code})"
+        print(f"  {name:<12} {status:<18} {lane_wall:6.0f} s {cpu:6.0f} s")
+    total = sum(cpu for *_, cpu in results)
+    print(f"  {'sum':<12} {'':<18} {sum(r[2] for r in results):6.0f} s {total:6.0f} s")
 
 
 if __name__ == "__main__":

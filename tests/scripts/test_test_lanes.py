@@ -48,3 +48,16 @@ def test_a_failing_lane_fails_the_whole_and_the_others_still_run(tmp_path: Path)
 def test_jobs_must_be_a_positive_integer(tmp_path: Path) -> None:
     proc = _lanes("--jobs", "0", str(tmp_path), "a=true")
     assert proc.returncode != 0 and "--jobs needs a positive integer" in proc.stderr
+
+
+def test_the_table_gives_each_lanes_cpu_time_and_the_cores_busy_share(tmp_path: Path) -> None:
+    # a lane whose child process burns ~1 s of CPU: the lane's CPU counts its waited-for children
+    loop = 'import time; t = time.process_time(); exec("while time.process_time() - t < 1: pass")'
+    burn = f"{sys.executable} -c '{loop}'"
+    proc = _lanes("--jobs", "2", str(tmp_path / "logs"), f"burn={burn}", "idle=sleep 1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert float(rows["burn"][-2]) >= 1 and float(rows["idle"][-2]) < 1, proc.stdout
+    assert "lane burn: exit 0 after" in proc.stdout and "s of CPU); its output" in proc.stdout
+    busy = [line for line in proc.stdout.splitlines() if "cores busy:" in line]
+    assert busy and ("% of" in busy[0] or "unknown" in busy[0]), proc.stdout

@@ -327,11 +327,21 @@ class CeleryStack(AirflowEnv):
         comp.tree = {}
 
     def stop(self) -> None:
-        """Stop every component (worker first, API server last) by PID."""
-        for name in ("celery-worker", "triggerer", "scheduler", "dag-processor", "api-server"):
-            comp = self.components.get(name)
-            if comp is not None:
-                self._stop_component(comp, timeout=45.0 if name == "celery-worker" else 30.0)
+        """Stop every component by PID: the Celery worker first (no task starts while the others go),
+        then the other four at once, each in a thread of its own (one after another took ~25 s on the
+        loaded machine, the sum of their shutdowns; together it is the slowest one's)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        worker = self.components.get("celery-worker")
+        if worker is not None:
+            self._stop_component(worker, timeout=45.0)
+        rest = [
+            self.components[name]
+            for name in ("triggerer", "scheduler", "dag-processor", "api-server")
+            if name in self.components
+        ]
+        with ThreadPoolExecutor(max_workers=max(1, len(rest))) as pool:
+            list(pool.map(lambda comp: self._stop_component(comp, 30.0), rest))
         self._drop_queue()
 
     def restart(self, name: str, extra_env: dict[str, str] | None = None) -> None:
