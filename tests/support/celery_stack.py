@@ -328,8 +328,8 @@ class CeleryStack(AirflowEnv):
 
     def stop(self) -> None:
         """Stop every component by PID: the Celery worker first (no task starts while the others go),
-        then the other four at once, each in a thread of its own (one after another took ~25 s on the
-        loaded machine, the sum of their shutdowns; together it is the slowest one's)."""
+        then the other four at once, each in a thread of its own, so the wait is the slowest one's
+        shutdown rather than their sum (an idle stack: 8.0 s one after another, 6.8 s so)."""
         from concurrent.futures import ThreadPoolExecutor
 
         worker = self.components.get("celery-worker")
