@@ -323,7 +323,8 @@ def _s3(env: dict[str, str]) -> Any:
 
 def _run(stack: dict[str, Any], conf: dict[str, Any], name: str) -> dict[str, Any]:
     """Trigger ``ner_retrain`` through the REST API and wait for it to end (30 min at most); returns
-    the run, its task states, the trainer images seen running meanwhile and the run's S3 keys."""
+    the run, its task instances, the trainer images seen running meanwhile and every key in the bucket
+    then (the run's own under `prefix`)."""
     env, compose = stack["env"], stack["compose"]
     client = _airflow(env)
     client.wait_for_dag(DAG, timeout=300)
